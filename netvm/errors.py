@@ -1,0 +1,47 @@
+"""User-facing errors: findings as values first, text second.
+
+A `Finding` names the file, the key path, what was wrong and a hint. A `UserError`
+carries one or more findings; the task layer prints them without a traceback and
+exits with `USER_ERROR_EXIT` (internal errors keep their traceback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+USER_ERROR_EXIT = 2
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    key: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}: " if self.key else f"{self.file}: "
+        text = where + self.message
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "key": self.key, "message": self.message, "hint": self.hint}
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as findings, exit status 2, no traceback."""
+
+    def __init__(self, findings: Iterable[Finding] | str, *, hint: str = "") -> None:
+        if isinstance(findings, str):
+            findings = [Finding(file="netvm", key="", message=findings, hint=hint)]
+        self.findings: tuple[Finding, ...] = tuple(findings)
+        super().__init__("\n".join(str(f) for f in self.findings))
+
+    def render(self) -> str:
+        lines = [f"error: {f}" for f in self.findings]
+        if len(self.findings) > 1:
+            lines.append(f"{len(self.findings)} errors")
+        return "\n".join(lines)
