@@ -1,0 +1,205 @@
+"""The guest device tree: base DTS + rendered overlay + initrd window -> dtc -> DTB.
+
+Owns preprocessing the board's base DTS with the kernel's include paths, appending
+the overlay (plain concatenation: later definitions win, so no ``-@`` base is
+needed), sizing the initrd window from the real initramfs, compiling with `dtc`, and
+checking the compiled blob against the board model. Does not render the overlay
+(`netvm.render`) or decide placement rules (`netvm.layout`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from netvm.board import PAGE_SIZE, Board, Region
+from netvm.errors import Finding, UserError
+from netvm.fdt import cells, parse_dtb, strings, u64_pairs
+from netvm.kernelsrc import KernelSource
+from netvm.render import uio_node_name
+
+# The warnings the kernel's own dtbs build turns off (scripts/Makefile.dtbs): they
+# fire on the vendor base DTS, not on anything netvm adds.
+DTC_FLAGS = (
+    "-Wno-unique_unit_address",
+    "-Wno-unit_address_vs_reg",
+    "-Wno-avoid_unnecessary_addr_size",
+    "-Wno-alias_paths",
+    "-Wno-graph_child_address",
+    "-Wno-simple_bus_reg",
+    "-Wno-interrupt_provider",
+)
+
+
+@dataclass(frozen=True)
+class DtbResult:
+    dtb: Path
+    dts: Path  # the compiled tree decompiled, for reading
+    source: Path  # the concatenated input dtc compiled
+    initrd: Region | None
+    warnings: str
+
+
+def initrd_window(board: Board, initramfs_bytes: int, kernel_bytes: int = 0) -> Region:
+    """The initrd window ending at guest.initrd.end, sized from the real initramfs.
+
+    Raises UserError when it would not fit in guest RAM above the kernel image.
+    """
+    g = board.guest
+    want = initramfs_bytes + g.initrd.headroom
+    start = (g.initrd.end - want) // PAGE_SIZE * PAGE_SIZE
+    floor = g.ram.paddr + kernel_bytes
+    if start < floor:
+        raise UserError(
+            [
+                Finding(
+                    str(board.file.name),
+                    "guest.initrd.end",
+                    f"an initramfs of {initramfs_bytes} bytes (+{g.initrd.headroom:#x} headroom) "
+                    f"does not fit below {g.initrd.end:#x}: it would start at {start:#x}, "
+                    f"under the kernel's end at {floor:#x}",
+                    "raise guest.initrd.end or guest.ram.size, or shrink the rootfs",
+                )
+            ]
+        )
+    return Region(start, g.initrd.end - start)
+
+
+def initrd_fragment(window: Region, header: str) -> str:
+    return (
+        f"/* {header} Initrd window sized from the built initramfs. */\n"
+        "&{/chosen} {\n"
+        f"\tlinux,initrd-start = /bits/ 64 <{window.paddr:#x}>;\n"
+        f"\tlinux,initrd-end = /bits/ 64 <{window.end:#x}>;\n"
+        "};\n"
+    )
+
+
+def preprocess_base(src: KernelSource, base: str, out: Path) -> Path:
+    """Run the kernel's DTS preprocessing (cpp with its include paths) on `base`."""
+    dts = src.path / base
+    if not dts.is_file():
+        raise UserError(
+            [Finding("devicetree.base", "", f"{base} not found in the kernel tree {src.path}")]
+        )
+    cmd = [
+        "cpp",
+        "-nostdinc",
+        "-undef",
+        "-D__DTS__",
+        "-x",
+        "assembler-with-cpp",
+        "-I",
+        str(src.path / "include"),
+        "-I",
+        str(src.path / "scripts" / "dtc" / "include-prefixes"),
+        "-I",
+        str(dts.parent),
+        "-o",
+        str(out),
+        str(dts),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def build_guest_dtb(
+    board: Board,
+    overlay: Path,
+    src: KernelSource,
+    out_dir: Path,
+    *,
+    header: str,
+    initrd: Region | None,
+) -> DtbResult:
+    """Compile base + overlay (+ initrd window) into ``guest.dtb`` and check it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_pp = preprocess_base(src, board.devicetree.base, out_dir / "base.pp.dts")
+    parts = [base_pp.read_text(), f"\n/* ---- {overlay.name} ---- */\n", overlay.read_text()]
+    if initrd is not None:
+        parts.append(initrd_fragment(initrd, header))
+    source = out_dir / "guest.src.dts"
+    source.write_text("".join(parts))
+    dtb = out_dir / "guest.dtb"
+    proc = subprocess.run(
+        ["dtc", "-I", "dts", "-O", "dtb", *DTC_FLAGS, "-o", str(dtb), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise UserError(
+            [Finding(str(source), "", f"dtc failed:\n{proc.stderr.strip()}")],
+        )
+    dts = out_dir / "guest.dts"
+    decompiled = subprocess.run(
+        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)
+    findings = check_guest_dtb(board, dtb.read_bytes(), initrd)
+    if findings:
+        raise UserError(findings)
+    return DtbResult(dtb, dts, source, initrd, proc.stderr)
+
+
+def check_guest_dtb(board: Board, blob: bytes, initrd: Region | None) -> list[Finding]:
+    """Compare a compiled guest DTB with the board model; one finding per mismatch."""
+    nodes = parse_dtb(blob)
+    out: list[Finding] = []
+
+    def add(path: str, message: str) -> None:
+        out.append(Finding("guest.dtb", path, message))
+
+    root = nodes.get("/", {})
+    if cells(root.get("#address-cells", b"")) != [2] or cells(root.get("#size-cells", b"")) != [2]:
+        add("/", "expected #address-cells = #size-cells = 2 at the root")
+    for dev in board.uio:
+        path = "/" + uio_node_name(dev)
+        node = nodes.get(path)
+        if node is None:
+            add(path, f"UIO node for {dev.name} is missing")
+            continue
+        if strings(node.get("compatible", b"")) != ["generic-uio", dev.name]:
+            add(path, f"compatible is {strings(node.get('compatible', b''))}")
+        if strings(node.get("linux,uio-name", b"")) != [dev.name]:
+            add(path, "linux,uio-name does not match")
+        if u64_pairs(node.get("reg", b"")) != [(m.paddr, m.size) for m in dev.maps]:
+            add(path, f"reg {u64_pairs(node.get('reg', b''))} does not match the board")
+        want_irq = [0, dev.irq, 4] if dev.irq is not None else []
+        if cells(node.get("interrupts", b"")) != want_irq:
+            add(path, f"interrupts {cells(node.get('interrupts', b''))}, expected {want_irq}")
+    for disabled in board.devicetree.disable:
+        status = strings(nodes.get(disabled.path, {}).get("status", b""))
+        if disabled.path not in nodes:
+            add(disabled.path, "node to disable is not in the base device tree")
+        elif status != ["disabled"]:
+            add(disabled.path, f"status is {status}, expected disabled")
+    for deleted in board.devicetree.delete:
+        if deleted in nodes:
+            add(deleted, "node should have been deleted")
+    ram = board.guest.ram
+    memory = [p for p, n in nodes.items() if strings(n.get("device_type", b"")) == ["memory"]]
+    regs = [u64_pairs(nodes[p].get("reg", b"")) for p in memory]
+    if regs != [[(ram.paddr, ram.size)]]:
+        add(
+            "/memory",
+            f"memory nodes {dict(zip(memory, regs, strict=True))}, expected guest RAM {ram}",
+        )
+    chosen = nodes.get("/chosen", {})
+    if strings(chosen.get("bootargs", b"")) != [board.guest.bootargs]:
+        add("/chosen", "bootargs do not match guest.bootargs")
+    if strings(chosen.get("stdout-path", b"")) != ["/" + board.devicetree.console.node]:
+        add("/chosen", "stdout-path does not point at the virtio console")
+    if initrd is not None:
+        got = (chosen.get("linux,initrd-start", b""), chosen.get("linux,initrd-end", b""))
+        want = (initrd.paddr.to_bytes(8, "big"), initrd.end.to_bytes(8, "big"))
+        if got != want:
+            add("/chosen", f"initrd window does not match {initrd}")
+    console = nodes.get("/" + board.devicetree.console.node, {})
+    region = board.devicetree.console.region
+    if u64_pairs(console.get("reg", b"")) != [(region.paddr, region.size)]:
+        add("/" + board.devicetree.console.node, "virtio console reg does not match the board")
+    return out
