@@ -39,10 +39,11 @@ ARTIFACT_NAMES = (
 class BuildOptions:
     force: bool = False
     kernel_src: Path | None = None  # overrides the board's kernel source (a local tree)
+    build_root: Path | None = None  # default: <repo>/build
 
 
-def build_dir(root: Path, board: Board) -> Path:
-    return root / "build" / board.name
+def build_dir(root: Path, board: Board, build_root: Path | None = None) -> Path:
+    return (build_root or root / "build") / board.name
 
 
 def kernel_source(board: Board, override: Path | None) -> KernelSource:
@@ -77,7 +78,7 @@ def build(
 
     A failing step is recorded as failed in the manifest before its error propagates.
     """
-    out = build_dir(root, board)
+    out = build_dir(root, board, options.build_root)
     out.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(out, force=options.force, progress=progress)
     header = header_text(board, root)

@@ -77,7 +77,7 @@ def _check_names(board: Board, add: _Add) -> None:
         for other in sorted(seen):
             if name != other and other.startswith(name):
                 add(
-                    f"uio.{other}",
+                    f"uio.{name}",
                     f"UIO name {name!r} is a prefix of {other!r}",
                     "sdfgen's findUio compares prefixes and would match the wrong node; rename one",
                 )

@@ -191,7 +191,9 @@ def planned_files(board: Board, root: Path) -> dict[str, tuple[bytes, int]]:
     for name, text in render_kernel_fragments(board, root).items():
         files[f"kernel/{name}"] = (text.encode(), 0o644)
     files["overlay.dts"] = (render_overlay_dts(board, root).encode(), 0o644)
-    files["sim.json"] = (_json_text(sim_settings(board)).encode(), 0o644)
+    sim = {"generated": f"by netvm from {display_path(board.file, root)}; do not edit"}
+    sim.update(sim_settings(board))
+    files["sim.json"] = (_json_text(sim).encode(), 0o644)
     overlay: dict[str, tuple[bytes, int]] = {}
     overlay.update(_static_tree(root / "rootfs_overlay", ""))
     overlay.update(_static_tree(root / "driver" / "netvm_driver", GUEST_DRIVER_DIR))

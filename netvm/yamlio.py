@@ -51,8 +51,7 @@ def load_yaml(path: Path, display: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
-        raise UserError(
-            [Finding(display, where, f"invalid YAML: {problem}", "check indentation and quoting")]
-        ) from None
+        hint = "keep one of them" if "duplicate key" in problem else "check indentation and quoting"
+        raise UserError([Finding(display, where, f"invalid YAML: {problem}", hint)]) from None
     except yaml.YAMLError as exc:
         raise UserError([Finding(display, "", f"invalid YAML: {exc}")]) from None

@@ -1,0 +1,78 @@
+"""`invoke build`: the pipeline, its manifest, and step caching by input hashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netvm.board import Board, load_board
+from netvm.build import ARTIFACT_NAMES, BuildOptions, build
+
+ROOT = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).with_name("invoke"))
+
+
+def statuses(manifest: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in manifest["steps"]}
+
+
+def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
+    opts = BuildOptions(build_root=tmp_path)
+    first = build(odroidc4, ROOT, opts)
+    assert list(statuses(first)) == ["render", "kernel", "rootfs", "dtb", "microkit"]
+    assert statuses(first)["dtb"] == "built"
+    assert set(first["artifacts"]) == set(ARTIFACT_NAMES)
+    assert first["board"] == "odroidc4" and first["schema_version"] == 1
+    assert first["versions"]["kernel"].startswith("6.12.")
+    dtb = first["artifacts"]["dtb"]
+    assert dtb["bytes"] == (tmp_path / "odroidc4/dtb/guest.dtb").stat().st_size
+    on_disk = json.loads((tmp_path / "odroidc4/manifest.json").read_text())
+    assert on_disk == first
+
+    start = time.monotonic()
+    second = build(odroidc4, ROOT, opts)
+    print(f"no-op build: {time.monotonic() - start:.3f} s")
+    assert {s for n, s in statuses(second).items() if s != "skipped"} == {"cached"}
+    assert second["artifacts"] == first["artifacts"]
+
+    forced = build(odroidc4, ROOT, BuildOptions(build_root=tmp_path, force=True))
+    assert statuses(forced)["dtb"] == "built"
+    assert forced["artifacts"]["dtb"]["sha256"] == dtb["sha256"]  # byte-identical rebuild
+
+
+def test_a_board_change_rebuilds_the_dtb(odroidc4: Board, tmp_path: Path) -> None:
+    board_dir = tmp_path / "boards" / "odroidc4"
+    board_dir.mkdir(parents=True)
+    text = odroidc4.file.read_text()
+    (board_dir / "kernel.config").write_text((odroidc4.dir / "kernel.config").read_text())
+    (board_dir / "board.yaml").write_text(text)
+    opts = BuildOptions(build_root=tmp_path / "build")
+    build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
+    (board_dir / "board.yaml").write_text(text.replace("maxcpus=1 nosmp", "maxcpus=1"))
+    changed = build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
+    assert statuses(changed)["render"] == "built" and statuses(changed)["dtb"] == "built"
+
+
+def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None:
+    opts = BuildOptions(build_root=tmp_path)
+    good = build(odroidc4, ROOT, opts)["artifacts"]["dtb"]["sha256"]
+    dtb = tmp_path / "odroidc4/dtb/guest.dtb"
+    dtb.write_bytes(dtb.read_bytes()[:-4] + b"XXXX")
+    again = build(odroidc4, ROOT, opts)
+    assert statuses(again)["dtb"] == "built" and again["artifacts"]["dtb"]["sha256"] == good
+
+
+def test_invoke_build_json_prints_the_manifest() -> None:
+    proc = subprocess.run(
+        [INVOKE, "build", "--board", "odroidc4", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    manifest = json.loads(proc.stdout)
+    assert manifest == json.loads((ROOT / "build/odroidc4/manifest.json").read_text())
+    assert manifest["artifacts"]["dtb"] is not None
