@@ -14,7 +14,6 @@ Builds never write into the tree: they use ``make O=<build dir>``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netvm.errors import UserError
+from netvm.pipeline import file_sha256
 
 # Written last into an extracted tree, so a half-extracted tree is never reused.
 _COMPLETE_STAMP = ".netvm-extracted"
@@ -95,21 +95,13 @@ def debian_source(package: str) -> KernelSource:
     return KernelSource(top, tree_version(top), "debian", f"{package} {pkg_version}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tarball_source(url: str, sha256: str) -> KernelSource:
     """A pinned tarball: downloaded once into the cache and verified before use."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     target = downloads / name
-    if not target.exists() or _sha256(target) != sha256:
+    if not target.exists() or file_sha256(target) != sha256:
         partial = target.with_name(name + ".partial")
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, partial.open("wb") as out:
@@ -120,7 +112,7 @@ def tarball_source(url: str, sha256: str) -> KernelSource:
                 f"cannot download kernel tarball {url}: {exc}",
                 hint=f"place the file at {target} by hand, or use the debian or local provider",
             ) from None
-        got = _sha256(partial)
+        got = file_sha256(partial)
         if got != sha256:
             partial.unlink(missing_ok=True)
             raise UserError(

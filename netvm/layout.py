@@ -155,25 +155,19 @@ def _check_queues(board: Board, add: _Add) -> None:
                 f"expected {want:#x}",
                 f"round_up_to_page(8 + 16 × {capacity}); sdfgen rejects any other size",
             )
-    rx = _find(board, "rx_data")
-    if rx is not None:
-        want = round_up_to_page(net.rx_buffers * NET_BUFFER_SIZE)
-        have = sum(m.size for m in rx.maps)
-        if have < want:
+    rx_need = round_up_to_page(net.rx_buffers * NET_BUFFER_SIZE)
+    tx_need = sum(round_up_to_page(c.tx_buffers * NET_BUFFER_SIZE) for c in net.clients)
+    for name, need, what in (
+        ("rx_data", rx_need, f"{net.rx_buffers} buffers of {NET_BUFFER_SIZE} bytes"),
+        ("tx_data", tx_need, f"the TX regions of {len(net.clients)} client(s)"),
+    ):
+        dev = _find(board, name)
+        have = sum(m.size for m in dev.maps) if dev else need
+        if have < need:
             add(
-                "uio.rx_data.size",
-                f"{have:#x} cannot hold {net.rx_buffers} buffers of {NET_BUFFER_SIZE} bytes",
-                f"at least {want:#x}",
-            )
-    tx = _find(board, "tx_data")
-    if tx is not None:
-        want = sum(round_up_to_page(c.tx_buffers * NET_BUFFER_SIZE) for c in net.clients)
-        have = sum(m.size for m in tx.maps)
-        if have < want:
-            add(
-                "uio.tx_data.size",
-                f"{have:#x} cannot hold the TX regions of {len(net.clients)} client(s)",
-                f"at least {want:#x} (each client's tx_buffers × {NET_BUFFER_SIZE}, page rounded)",
+                f"uio.{name}.size",
+                f"{have:#x} cannot hold {what}",
+                f"at least {need:#x} (buffers × {NET_BUFFER_SIZE}, page rounded per client)",
             )
 
 
