@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,15 +16,20 @@ from typing import Any, TypeVar
 
 from invoke import Collection, Context, Exit, task
 
+from netvm import flash as flash_lib
+from netvm import kernel as kernel_lib
+from netvm import sdfcheck
 from netvm.board import load_board
-from netvm.build import BuildOptions, build
+from netvm.build import BuildOptions, build, build_dir, kernel_source
 from netvm.errors import USER_ERROR_EXIT, UserError
+from netvm.microkit import resolve_inputs
 from netvm.render import render_all
 
 ROOT = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
 
 BOARD_HELP = "board name under boards/ (e.g. odroidc4) or path to a board.yaml"
+KERNEL_SRC_HELP = "use this local kernel tree instead of the board's kernel source"
 
 
 def user_errors(fn: F) -> F:
@@ -60,9 +66,17 @@ def render(c: Context, board: str = "odroidc4") -> None:
     help={
         "board": BOARD_HELP,
         "force": "re-run every step even if its inputs are unchanged",
-        "kernel-src": "use this local kernel tree instead of the board's kernel source",
+        "kernel-src": KERNEL_SRC_HELP,
         "json": "print the manifest as JSON on stdout",
-    }
+        "skip": "do not run this step (kernel, rootfs, dtb, microkit); repeatable",
+        "require-image": "fail (exit 2) when loader.img cannot be built, e.g. inputs missing",
+        "microkit-sdk": "Microkit SDK directory or archive (else invoke.yaml netvm.microkit_sdk"
+        " or $NETVM_MICROKIT_SDK)",
+        "libvmm": "libvmm checkout with the eth_driver_vm example (else netvm.libvmm or"
+        " $NETVM_LIBVMM)",
+        "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
+    },
+    iterable=["skip"],
 )
 @user_errors
 def build_(
@@ -71,10 +85,27 @@ def build_(
     force: bool = False,
     kernel_src: str | None = None,
     json_: bool = False,
+    skip: list[str] | None = None,
+    require_image: bool = False,
+    microkit_sdk: str | None = None,
+    libvmm: str | None = None,
+    sddf: str | None = None,
 ) -> None:
     """Build the guest (render, kernel, rootfs, DTB, Microkit image) and write the manifest."""
     b = load_board(board, ROOT)
-    options = BuildOptions(force=force, kernel_src=Path(kernel_src) if kernel_src else None)
+    options = BuildOptions(
+        force=force,
+        kernel_src=Path(kernel_src) if kernel_src else None,
+        skip=frozenset(skip or ()),
+        microkit=resolve_inputs(
+            {"microkit_sdk": microkit_sdk, "libvmm": libvmm, "sddf": sddf},
+            c.config.get("netvm"),
+            os.environ,
+            cwd=Path.cwd(),
+            config_dir=ROOT,
+        ),
+        require_image=require_image,
+    )
     manifest = build(b, ROOT, options, progress=_progress)
     if json_:
         print(json.dumps(manifest, indent=2))
@@ -85,6 +116,105 @@ def build_(
     print(f"manifest: build/{b.name}/manifest.json")
 
 
+@task(
+    help={
+        "board": BOARD_HELP,
+        "system": "Microkit .system file to check (default: the one the microkit step wrote)",
+        "dtb": "guest DTB to check (default: build/B/dtb/guest.dtb)",
+        "vm": "name of the driver VM's <virtual_machine> if the file has several",
+        "strict": "treat warnings (enabled DT nodes nothing maps) as errors",
+    }
+)
+@user_errors
+def check(
+    c: Context,
+    board: str = "odroidc4",
+    system: str | None = None,
+    dtb: str | None = None,
+    vm: str | None = None,
+    strict: bool = False,
+) -> None:
+    """Cross-check the guest DTB against the Microkit system description (UIO, RAM, devices)."""
+    b = load_board(board, ROOT)
+    report = sdfcheck.check_files(
+        b,
+        ROOT,
+        system=Path(system) if system else None,
+        dtb=Path(dtb) if dtb else None,
+        vm_name=vm,
+        strict=strict,
+    )
+    print(sdfcheck.format_report(report))
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "method": "tftp (serve over the network, drive U-Boot on --serial) or sdcard",
+        "serial": "U-Boot console: a tty such as /dev/ttyUSB0, or unix:PATH (QEMU socket)",
+        "baud": "serial baud rate (default 115200)",
+        "image": "file to flash instead of the build's loader.img",
+        "load-address": "load/start address instead of the board's flash.load_address",
+        "server-ip": "this machine's IP as the board sees it (default: the default route's)",
+        "bind": "address the TFTP server listens on (default 0.0.0.0)",
+        "port": "UDP port of the TFTP server (default 69; U-Boot always asks port 69)",
+        "ip": "static IP for the board (default: dhcp)",
+        "netmask": "netmask with --ip (default 255.255.255.0)",
+        "gateway": "gateway with --ip, if the server is on another subnet",
+        "success": "regular expression on the console that means the boot worked",
+        "timeout": "seconds to wait for --success after the boot command (default 300)",
+        "device": "SD card block device (whole disk) or card image file, for --method sdcard",
+        "force": "write a device that is mounted or not removable",
+        "dry-run": "print the plan and write or send nothing",
+        "log": "console log file (default build/B/flash/console.log)",
+    }
+)
+@user_errors
+def flash(
+    c: Context,
+    board: str = "odroidc4",
+    method: str = "tftp",
+    serial: str | None = None,
+    baud: int = 115200,
+    image: str | None = None,
+    load_address: str | None = None,
+    server_ip: str | None = None,
+    bind: str = "0.0.0.0",
+    port: int = 69,
+    ip: str | None = None,
+    netmask: str = "255.255.255.0",
+    gateway: str | None = None,
+    success: str = flash_lib.DEFAULT_SUCCESS,
+    timeout: float = flash_lib.DEFAULT_TIMEOUT,
+    device: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    log: str | None = None,
+) -> None:
+    """Put the built image on a board: over TFTP through U-Boot, or onto an SD card."""
+    b = load_board(board, ROOT)
+    options = flash_lib.FlashOptions(
+        method=method,
+        serial=serial,
+        baud=baud,
+        image=Path(image) if image else None,
+        load_address=flash_lib.parse_address(load_address) if load_address else None,
+        server_ip=server_ip,
+        bind=bind,
+        port=port,
+        ip=ip,
+        netmask=netmask,
+        gateway=gateway,
+        success=success,
+        timeout=timeout,
+        device=Path(device) if device else None,
+        force=force,
+        dry_run=dry_run,
+        log=Path(log) if log else None,
+    )
+    print(flash_lib.flash_board(b, ROOT, options))
+
+
 @task(help={"board": BOARD_HELP})
 @user_errors
 def validate(c: Context, board: str = "odroidc4") -> None:
@@ -93,7 +223,65 @@ def validate(c: Context, board: str = "odroidc4") -> None:
     print(f"{b.file.relative_to(ROOT) if ROOT in b.file.parents else b.file}: ok")
 
 
+@task(help={"board": BOARD_HELP, "kernel-src": KERNEL_SRC_HELP})
+@user_errors
+def menuconfig(c: Context, board: str = "odroidc4", kernel_src: str | None = None) -> None:
+    """Edit the built guest kernel's .config interactively; then run kernel.diffconfig."""
+    b = load_board(board, ROOT)
+    src = kernel_source(b, Path(kernel_src) if kernel_src else None)
+    kdir = build_dir(ROOT, b) / "kernel"
+    kernel_lib.menuconfig(src.path, kdir, arch=b.arch, cross_compile=b.cross_compile)
+
+
+@task(help={"board": BOARD_HELP})
+@user_errors
+def diffconfig(c: Context, board: str = "odroidc4") -> None:
+    """Print what a hand-edited kernel .config changed, as a fragment to paste."""
+    b = load_board(board, ROOT)
+    print(kernel_lib.diffconfig(build_dir(ROOT, b) / "kernel"), end="")
+
+
+kernel_ns = Collection("kernel")
+kernel_ns.add_task(menuconfig)
+kernel_ns.add_task(diffconfig)
+
 ns = Collection()
+ns.add_collection(kernel_ns)
 ns.add_task(render)
 ns.add_task(build_, name="build")
 ns.add_task(validate)
+ns.add_task(check)
+ns.add_task(flash)
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "duration": "seconds to run (default: until Ctrl-C)",
+        "stats-json": "write driver and simulator counters and the conservation check here",
+        "driver-cmd": "run this driver command instead of netvm_driver (see docs/sim.md)",
+    }
+)
+@user_errors
+def sim(
+    c: Context,
+    board: str = "odroidc4",
+    duration: str | None = None,
+    stats_json: str | None = None,
+    driver_cmd: str | None = None,
+) -> None:
+    """Run the driver on this host against a simulated VMM, clients and a veth peer (root)."""
+    from netvm.sim import SimOptions, run_sim
+
+    options = SimOptions(
+        duration=float(duration) if duration else None,
+        stats_json=Path(stats_json) if stats_json else None,
+        driver_cmd=driver_cmd,
+    )
+    result = run_sim(load_board(board, ROOT), options, ROOT, progress=_progress)
+    print(result.summary())
+    if not result.ok:
+        raise Exit(code=1)
+
+
+ns.add_task(sim)

@@ -164,12 +164,56 @@ class Passthrough:
     irqs: tuple[int, ...]
 
 
+# Host platforms Microkit SDK archives are published for: microkit-sdk-<v>-<platform>.tar.gz
+MICROKIT_HOST_PLATFORMS = ("linux-x86-64", "linux-aarch64", "macos-x86-64", "macos-aarch64")
+
+
+@dataclass(frozen=True)
+class GitPin:
+    """A source tree pinned to a commit (a full hash or an unambiguous prefix of one)."""
+
+    repository: str | None
+    commit: str
+
+
 @dataclass(frozen=True)
 class MicrokitSpec:
+    """The pinned inputs of the seL4 image build (netvm.microkit checks them before make).
+
+    `sdk_sha256` maps each host platform to the sha256 of its SDK archive; None means
+    the hash is not known to netvm, so the user must supply and verify that archive.
+    A missing `libvmm`/`sddf` pin likewise leaves the tree unverified.
+    """
+
     board: str
     config: str
     sdk_version: str
     sdfgen_version: str
+    sdk_sha256: tuple[tuple[str, str | None], ...] = ()
+    libvmm: GitPin | None = None
+    example: str = "examples/eth_driver_vm"  # inside libvmm: the Makefile netvm drives
+    sddf: GitPin | None = None
+
+    def sdk_archive_sha256(self, platform: str) -> str | None:
+        return dict(self.sdk_sha256).get(platform)
+
+
+ROOTFS_PROVIDERS = ("debian", "cpio", "buildroot")
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """Where the guest's python3 base comes from (the overlay is always netvm's own).
+
+    debian: arm64 packages unpacked by netvm (offline default); cpio: a user's base
+    rootfs.cpio.gz with python3 (e.g. Buildroot output) that gets the overlay added;
+    buildroot: netvm exports an external tree the user builds with their own Buildroot.
+    """
+
+    provider: str
+    base_cpio: Path | None = None  # provider cpio
+    python_modules: tuple[str, ...] = ()  # stdlib modules imported lazily, kept besides
+    # what importing the driver pulls in
 
 
 @dataclass(frozen=True)
@@ -195,6 +239,7 @@ class Board:
     microkit: MicrokitSpec
     flash_load_address: int
     sim: SimSpec
+    rootfs: RootfsSpec = RootfsSpec("debian")
 
     @property
     def dir(self) -> Path:
@@ -565,18 +610,106 @@ def _read_passthrough(r: _Reader, node: Any) -> tuple[Passthrough, ...]:
 
 def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
     key = "microkit"
-    m = r.mapping(node, key, ("board", "config", "sdk_version", "sdfgen_version"))
+    names = ("board", "config", "sdk_version", "sdfgen_version")
+    m = r.mapping(node, key, names, ("sdk_sha256", "libvmm", "sddf"))
     if m is None:
         return None
-    values = [
-        r.get(m, key, k, r.str_) for k in ("board", "config", "sdk_version", "sdfgen_version")
-    ]
+    values = [r.get(m, key, k, r.str_) for k in names]
     if m.get("config") not in (None, "debug", "release", "benchmark"):
         r.add(f"{key}.config", f"expected debug, release or benchmark, got {_kind(m['config'])}")
-    if any(v is None for v in values):
+    sha = _read_sdk_sha256(r, m["sdk_sha256"]) if "sdk_sha256" in m else ()
+    libvmm = _read_git_pin(r, m["libvmm"], f"{key}.libvmm", ("example",)) if "libvmm" in m else None
+    example = "examples/eth_driver_vm"
+    if isinstance(m.get("libvmm"), dict) and "example" in m["libvmm"]:
+        example = r.str_(m["libvmm"]["example"], f"{key}.libvmm.example") or example
+    sddf = _read_git_pin(r, m["sddf"], f"{key}.sddf", ()) if "sddf" in m else None
+    if any(v is None for v in values) or sha is None:
         return None
     board, config, sdk, sdfgen = (str(v) for v in values)
-    return MicrokitSpec(board, config, sdk, sdfgen)
+    return MicrokitSpec(board, config, sdk, sdfgen, sha, libvmm, example, sddf)
+
+
+def _read_sdk_sha256(r: _Reader, node: Any) -> tuple[tuple[str, str | None], ...] | None:
+    """Per-platform archive hashes; an explicit null records "not known, user verifies"."""
+    key = "microkit.sdk_sha256"
+    m = r.mapping(node, key, (), MICROKIT_HOST_PLATFORMS)
+    if m is None:
+        return None
+    out: list[tuple[str, str | None]] = []
+    for platform in MICROKIT_HOST_PLATFORMS:
+        if platform not in m:
+            continue
+        value = m[platform]
+        if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            r.add(
+                f"{key}.{platform}",
+                f"expected 64 lowercase hex digits or null (unknown), got {_kind(value)}",
+                "sha256sum the SDK archive you verified; never guess a hash",
+            )
+            continue
+        out.append((platform, value))
+    return tuple(out)
+
+
+def _read_git_pin(r: _Reader, node: Any, key: str, extra: tuple[str, ...]) -> GitPin | None:
+    m = r.mapping(node, key, ("commit",), ("repository", *extra))
+    if m is None:
+        return None
+    commit = r.get(m, key, "commit", r.str_)
+    repo = r.get(m, key, "repository", r.str_) if "repository" in m else None
+    if commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        r.add(
+            f"{key}.commit",
+            f"expected a git commit (7 to 40 lowercase hex digits), got {commit!r}",
+        )
+        return None
+    return GitPin(repo, commit) if commit else None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_rootfs(r: _Reader, node: Any, board_dir: Path) -> RootfsSpec | None:
+    key = "rootfs"
+    m = r.mapping(node, key, ("provider",), ("base_cpio", "python_modules"))
+    if m is None:
+        return None
+    provider = r.get(m, key, "provider", r.str_)
+    if provider is not None and provider not in ROOTFS_PROVIDERS:
+        r.add(
+            f"{key}.provider",
+            f"expected one of {', '.join(ROOTFS_PROVIDERS)}, got {provider!r}",
+            "debian builds the initramfs offline from Debian's arm64 packages",
+        )
+        return None
+    base = None
+    if "base_cpio" in m:
+        text = r.get(m, key, "base_cpio", r.str_)
+        if text is not None:
+            base = (board_dir / text).resolve()
+            if not base.is_file():
+                r.add(f"{key}.base_cpio", f"file {text} not found next to the board file")
+    if provider == "cpio" and "base_cpio" not in m:
+        r.add(
+            f"{key}.base_cpio",
+            "missing: provider cpio needs the base rootfs.cpio.gz",
+            "give a path relative to the board file",
+        )
+    modules: list[str] = []
+    if "python_modules" in m:
+        items = m["python_modules"]
+        if not isinstance(items, list):
+            r.add(f"{key}.python_modules", f"expected a list of module names, got {_kind(items)}")
+        else:
+            for i, item in enumerate(items):
+                name = r.str_(item, f"{key}.python_modules[{i}]")
+                if name is not None and not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                    r.add(f"{key}.python_modules[{i}]", f"expected a module name, got {name!r}")
+                elif name is not None:
+                    modules.append(name)
+    if provider is None:
+        return None
+    return RootfsSpec(provider, base, tuple(modules))
 
 
 def _read_sim(r: _Reader, node: Any) -> SimSpec | None:
@@ -617,7 +750,7 @@ _REQUIRED_TOP = (
 def parse_board(data: Any, file: Path, display: str) -> Board:
     """Build a `Board` from parsed YAML; raise one UserError with every finding."""
     r = _Reader(display)
-    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough",))
+    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs"))
     if top is None:
         raise UserError(r.findings)
     version = top.get("schema_version")
@@ -648,10 +781,13 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
     if f is not None:
         flash_addr = r.get(f, "flash", "load_address", r.int_)
     sim = _read_sim(r, top.get("sim")) if "sim" in top else None
+    rootfs: RootfsSpec | None = RootfsSpec("debian")
+    if "rootfs" in top:
+        rootfs = _read_rootfs(r, top["rootfs"], file.parent)
     if r.findings:
         raise UserError(r.findings)
     assert name and description and arch and cross and kernel and dt and guest and net and uio
-    assert microkit and flash_addr is not None and sim
+    assert microkit and flash_addr is not None and sim and rootfs
     board = Board(
         name=name,
         description=description,
@@ -668,6 +804,7 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
         microkit=microkit,
         flash_load_address=flash_addr,
         sim=sim,
+        rootfs=rootfs,
     )
     from netvm.layout import check_board
 

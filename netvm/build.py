@@ -8,6 +8,7 @@ in its own module; this one only wires them together.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Callable
@@ -15,13 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netvm import __version__
+from netvm import __version__, microkit
 from netvm.board import Board, display_path
+from netvm.buildroot import export_external_tree
 from netvm.devicetree import build_guest_dtb, initrd_window
 from netvm.errors import UserError
-from netvm.kernelsrc import KernelSource, debian_source, local_source, tarball_source
-from netvm.pipeline import Artifact, StepOutput, StepRunner, tree_digest
+from netvm.kernel import build_image, configure
+from netvm.kernelsrc import (
+    KernelSource,
+    cache_dir,
+    debian_source,
+    local_source,
+    tarball_source,
+)
+from netvm.microkit import MicrokitInputs
+from netvm.pipeline import Artifact, StepOutput, StepRunner, file_sha256, tree_digest
 from netvm.render import header_text, render_all
+from netvm.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
+
+# Fixed archive timestamps unless the caller sets SOURCE_DATE_EPOCH (2024-01-01, the same
+# date the kernel build stamps into its version string).
+DEFAULT_SOURCE_DATE_EPOCH = 1704067200
 
 ARTIFACT_NAMES = (
     "kernel_config",
@@ -33,6 +48,10 @@ ARTIFACT_NAMES = (
     "rootfs_overlay",
     "loader_img",
 )
+# The code that shapes the initramfs: a change to it rebuilds the image.
+RECIPE_FILES = tuple(Path(__file__).parent / m for m in ("rootfs.py", "cpio.py"))
+STEP_NAMES = ("render", "kernel", "rootfs", "dtb", "microkit")
+SKIPPABLE = STEP_NAMES[1:]  # everything else reads the rendered files
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,17 @@ class BuildOptions:
     force: bool = False
     kernel_src: Path | None = None  # overrides the board's kernel source (a local tree)
     build_root: Path | None = None  # default: <repo>/build
+    skip: frozenset[str] = frozenset()  # steps not to run (e.g. iterate on the DTB alone)
+    microkit: MicrokitInputs | None = None  # SDK/libvmm/sDDF; None: loader.img is skipped
+    require_image: bool = False  # a build that cannot make loader.img is an error (CI)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.skip - set(SKIPPABLE))
+        if unknown:
+            raise UserError(
+                f"--skip {', '.join(unknown)}: not a step that can be skipped",
+                hint=f"choose from {', '.join(SKIPPABLE)}",
+            )
 
 
 def build_dir(root: Path, board: Board, build_root: Path | None = None) -> Path:
@@ -123,9 +153,90 @@ def _steps(
     versions["dtc"] = tool_version(["dtc", "--version"])
     versions["cross_gcc"] = tool_version([f"{board.cross_compile}gcc", "--version"])
 
-    # kernel and rootfs: built by their own modules once those land; reported, not faked.
-    runner.skip("kernel", "not available yet: the kernel build step is not implemented")
-    runner.skip("rootfs", "not available yet: the initramfs build step is not implemented")
+    def make_kernel() -> StepOutput:
+        kdir = out / "kernel"
+        cfg = configure(
+            src.path,
+            kdir,
+            rendered.kernel_fragments,
+            kernel_version=src.version,
+            arch=board.arch,
+            cross_compile=board.cross_compile,
+            allowed=board.kernel.allow_mismatch,
+        )
+        image = build_image(
+            src.path,
+            kdir,
+            arch=board.arch,
+            cross_compile=board.cross_compile,
+            progress=runner.progress,
+        )
+        details = {
+            "image_bytes": image.bytes,
+            "build_seconds": round(image.seconds, 1),
+            "compiler": image.compiler,
+            "requested_symbols": cfg.requested,
+            "enabled_symbols": cfg.enabled,
+            "allowed_mismatches": [f"CONFIG_{m.request.symbol}" for m in cfg.mismatches],
+        }
+        files = {"kernel_config": cfg.config, "kernel_image": image.image}
+        return StepOutput(dict(files, kernel_audit=cfg.audit_json), details)
+
+    _run(
+        runner,
+        options,
+        "kernel",
+        {
+            "fragments": tree_digest(rendered.kernel_fragments, rendered.root),
+            "kernel_source": versions["kernel_source"],
+            "kernel_path": str(src.path),
+            "cross_gcc": versions["cross_gcc"],
+            "allowed": sorted(board.kernel.allow_mismatch),
+        },
+        make_kernel,
+    )
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
+    spec = board.rootfs
+
+    def make_rootfs() -> StepOutput:
+        result = build_initramfs(
+            spec.provider,
+            rendered.rootfs_overlay,
+            out / "rootfs" / "rootfs.cpio.gz",
+            cache=cache_dir(),
+            epoch=epoch,
+            base_cpio=spec.base_cpio,
+            extra_modules=spec.python_modules,
+            progress=runner.progress,
+        )
+        return StepOutput({"initramfs": result.path}, result.report())
+
+    if spec.provider == "buildroot":
+        tree = export_external_tree(
+            board, rendered.rootfs_overlay, out / "buildroot-external", root
+        )
+        runner.skip(
+            "rootfs",
+            f"provider buildroot: build {display_path(tree, root)} with your Buildroot "
+            "(docs/rootfs.md), then use provider cpio",
+        )
+    else:
+        _run(
+            runner,
+            options,
+            "rootfs",
+            {
+                "overlay": runner.artifacts["rootfs_overlay"].sha256,
+                "provider": spec.provider,
+                "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
+                "packages": DEBIAN_PACKAGES if spec.provider == "debian" else None,
+                "apt_lists": apt_lists_state() if spec.provider == "debian" else None,
+                "python_modules": spec.python_modules,
+                "epoch": epoch,
+                "recipe": tree_digest(RECIPE_FILES, Path(__file__).parent),
+            },
+            make_rootfs,
+        )
     initramfs = runner.artifacts.get("initramfs")
     kernel_image = runner.artifacts.get("kernel_image")
 
@@ -140,7 +251,9 @@ def _steps(
         details: dict[str, Any] = {"initrd": str(initrd) if initrd else None}
         return StepOutput({"dtb": result.dtb, "dts": result.dts}, details)
 
-    runner.run(
+    _run(
+        runner,
+        options,
         "dtb",
         {
             "overlay": tree_digest([rendered.overlay_dts], rendered.root),
@@ -152,10 +265,29 @@ def _steps(
         },
         make_dtb,
     )
-    runner.skip(
-        "microkit",
-        "loader.img needs the Microkit SDK, libvmm and sDDF inputs (not supported yet)",
-    )
+    if "microkit" in options.skip:
+        runner.skip("microkit", "not run: --skip microkit")
+    else:
+        microkit.run_step(
+            board,
+            display_path(board.file, root),
+            runner,
+            options.microkit,
+            require_image=options.require_image,
+        )
+
+
+def _run(
+    runner: StepRunner,
+    options: BuildOptions,
+    name: str,
+    inputs: dict[str, Any],
+    fn: Callable[[], StepOutput],
+) -> None:
+    if name in options.skip:
+        runner.skip(name, f"not run: --skip {name}")
+    else:
+        runner.run(name, inputs, fn)
 
 
 def _manifest(

@@ -68,7 +68,7 @@ def uio_node_name(dev: UioDevice) -> str:
     return f"uio-{dev.name.replace('_', '-')}@{dev.maps[0].paddr:x}"
 
 
-def _environment(root: Path) -> jinja2.Environment:
+def environment(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root / "templates")),
         undefined=jinja2.StrictUndefined,
@@ -83,14 +83,14 @@ def _environment(root: Path) -> jinja2.Environment:
 
 
 def render_overlay_dts(board: Board, root: Path) -> str:
-    template = _environment(root).get_template("overlay.dts.j2")
+    template = environment(root).get_template("overlay.dts.j2")
     return template.render(board=board, header=header_text(board, root))
 
 
 def render_kernel_fragments(board: Board, root: Path) -> dict[str, str]:
     """Fragment file name -> text, in merge order: netvm's common one, then the board's."""
     header = f"# {header_text(board, root)}\n"
-    env = _environment(root)
+    env = environment(root)
     out = {
         "00-driver-vm.config": header
         + env.get_template("kernel/driver-vm.config.j2").render(board=board)

@@ -15,12 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 
+# The pipeline's own behaviour does not need a kernel or initramfs built per test:
+# test_kernel.py and test_rootfs.py build those once.
+FAST = frozenset({"kernel", "rootfs"})
+
+
 def statuses(manifest: dict) -> dict[str, str]:
     return {s["name"]: s["status"] for s in manifest["steps"]}
 
 
 def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
-    opts = BuildOptions(build_root=tmp_path)
+    opts = BuildOptions(build_root=tmp_path, skip=FAST)
     first = build(odroidc4, ROOT, opts)
     assert list(statuses(first)) == ["render", "kernel", "rootfs", "dtb", "microkit"]
     assert statuses(first)["dtb"] == "built"
@@ -38,7 +43,7 @@ def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
     assert {s for n, s in statuses(second).items() if s != "skipped"} == {"cached"}
     assert second["artifacts"] == first["artifacts"]
 
-    forced = build(odroidc4, ROOT, BuildOptions(build_root=tmp_path, force=True))
+    forced = build(odroidc4, ROOT, BuildOptions(build_root=tmp_path, force=True, skip=FAST))
     assert statuses(forced)["dtb"] == "built"
     assert forced["artifacts"]["dtb"]["sha256"] == dtb["sha256"]  # byte-identical rebuild
 
@@ -49,7 +54,7 @@ def test_a_board_change_rebuilds_the_dtb(odroidc4: Board, tmp_path: Path) -> Non
     text = odroidc4.file.read_text()
     (board_dir / "kernel.config").write_text((odroidc4.dir / "kernel.config").read_text())
     (board_dir / "board.yaml").write_text(text)
-    opts = BuildOptions(build_root=tmp_path / "build")
+    opts = BuildOptions(build_root=tmp_path / "build", skip=FAST)
     build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
     (board_dir / "board.yaml").write_text(text.replace("maxcpus=1 nosmp", "maxcpus=1"))
     changed = build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
@@ -57,7 +62,7 @@ def test_a_board_change_rebuilds_the_dtb(odroidc4: Board, tmp_path: Path) -> Non
 
 
 def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None:
-    opts = BuildOptions(build_root=tmp_path)
+    opts = BuildOptions(build_root=tmp_path, skip=FAST)
     good = build(odroidc4, ROOT, opts)["artifacts"]["dtb"]["sha256"]
     dtb = tmp_path / "odroidc4/dtb/guest.dtb"
     dtb.write_bytes(dtb.read_bytes()[:-4] + b"XXXX")
@@ -67,7 +72,7 @@ def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None
 
 def test_invoke_build_json_prints_the_manifest() -> None:
     proc = subprocess.run(
-        [INVOKE, "build", "--board", "odroidc4", "--json"],
+        [INVOKE, "build", "--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -76,3 +81,15 @@ def test_invoke_build_json_prints_the_manifest() -> None:
     manifest = json.loads(proc.stdout)
     assert manifest == json.loads((ROOT / "build/odroidc4/manifest.json").read_text())
     assert manifest["artifacts"]["dtb"] is not None
+    notes = {s["name"]: s.get("note") for s in manifest["steps"]}
+    assert notes["kernel"] == "not run: --skip kernel"
+
+
+def test_skipping_an_unknown_step_is_a_user_error() -> None:
+    proc = subprocess.run(
+        [INVOKE, "build", "--skip", "kernle"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "--skip kernle: not a step that can be skipped" in proc.stderr
+    assert "choose from kernel, rootfs, dtb, microkit" in proc.stderr
+    assert "Traceback" not in proc.stderr

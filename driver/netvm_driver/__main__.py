@@ -1,0 +1,176 @@
+"""Command line: ``python3 -m netvm_driver --config /etc/netvm/driver.json --interface eth0``.
+
+Owns: argument parsing, the start-up sequence and its log lines, signal set-up and exit
+codes (0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a configuration error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import log
+from .config import ConfigError, DriverConfig, load_config
+from .datapath import (
+    DEFAULT_BATCH,
+    DataPassingError,
+    DataPath,
+    check_data_passing,
+    open_packet_socket,
+    read_data_passing,
+)
+from .device import DeviceError, Devices, open_sim_devices, open_uio_devices
+from .loop import EventLoop, FatalDeviceError
+from .stats import Stats
+from .uio import UioError
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="netvm_driver",
+        description="Userspace Ethernet driver of the seL4 driver VM: moves frames between a "
+        "Linux interface and the sDDF net queues shared with the VMM through UIO.",
+    )
+    p.add_argument(
+        "--config", default="/etc/netvm/driver.json", help="driver.json (default: %(default)s)"
+    )
+    p.add_argument("--interface", help="network interface (default: the config's 'interface')")
+    p.add_argument(
+        "--fill-tx-checksums",
+        action="store_true",
+        help="fill IPv4/UDP/TCP checksums of TX frames in software (for clients that leave "
+        "them to hardware offload); also enabled by the config's fill_tx_checksums",
+    )
+    p.add_argument(
+        "--stats-json",
+        metavar="PATH",
+        help="write counters here periodically, at exit and on SIGUSR1",
+    )
+    p.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between stats writes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH, help="frames per batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sim-devices",
+        metavar="FILE",
+        help="SIMULATION: take the devices from this file written by the host simulation "
+        "(invoke sim) instead of /sys/class/uio",
+    )
+    p.add_argument(
+        "--self-check",
+        action="store_true",
+        help="import every module, validate the config and exit without touching devices",
+    )
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.stats_interval <= 0:
+        p.error("--batch and --stats-interval must be positive")
+    return args
+
+
+def self_check(config: DriverConfig) -> int:
+    # Importing everything proves the install is complete (a missing module fails here).
+    from . import abi, checksum, datapath, devmem, loop, queue, stats, uio  # noqa: F401
+
+    print(
+        f"netvm_driver: {config.path}: ok (board {config.board}, interface {config.interface}, "
+        f"rx capacity {config.capacity('rx_free')}, tx capacity {config.capacity('tx_free')}, "
+        f"{len(config.tx_clients)} TX clients)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for finding in exc.findings:
+            log.error(finding)
+        return EXIT_CONFIG
+    if args.self_check:
+        return self_check(config)
+    interface = args.interface or config.interface
+
+    # Signals only write their number to a pipe the event loop watches: no state is
+    # changed behind the loop's back, and a stop lands between batches.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: None)
+
+    devices: Devices | None = None
+    sock = None
+    try:
+        log.info("*** Starting up")
+        log.info(f"*** Network interface: {interface}")
+        if args.sim_devices:
+            log.info(f"*** SIMULATION: opening simulated devices from {args.sim_devices}")
+            devices = open_sim_devices(config, args.sim_devices, log.info)
+        else:
+            log.info("*** Setting up UIO devices by name")
+            devices = open_uio_devices(config, log.info)
+        log.info("*** Setting up raw promiscuous socket")
+        sock = open_packet_socket(interface)
+        log.info("*** Checking the data passing page")
+        dp = read_data_passing(devices)
+        problems = check_data_passing(dp, config)
+        if problems:
+            raise DataPassingError("data passing page: " + "; ".join(problems))
+        log.info(f"-> rx data paddr = {dp.rx_data_paddr:#x}")
+        for i in range(dp.num_tx_clients):
+            log.info(f"-> tx client #{i} data paddr = {dp.tx_data_paddrs[i]:#x}")
+        stats = Stats()
+        datapath = DataPath(
+            config,
+            devices,
+            dp,
+            sock,
+            stats,
+            fill_tx_checksums=args.fill_tx_checksums or config.fill_tx_checksums,
+            batch=args.batch,
+        )
+        loop = EventLoop(
+            datapath,
+            devices.irq_fds,
+            stats,
+            wake_r,
+            stats_path=args.stats_json,
+            stats_interval=args.stats_interval,
+        )
+        log.info(
+            "*** All initialisation successful, now sending all pending TX active before we "
+            "block on events"
+        )
+        loop.start()
+        log.info("*** All pending TX active have been sent, entering event loop now.")
+        log.info(
+            "*** You won't see any output from UIO Net anymore. Unless there is a warning or error."
+        )
+        loop.run()
+        return 0
+    except (UioError, DeviceError, DataPassingError, FatalDeviceError) as exc:
+        log.error(str(exc))
+        return EXIT_RUNTIME
+    except OSError as exc:
+        log.error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        return EXIT_RUNTIME
+    finally:
+        if sock is not None:
+            sock.close()
+        if devices is not None:
+            devices.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Every access the driver makes to shared memory goes through this module.
+
+Owns: loads and stores of indices, flags and descriptor words; the views handed to the
+kernel for frame copies; the padded user copies; the guest->VMM doorbell store.
+Must not hold queue logic (queue.py) or decide what is valid (datapath.py).
+
+Why so strict: in the guest these maps are uncached Device memory. An unaligned or
+wider-than-natural access faults, and a byte-wise store of an index can be seen torn by
+the other side. So:
+- indices and flags are published with ONE aligned 16/32-bit store and read with one
+  aligned load (``memoryview.cast`` gives exactly one ``ldrh``/``strh``/``ldr``/``str``);
+- descriptor words are moved as aligned 64-bit words;
+- frame bytes are copied by the kernel (``recv_into``/``send`` on a view of the map), or
+  by a user copy whose both ends are 16-byte aligned, padded inside the 2048-byte buffer
+  (a plain slice copy uses memcpy, which issues unaligned overlapping accesses for odd
+  lengths);
+- the fault page is only ever written, with a single byte store: the VMM skips the
+  faulting instruction without emulating it, so a read would return garbage.
+Every offset is checked (alignment, and bounds by memoryview itself), so a bad offset
+raises instead of touching memory outside the mapped region.
+"""
+
+from __future__ import annotations
+
+from .abi import NET_BUFFER_SIZE
+
+COPY_ALIGN = 16
+
+
+class DeviceMemoryError(ValueError):
+    """An access the device-memory rules forbid (misaligned, or outside the region/buffer)."""
+
+
+def padded_window(
+    offset: int, length: int, region_size: int, buffer_size: int = NET_BUFFER_SIZE
+) -> tuple[int, int]:
+    """The aligned [start, end) a user copy of `length` bytes at `offset` really touches.
+
+    Both ends are rounded out to COPY_ALIGN; the window must stay inside the buffer that
+    holds `offset` (buffers sit at multiples of `buffer_size` in the region) and inside
+    the region.
+    """
+    if offset < 0 or length < 0:
+        raise DeviceMemoryError(f"negative copy: offset {offset}, length {length}")
+    start = offset & ~(COPY_ALIGN - 1)
+    end = (offset + length + COPY_ALIGN - 1) & ~(COPY_ALIGN - 1)
+    buffer_end = (offset & ~(buffer_size - 1)) + buffer_size
+    if end > buffer_end or end > region_size:
+        raise DeviceMemoryError(
+            f"copy of {length} bytes at {offset:#x} crosses its {buffer_size}-byte buffer "
+            f"or the region ({region_size:#x} bytes)"
+        )
+    return start, end
+
+
+class DeviceMemory:
+    """One shared region (a UIO map, or its simulated stand-in)."""
+
+    __slots__ = ("_h", "_i", "_mv", "_q", "name", "size")
+
+    def __init__(self, name: str, buf: object) -> None:
+        mv = memoryview(buf)  # type: ignore[arg-type]
+        if mv.nbytes % 8:
+            raise DeviceMemoryError(f"{name}: region size {mv.nbytes} is not a multiple of 8")
+        self.name = name
+        self.size = mv.nbytes
+        self._mv = mv.cast("B")
+        self._h = self._mv.cast("H")
+        self._i = self._mv.cast("I")
+        self._q = self._mv.cast("Q")
+
+    # Single aligned loads and stores. memoryview indexing is bounds-checked; the explicit
+    # checks reject misaligned and negative offsets (which would index the wrong element).
+
+    def load16(self, offset: int) -> int:
+        if offset & 1 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 16-bit load at {offset:#x}")
+        return self._h[offset >> 1]
+
+    def store16(self, offset: int, value: int) -> None:
+        if offset & 1 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 16-bit store at {offset:#x}")
+        self._h[offset >> 1] = value
+
+    def load32(self, offset: int) -> int:
+        if offset & 3 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 32-bit load at {offset:#x}")
+        return self._i[offset >> 2]
+
+    def store32(self, offset: int, value: int) -> None:
+        if offset & 3 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 32-bit store at {offset:#x}")
+        self._i[offset >> 2] = value
+
+    def load64(self, offset: int) -> int:
+        if offset & 7 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 64-bit load at {offset:#x}")
+        return self._q[offset >> 3]
+
+    def store64(self, offset: int, value: int) -> None:
+        if offset & 7 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: misaligned 64-bit store at {offset:#x}")
+        self._q[offset >> 3] = value
+
+    def load_desc(self, offset: int) -> tuple[int, int]:
+        """The two 64-bit words of a descriptor (io_or_offset; len and reserved bits)."""
+        if offset & 15 != 8 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: descriptor offset {offset:#x} misaligned")
+        w = offset >> 3
+        q = self._q
+        return q[w], q[w + 1]
+
+    def store_desc(self, offset: int, word0: int, word1: int) -> None:
+        if offset & 15 != 8 or offset < 0:
+            raise DeviceMemoryError(f"{self.name}: descriptor offset {offset:#x} misaligned")
+        w = offset >> 3
+        q = self._q
+        q[w] = word0
+        q[w + 1] = word1
+
+    def load_words(self, offset: int, nbytes: int) -> bytes:
+        """`nbytes` (a multiple of 8) read as aligned 64-bit loads, e.g. the data-passing page."""
+        if offset & 7 or nbytes & 7 or offset < 0 or offset + nbytes > self.size:
+            raise DeviceMemoryError(f"{self.name}: word read {offset:#x}+{nbytes} not aligned")
+        q = self._q
+        first = offset >> 3
+        words = [q[first + k] for k in range(nbytes >> 3)]
+        return b"".join(w.to_bytes(8, "little") for w in words)
+
+    # Frame data.
+
+    def kernel_view(self, offset: int, length: int) -> memoryview:
+        """A view for the kernel to copy into or out of (``recv_into``/``send``).
+
+        The range must lie inside one buffer of the region; the caller validated it, this
+        is the last line of defence against a write outside the map.
+        """
+        if (
+            offset < 0
+            or length < 0
+            or offset + length > self.size
+            or (offset & ~(NET_BUFFER_SIZE - 1)) + NET_BUFFER_SIZE < offset + length
+        ):
+            raise DeviceMemoryError(
+                f"{self.name}: frame view {offset:#x}+{length} outside its buffer or the region"
+            )
+        return self._mv[offset : offset + length]
+
+    def copy_out(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset`, read with a 16-byte aligned, padded copy."""
+        start, end = padded_window(offset, length, self.size)
+        window = bytes(self._mv[start:end])
+        return window[offset - start : offset - start + length]
+
+    def copy_in(self, offset: int, data: bytes) -> None:
+        """Write `data` at a 16-byte aligned `offset`, zero-padded to 16 inside the buffer."""
+        if offset & (COPY_ALIGN - 1):
+            raise DeviceMemoryError(f"{self.name}: copy destination {offset:#x} not aligned")
+        start, end = padded_window(offset, len(data), self.size)
+        self._mv[start:end] = data + bytes(end - start - len(data))
+
+
+class FaultDoorbell:
+    """Guest->VMM notification: one store to a page the VMM left unmapped in stage 2."""
+
+    __slots__ = ("_mv",)
+
+    def __init__(self, buf: object) -> None:
+        self._mv = memoryview(buf).cast("B")  # type: ignore[arg-type]
+
+    def ring(self) -> None:
+        # A single byte store, never a read: the VMM skips the instruction (pc += 4).
+        self._mv[0] = 0

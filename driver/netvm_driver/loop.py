@@ -1,0 +1,160 @@
+"""The event loop: one epoll over the packet socket, the two IRQ fds and the signal pipe.
+
+Owns: IRQ acknowledgement order, socket interest (paused while no RX buffer is free,
+POLLOUT while a send would block), periodic and on-request stats, and orderly shutdown.
+Must not touch queues or shared memory (datapath.py does).
+
+IRQ order (Linux UIO and libvmm): read the fd until EAGAIN, write a 4-byte 1 to
+re-enable, THEN process the queues. The VMM drops a vIRQ injected while the guest has it
+masked instead of latching it, so work that arrived while masked is only found by the
+re-scan after re-enabling. An IRQ fd left unread keeps a level-triggered epoll ready
+forever, so every readiness is drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import struct
+import time
+
+from . import log
+from .datapath import DataPath
+from .stats import Stats
+
+IRQ_ENABLE = struct.pack("=i", 1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class FatalDeviceError(RuntimeError):
+    pass
+
+
+def ack_irq(fd: int) -> int:
+    """Drain an IRQ fd and re-enable the interrupt; returns the number of reads."""
+    reads = 0
+    while True:
+        try:
+            if not os.read(fd, 4):
+                raise FatalDeviceError("IRQ device closed")
+            reads += 1
+        except BlockingIOError:
+            break
+    # Only a simulated IRQ (a pty) can be full; then an enable is already pending.
+    with contextlib.suppress(BlockingIOError):
+        os.write(fd, IRQ_ENABLE)
+    return reads
+
+
+class EventLoop:
+    def __init__(
+        self,
+        datapath: DataPath,
+        irq_fds: dict[str, int],
+        stats: Stats,
+        wakeup_fd: int,
+        *,
+        stats_path: str | None = None,
+        stats_interval: float = 10.0,
+    ) -> None:
+        self.dp = datapath
+        self.rx_irq = irq_fds["rx_irq"]
+        self.tx_irq = irq_fds["tx_irq"]
+        self.stats = stats
+        self.wakeup_fd = wakeup_fd
+        self.stats_path = stats_path
+        self.stats_interval = stats_interval
+
+    def write_stats(self, reason: str) -> None:
+        if self.stats_path:
+            try:
+                self.dp.collect_socket_drops()
+                self.stats.write(self.stats_path, reason)
+            except OSError as exc:
+                log.warn(f"cannot write stats to {self.stats_path}: {exc.strerror}")
+
+    def _irq(self, fd: int, events: int) -> None:
+        if events & (select.EPOLLHUP | select.EPOLLERR):
+            raise FatalDeviceError("an IRQ device hung up (its provider went away)")
+        ack_irq(fd)
+        self.stats.irqs_handled += 1
+
+    def start(self) -> None:
+        """Enable both IRQs, then scan once: anything that arrived before we ran is found."""
+        for fd in (self.rx_irq, self.tx_irq):
+            ack_irq(fd)
+        self.dp.process_tx()
+        self.dp.process_rx()
+
+    def run(self) -> None:
+        dp = self.dp
+        sock_fd = dp.sock.fileno()
+        ep = select.epoll()
+        try:
+            sock_events = select.EPOLLIN
+            ep.register(sock_fd, sock_events)
+            ep.register(self.rx_irq, select.EPOLLIN)
+            ep.register(self.tx_irq, select.EPOLLIN)
+            ep.register(self.wakeup_fd, select.EPOLLIN)
+            self._loop(ep, sock_fd, sock_events)
+        finally:
+            ep.close()
+            self.write_stats("exit")
+
+    def _loop(self, ep: select.epoll, sock_fd: int, sock_events: int) -> None:
+        dp = self.dp
+        rx_irq, tx_irq, wakeup = self.rx_irq, self.tx_irq, self.wakeup_fd
+        interval = self.stats_interval if self.stats_path else None
+        next_stats = time.monotonic() + interval if interval else None
+        stopping = False
+        while not stopping:
+            timeout = -1.0 if next_stats is None else max(0.0, next_stats - time.monotonic())
+            rx = tx = False
+            for fd, ev in ep.poll(timeout):
+                if fd == sock_fd:
+                    if ev & select.EPOLLERR:
+                        dp.socket_error()
+                    if ev & select.EPOLLIN:
+                        rx = True
+                    if ev & select.EPOLLOUT:
+                        dp.tx_blocked = False
+                        tx = True
+                elif fd == rx_irq:
+                    self._irq(fd, ev)
+                    rx = True
+                elif fd == tx_irq:
+                    self._irq(fd, ev)
+                    tx = True
+                elif fd == wakeup:
+                    sigs = self._signals()
+                    if signal.SIGUSR1 in sigs:
+                        self.write_stats("SIGUSR1")
+                    stopping = any(s in sigs for s in STOP_SIGNALS)
+            # Finish the work in hand even when a stop was requested.
+            if tx:
+                dp.process_tx()
+            if rx:
+                dp.process_rx()
+            want = (0 if dp.rx_starved else select.EPOLLIN) | (
+                select.EPOLLOUT if dp.tx_blocked else 0
+            )
+            if want != sock_events:
+                ep.modify(sock_fd, want)
+                sock_events = want
+            if next_stats is not None and interval and time.monotonic() >= next_stats:
+                self.write_stats("periodic")
+                next_stats = time.monotonic() + interval
+
+    def _signals(self) -> set[int]:
+        """Signal numbers written by the interpreter to the wakeup pipe."""
+        got: set[int] = set()
+        while True:
+            try:
+                data = os.read(self.wakeup_fd, 64)
+            except BlockingIOError:
+                return got
+            if not data:
+                return got
+            got.update(data)

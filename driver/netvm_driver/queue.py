@@ -1,0 +1,145 @@
+"""sDDF net queue logic: indices, slots, batches and the signal flag (DESIGN.md §3).
+
+Owns: the ring arithmetic and its validation. The driver keeps its own copy of the index
+it owns (the head of a ring it consumes, the tail of a ring it produces) and only ever
+reads the other side's index, so a hostile peer cannot make it re-read or skip its own
+position. Must not touch memory except through devmem.DeviceMemory, and must not decide
+what a descriptor means (datapath.py).
+
+Indices are u16 and wrap; the length of a ring is ``(tail - head) & 0xFFFF``. A length
+above the capacity can only come from a corrupt or hostile index: it is reported as -1
+and the ring is treated as empty (or full) until the index makes sense again.
+"""
+
+from __future__ import annotations
+
+from .abi import (
+    DESC_LEN_MASK,
+    DESC_SIZE,
+    INDEX_MASK,
+    QUEUE_CONSUMER_SIGNALLED,
+    QUEUE_HEAD,
+    QUEUE_HEADER_SIZE,
+    QUEUE_TAIL,
+)
+from .devmem import DeviceMemory
+
+MAX_CAPACITY = 0x8000  # u16 indices: a full ring must differ from an empty one
+
+
+class QueueConfigError(ValueError):
+    pass
+
+
+def ring_length(tail: int, head: int) -> int:
+    """Entries between head and tail, modulo the u16 index space."""
+    return (tail - head) & INDEX_MASK
+
+
+def check_capacity(capacity: int, region_size: int, name: str) -> None:
+    if capacity < 1 or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+        # Slots stay consistent across the u16 wrap only if capacity divides 65536.
+        raise QueueConfigError(
+            f"{name}: capacity {capacity} must be a power of two between 1 and {MAX_CAPACITY}"
+        )
+    need = QUEUE_HEADER_SIZE + DESC_SIZE * capacity
+    if region_size < need:
+        raise QueueConfigError(
+            f"{name}: region of {region_size:#x} bytes is too small for {capacity} "
+            f"descriptors ({need:#x} bytes)"
+        )
+
+
+class Ring:
+    """One queue (header and descriptors) in a shared region."""
+
+    __slots__ = ("capacity", "mask", "mem", "name")
+
+    def __init__(self, mem: DeviceMemory, capacity: int, name: str | None = None) -> None:
+        self.name = name or mem.name
+        check_capacity(capacity, mem.size, self.name)
+        self.mem = mem
+        self.capacity = capacity
+        self.mask = capacity - 1
+
+    def load_tail(self) -> int:
+        return self.mem.load16(QUEUE_TAIL)
+
+    def load_head(self) -> int:
+        return self.mem.load16(QUEUE_HEAD)
+
+    def publish_tail(self, tail: int) -> None:
+        self.mem.store16(QUEUE_TAIL, tail & INDEX_MASK)
+
+    def publish_head(self, head: int) -> None:
+        self.mem.store16(QUEUE_HEAD, head & INDEX_MASK)
+
+    def request_signal(self) -> None:
+        """Consumer: "signal me when you add work" (consumer_signalled = 0)."""
+        self.mem.store32(QUEUE_CONSUMER_SIGNALLED, 0)
+
+    def cancel_signal(self) -> None:
+        self.mem.store32(QUEUE_CONSUMER_SIGNALLED, 1)
+
+    def signal_required(self) -> bool:
+        return self.mem.load32(QUEUE_CONSUMER_SIGNALLED) == 0
+
+    def slot_offset(self, index: int) -> int:
+        return QUEUE_HEADER_SIZE + DESC_SIZE * (index & self.mask)
+
+
+class Consumer:
+    """Our end of a ring we dequeue from; `head` is ours, `tail` is the peer's."""
+
+    __slots__ = ("capacity", "head", "ring")
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.capacity = ring.capacity
+        self.head = ring.load_head()
+
+    def available(self) -> int:
+        """Entries ready to dequeue, or -1 if the peer's tail is impossible."""
+        n = (self.ring.load_tail() - self.head) & INDEX_MASK
+        return n if n <= self.capacity else -1
+
+    def peek(self, k: int) -> tuple[int, int]:
+        """Descriptor words of the k-th entry after head (k < available())."""
+        ring = self.ring
+        return ring.mem.load_desc(ring.slot_offset(self.head + k))
+
+    def advance(self, n: int) -> None:
+        """Dequeue n entries: one head publish."""
+        self.head = (self.head + n) & INDEX_MASK
+        self.ring.publish_head(self.head)
+
+
+class Producer:
+    """Our end of a ring we enqueue to; `tail` is ours, `head` is the peer's."""
+
+    __slots__ = ("capacity", "ring", "tail")
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.capacity = ring.capacity
+        self.tail = ring.load_tail()
+
+    def space(self) -> int:
+        """Free slots, or -1 if the peer's head is impossible."""
+        used = (self.tail - self.ring.load_head()) & INDEX_MASK
+        return self.capacity - used if used <= self.capacity else -1
+
+    def put(self, k: int, word0: int, word1: int) -> None:
+        """Write the k-th new entry after tail (not visible until commit)."""
+        ring = self.ring
+        ring.mem.store_desc(ring.slot_offset(self.tail + k), word0, word1)
+
+    def commit(self, n: int) -> None:
+        """Publish n written entries: the descriptors are complete before the tail moves."""
+        self.tail = (self.tail + n) & INDEX_MASK
+        self.ring.publish_tail(self.tail)
+
+
+def with_len(word1: int, length: int) -> int:
+    """A descriptor's second word with its len replaced and the reserved bits kept."""
+    return (word1 & ~DESC_LEN_MASK) | length

@@ -1,0 +1,635 @@
+"""The Microkit handoff: from netvm's guest artifacts to the seL4 system image `loader.img`.
+
+Owns finding the three external inputs of the image build (Microkit SDK, libvmm with its
+Ethernet driver VM example, sDDF), checking them against the board's pins before anything
+runs, and running upstream's example Makefile with netvm's kernel, initramfs and guest
+DTS substituted on the command line. It must not edit the upstream trees: everything it
+writes goes under the build directory it is given.
+
+Inputs come from, in order: the task's flags (`--microkit-sdk`, `--libvmm`, `--sddf`),
+`invoke.yaml` (`netvm: {microkit_sdk: …, libvmm: …, sddf: …}`) and the environment
+(`NETVM_MICROKIT_SDK`, `NETVM_LIBVMM`, `NETVM_SDDF`). sDDF defaults to libvmm's own
+`dep/sddf` submodule. netvm does not download them: this machine cannot reach their hosts,
+so a missing input is reported with exactly how to supply it.
+
+House rules: no module state; every problem is a `Finding` naming the board file and the
+pinned key it concerns; all findings of a check are raised together.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netvm.board import Board, MicrokitSpec
+from netvm.errors import Finding, UserError
+from netvm.pipeline import StepOutput, StepRecord, StepRunner, file_sha256
+
+# name -> (task flag, environment variable, what it is)
+INPUTS: dict[str, tuple[str, str, str]] = {
+    "microkit_sdk": ("--microkit-sdk", "NETVM_MICROKIT_SDK", "the Microkit SDK"),
+    "libvmm": ("--libvmm", "NETVM_LIBVMM", "libvmm (with the Ethernet driver VM example)"),
+    "sddf": ("--sddf", "NETVM_SDDF", "sDDF"),
+}
+# The python that runs upstream's meta.py (it imports sdfgen). Config/env only: rarely set.
+PYTHON_ENV = "NETVM_MICROKIT_PYTHON"
+CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class InputPath:
+    path: Path  # absolute
+    origin: str  # where it came from, e.g. "--libvmm" or "$NETVM_LIBVMM"
+
+
+@dataclass(frozen=True)
+class MicrokitInputs:
+    """Where the external inputs are, before they are checked."""
+
+    sdk: InputPath | None
+    libvmm: InputPath | None
+    sddf: InputPath | None
+    python: str
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        names = ("microkit_sdk", "libvmm", "sddf")
+        return tuple(
+            n for n, v in zip(names, (self.sdk, self.libvmm, self.sddf), strict=True) if v is None
+        )
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """Inputs that passed every check, with what could be verified about each."""
+
+    sdk: Path  # an SDK directory (extracted when an archive was given)
+    sdk_version: str
+    libvmm: Path
+    example: Path  # the directory holding upstream's Makefile
+    sddf: Path
+    python: str
+    sdfgen_version: str
+    provenance: dict[str, str]  # input -> "verified: …" or "unverified: …"
+
+
+@dataclass(frozen=True)
+class GuestArtifacts:
+    kernel_image: Path
+    initramfs: Path
+    guest_dts: Path  # the merged base + overlay DTS (has /dts-v1/)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    loader_img: Path
+    log: Path
+    report: Path | None
+    command: tuple[str, ...]
+    seconds: float
+
+
+def resolve_inputs(
+    flags: Mapping[str, str | None],
+    config: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+    *,
+    cwd: Path,
+    config_dir: Path,
+) -> MicrokitInputs:
+    """Pick each input from the flags, then invoke.yaml, then the environment.
+
+    Relative paths are taken from where the user typed them: flags and environment
+    from `cwd`, invoke.yaml from the directory holding it (`config_dir`).
+    """
+    section = dict(config or {})
+    found: dict[str, InputPath | None] = {}
+    for name, (flag, var, _what) in INPUTS.items():
+        found[name] = None
+        if flags.get(name):
+            found[name] = InputPath(_abs(str(flags[name]), cwd), flag)
+        elif section.get(name):
+            found[name] = InputPath(
+                _abs(str(section[name]), config_dir), f"invoke.yaml {CONFIG_SECTION}.{name}"
+            )
+        elif env.get(var):
+            found[name] = InputPath(_abs(env[var], cwd), f"${var}")
+    libvmm = found["libvmm"]
+    if found["sddf"] is None and libvmm is not None:
+        # Upstream's example builds against libvmm's own submodule; use it when present.
+        sub = libvmm.path / "dep" / "sddf"
+        if sub.is_dir() and any(sub.iterdir()):
+            found["sddf"] = InputPath(sub, f"{libvmm.origin} dep/sddf submodule")
+    python = str(section.get("python") or env.get(PYTHON_ENV) or "python3")
+    return MicrokitInputs(found["microkit_sdk"], libvmm, found["sddf"], python)
+
+
+def _abs(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path).absolute()
+
+
+def how_to_supply(name: str, spec: MicrokitSpec) -> str:
+    flag, var, _what = INPUTS[name]
+    form = {
+        "microkit_sdk": f"DIR (an extracted microkit-sdk-{spec.sdk_version}) or its .tar.gz",
+        "libvmm": "DIR (a libvmm checkout" + (f" at {spec.libvmm.commit})" if spec.libvmm else ")"),
+        "sddf": "DIR (an sDDF checkout" + (f" at {spec.sddf.commit})" if spec.sddf else ")"),
+    }[name]
+    return f"pass {flag} {form}, set ${var}, or set {CONFIG_SECTION}.{name} in invoke.yaml"
+
+
+def missing_note(board: Board, inputs: MicrokitInputs) -> str:
+    """The one-line note of a build that stops before loader.img."""
+    whats = [INPUTS[n][2].split(" (")[0] for n in inputs.missing]
+    flags = " ".join(f"{INPUTS[n][0]} DIR" for n in inputs.missing)
+    return (
+        f"loader.img not built: it needs {', '.join(whats)} (not given; netvm does not "
+        f"download them). Pass {flags} to `invoke build`, or see docs/microkit.md"
+    )
+
+
+def missing_findings(board: Board, display: str, inputs: MicrokitInputs) -> list[Finding]:
+    spec = board.microkit
+    keys = {
+        "microkit_sdk": "microkit.sdk_version",
+        "libvmm": "microkit.libvmm",
+        "sddf": "microkit.sddf",
+    }
+    return [
+        Finding(
+            display,
+            keys[name],
+            f"loader.img needs {INPUTS[name][2]} and none was given",
+            how_to_supply(name, spec),
+        )
+        for name in inputs.missing
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Checking the inputs against the board's pins
+
+
+def host_platform() -> str:
+    """The Microkit SDK archive suffix for this machine, e.g. linux-x86-64."""
+    system = {"Linux": "linux", "Darwin": "macos"}.get(platform.system(), platform.system())
+    machine = {"x86_64": "x86-64", "AMD64": "x86-64", "arm64": "aarch64"}.get(
+        platform.machine(), platform.machine()
+    )
+    return f"{system}-{machine}"
+
+
+def check_inputs(
+    board: Board,
+    display: str,
+    inputs: MicrokitInputs,
+    work_dir: Path,
+    *,
+    platform_name: str | None = None,
+) -> CheckedInputs:
+    """Verify every input against the board's pins; raise one UserError listing all problems.
+
+    An SDK archive is unpacked under `work_dir` only after its sha256 matched the pin.
+    """
+    spec = board.microkit
+    findings = missing_findings(board, display, inputs)
+    provenance: dict[str, str] = {}
+
+    def add(key: str, message: str, hint: str = "") -> None:
+        findings.append(Finding(display, key, message, hint))
+
+    sdk_dir: Path | None = None
+    sdk_version = ""
+    if inputs.sdk is not None:
+        sdk_dir, sdk_version = _check_sdk(
+            spec, inputs.sdk, work_dir, platform_name or host_platform(), add, provenance
+        )
+    libvmm_dir = example = None
+    if inputs.libvmm is not None:
+        libvmm_dir, example = _check_libvmm(spec, inputs.libvmm, add, provenance)
+    sddf_dir = None
+    if inputs.sddf is not None:
+        sddf_dir = _check_tree(
+            "sddf", inputs.sddf, spec.sddf, "microkit.sddf.commit", "include/sddf", add, provenance
+        )
+    sdfgen_version = _check_sdfgen(spec, inputs.python, add, provenance)
+    if findings:
+        raise UserError(findings)
+    assert sdk_dir and libvmm_dir and example and sddf_dir
+    return CheckedInputs(
+        sdk_dir,
+        sdk_version,
+        libvmm_dir,
+        example,
+        sddf_dir,
+        inputs.python,
+        sdfgen_version,
+        provenance,
+    )
+
+
+def _check_sdk(
+    spec: MicrokitSpec,
+    given: InputPath,
+    work_dir: Path,
+    platform_name: str,
+    add: Callable[[str, str, str], None],
+    provenance: dict[str, str],
+) -> tuple[Path | None, str]:
+    path = given.path
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        pinned = spec.sdk_archive_sha256(platform_name)
+        key = f"microkit.sdk_sha256.{platform_name}"
+        if pinned is None:
+            add(
+                key,
+                f"no sha256 is pinned for the {platform_name} SDK archive, so {path.name} "
+                f"({given.origin}) cannot be verified",
+                "check the archive against upstream's release yourself, then record its "
+                "sha256 under that key, or pass the extracted SDK directory instead",
+            )
+            return None, ""
+        actual = file_sha256(path)
+        if actual != pinned:
+            add(
+                key,
+                f"{path} ({given.origin}) has sha256 {actual}, the board pins {pinned}",
+                f"download microkit-sdk-{spec.sdk_version}-{platform_name}.tar.gz again",
+            )
+            return None, ""
+        path = _unpack_sdk(path, work_dir / f"sdk-{actual[:16]}")
+        provenance["microkit_sdk"] = f"verified: archive sha256 {actual}"
+    elif not path.is_dir():
+        add(
+            "microkit.sdk_version",
+            f"Microkit SDK {path} ({given.origin}) does not exist",
+            "give an extracted microkit-sdk directory or its .tar.gz",
+        )
+        return None, ""
+    else:
+        provenance["microkit_sdk"] = "unverified: a directory (only an archive has a pinned hash)"
+    version = sdk_version(path)
+    if version is None:
+        add(
+            "microkit.sdk_version",
+            f"cannot tell the version of the Microkit SDK at {path} ({given.origin}): "
+            "it has no VERSION file and is not named microkit-sdk-<version>",
+            "use the SDK directory as released (microkit-sdk-2.0.1/)",
+        )
+        return None, ""
+    problems = 0
+    if version != spec.sdk_version:
+        add(
+            "microkit.sdk_version",
+            f"the Microkit SDK at {path} ({given.origin}) is version {version}, the board "
+            f"pins {spec.sdk_version}",
+            f"use microkit-sdk-{spec.sdk_version} (libvmm's example is written for it), or "
+            "change microkit.sdk_version after checking libvmm supports that SDK",
+        )
+        problems += 1
+    if not (path / "bin" / "microkit").is_file():
+        add("microkit.sdk_version", f"{path} has no bin/microkit: not a Microkit SDK", "")
+        problems += 1
+    board_dir = path / "board" / spec.board / spec.config
+    if (path / "board").is_dir() and not board_dir.is_dir():
+        known = sorted(p.name for p in (path / "board").iterdir() if p.is_dir())
+        add(
+            "microkit.board",
+            f"the SDK at {path} has no board {spec.board!r} in config {spec.config!r}",
+            f"boards in this SDK: {', '.join(known) or 'none'}",
+        )
+        problems += 1
+    return (None if problems else path), version
+
+
+def sdk_version(sdk: Path) -> str | None:
+    """The SDK's version: its VERSION file, else the release directory name."""
+    version_file = sdk / "VERSION"
+    if version_file.is_file():
+        text = version_file.read_text().strip()
+        if text:
+            return text
+    m = re.fullmatch(r"microkit-sdk-(\d+\.\d+\.\d+(?:[-+.][\w.+-]*)?)", sdk.name)
+    return m.group(1) if m else None
+
+
+def _unpack_sdk(archive: Path, dest: Path) -> Path:
+    """Unpack a verified SDK archive once; the SDK is the archive's single top directory."""
+    done = dest / ".netvm-unpacked"
+    if not done.exists():
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        root = dest.resolve()
+        with tarfile.open(archive) as tar:
+            # This python predates tarfile's extraction filters: refuse members that
+            # would land outside `dest` or are links/devices (a released SDK has none).
+            for member in tar.getmembers():
+                target = (dest / member.name).resolve()
+                inside = target == root or root in target.parents
+                if not inside or not (member.isfile() or member.isdir()):
+                    raise UserError(f"{archive}: unsafe member {member.name!r} in SDK archive")
+            tar.extractall(dest)
+        done.write_text(archive.name + "\n")
+    tops = [p for p in dest.iterdir() if p.is_dir()]
+    return tops[0] if len(tops) == 1 else dest
+
+
+def _check_libvmm(
+    spec: MicrokitSpec,
+    given: InputPath,
+    add: Callable[[str, str, str], None],
+    provenance: dict[str, str],
+) -> tuple[Path | None, Path | None]:
+    root = _check_tree("libvmm", given, spec.libvmm, "microkit.libvmm.commit", "", add, provenance)
+    if root is None:
+        return None, None
+    example = root / spec.example
+    if not (example / "Makefile").is_file():
+        add(
+            "microkit.libvmm.example",
+            f"libvmm at {root} ({given.origin}) has no {spec.example}/Makefile",
+            "the Ethernet driver VM example lives on libvmm's eth_uio_rebased_new_2025 "
+            + (f"branch (commit {spec.libvmm.commit})" if spec.libvmm else "branch"),
+        )
+        return None, None
+    return root, example
+
+
+def _check_tree(
+    name: str,
+    given: InputPath,
+    pin: Any,
+    key: str,
+    must_have: str,
+    add: Callable[[str, str, str], None],
+    provenance: dict[str, str],
+) -> Path | None:
+    path = given.path
+    if not path.is_dir():
+        add(key, f"{name} directory {path} ({given.origin}) does not exist", "")
+        return None
+    if must_have and not (path / must_have).is_dir():
+        add(key, f"{path} ({given.origin}) has no {must_have}/: not an {name} tree", "")
+        return None
+    head = git_head(path)
+    if pin is None:
+        provenance[name] = f"unverified: the board pins no {name} commit"
+    elif head is None:
+        provenance[name] = f"unverified: {path} is not a git checkout (pinned {pin.commit})"
+    elif not head.startswith(pin.commit):
+        add(
+            key,
+            f"{name} at {path} ({given.origin}) is at commit {head[:12]}, the board pins "
+            f"{pin.commit}",
+            f"git -C {path} checkout {pin.commit}, or change {key} after checking that "
+            "commit works with the other pins",
+        )
+        return None
+    else:
+        provenance[name] = f"verified: git commit {head}"
+    return path
+
+
+def git_head(path: Path) -> str | None:
+    """The commit checked out at `path` if it is the top of a git work tree."""
+    if not (path / ".git").exists():
+        return None
+    proc = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _check_sdfgen(
+    spec: MicrokitSpec,
+    python: str,
+    add: Callable[[str, str, str], None],
+    provenance: dict[str, str],
+) -> str:
+    """The sdfgen version upstream's meta.py will import when make runs `python`."""
+    code = "import importlib.metadata as m; print(m.version('sdfgen'))"
+    try:
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        add(
+            "microkit.sdfgen_version",
+            f"python {python!r} (runs upstream's meta.py) not found",
+            f"set {PYTHON_ENV} or {CONFIG_SECTION}.python in invoke.yaml",
+        )
+        return ""
+    if proc.returncode != 0:
+        add(
+            "microkit.sdfgen_version",
+            f"sdfgen is not installed for {python}, which runs upstream's meta.py",
+            f"{python} -m pip install sdfgen=={spec.sdfgen_version}, or point {PYTHON_ENV} "
+            "at a python that has it (.venv/bin/python does)",
+        )
+        return ""
+    version = proc.stdout.strip()
+    if version != spec.sdfgen_version:
+        add(
+            "microkit.sdfgen_version",
+            f"{python} has sdfgen {version}, the board pins {spec.sdfgen_version}; sdfgen "
+            "serialises the sDDF/libvmm config structs, so other versions overflow their "
+            "sections at objcopy time",
+            f"{python} -m pip install sdfgen=={spec.sdfgen_version}",
+        )
+        return version
+    provenance["sdfgen"] = f"verified: {python} has sdfgen {version}"
+    return version
+
+
+# ---------------------------------------------------------------------------------------
+# Running upstream's make
+
+
+def make_command(
+    board: Board, checked: CheckedInputs, guest: GuestArtifacts, work_dir: Path
+) -> list[str]:
+    """The upstream make invocation: every guest input substituted by an absolute path.
+
+    Command-line variables override the example's own assignments and reach its
+    sub-make in BUILD_DIR, which is why each is absolute.
+    """
+    overlay, init, userlevel = _handoff_files(work_dir)
+    spec = board.microkit
+    return [
+        "make",
+        "-C",
+        str(checked.example),
+        f"MICROKIT_SDK={checked.sdk}",
+        f"MICROKIT_BOARD={spec.board}",
+        f"MICROKIT_CONFIG={spec.config}",
+        f"BUILD_DIR={work_dir / 'build'}",
+        f"LIBVMM={checked.libvmm}",
+        f"SDDF={checked.sddf}",
+        f"PYTHON={checked.python}",
+        f"LINUX={guest.kernel_image.absolute()}",
+        f"INITRD={guest.initramfs.absolute()}",
+        f"NET_DRIVER_VM_DTS={guest.guest_dts.absolute()}",
+        f"NET_DRIVER_VM_DTS_OVERLAY={overlay}",
+        f"NET_DRIVER_VM_USERLEVEL={userlevel}",
+        f"NET_DRIVER_VM_USERLEVEL_INIT={init}",
+    ]
+
+
+def _handoff_files(work_dir: Path) -> tuple[Path, Path, Path]:
+    """Stand-ins for the example's own guest extras, which netvm's initramfs already has.
+
+    netvm's guest.dts already contains the overlay, so the overlay upstream concatenates
+    is empty. Upstream's packrootfs insists on a start-up script and a program for
+    /root; netvm's init starts the driver, so the script does nothing.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    overlay = work_dir / "netvm-empty-overlay.dts"
+    overlay.write_text("/* netvm: guest.dts already carries the driver-VM overlay */\n")
+    init = work_dir / "netvm_init_noop"
+    init.write_text(
+        "#!/bin/sh\n# netvm's own init starts the driver; nothing to do here.\nexit 0\n"
+    )
+    init.chmod(0o755)
+    userlevel = work_dir / "netvm_guest_info"
+    userlevel.write_text(
+        "#!/bin/sh\necho 'netvm guest: driver in /usr/lib/netvm, config in /etc/netvm'\n"
+    )
+    userlevel.chmod(0o755)
+    return overlay, init, userlevel
+
+
+def build_image(
+    board: Board,
+    display: str,
+    checked: CheckedInputs,
+    guest: GuestArtifacts,
+    work_dir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> ImageResult:
+    """Run upstream's make; on failure raise a UserError quoting the end of the log."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cmd = make_command(board, checked, guest, work_dir)
+    log = work_dir / "make.log"
+    start = time.monotonic()
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        env = dict(os.environ, MICROKIT_SDK=str(checked.sdk))
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            if progress is not None:
+                progress(f"[microkit] {line.rstrip()}")
+        status = proc.wait()
+    seconds = time.monotonic() - start
+    loader = work_dir / "build" / "loader.img"
+    if status != 0 or not loader.is_file():
+        tail = log.read_text().splitlines()[-LOG_TAIL_LINES:]
+        what = f"exited with status {status}" if status else "did not produce loader.img"
+        raise UserError(
+            [
+                Finding(
+                    display,
+                    "microkit",
+                    f"upstream make in {checked.example} {what}; last lines of {log}:\n  "
+                    + "\n  ".join(tail),
+                    "the full log is in that file; an objcopy 'section too small' error "
+                    "means sdfgen and sDDF are from different releases",
+                )
+            ]
+        )
+    report = work_dir / "build" / "report.txt"
+    return ImageResult(loader, log, report if report.is_file() else None, tuple(cmd), seconds)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline step
+
+
+def run_step(
+    board: Board,
+    display: str,
+    runner: StepRunner,
+    inputs: MicrokitInputs | None,
+    *,
+    require_image: bool,
+) -> None:
+    """The `microkit` build step: `loader.img` from the guest artifacts, or a clear skip.
+
+    Without the external inputs (or without a guest artifact) the step is skipped with a
+    note saying what loader.img needs; `require_image` turns that into a UserError.
+    Inputs that are given but do not match the board's pins are always an error.
+    """
+    inputs = inputs or MicrokitInputs(None, None, None, "python3")
+    work_dir = runner.build_dir / "microkit"
+    guest_names = {"kernel_image": "kernel Image", "initramfs": "initramfs", "dts": "guest DTS"}
+    absent = [what for name, what in guest_names.items() if name not in runner.artifacts]
+    if inputs.missing or absent:
+        findings = missing_findings(board, display, inputs)
+        if absent:
+            findings.append(
+                Finding(
+                    display,
+                    "microkit",
+                    f"loader.img needs the guest's {', '.join(absent)}, which this build "
+                    "did not produce",
+                    "run the kernel, rootfs and dtb steps first (without --skip)",
+                )
+            )
+        note = (
+            missing_note(board, inputs)
+            if inputs.missing
+            else f"loader.img not built: the build produced no {', '.join(absent)}"
+        )
+        runner.skip("microkit", note)
+        if require_image:
+            raise UserError(findings)
+        return
+    start = time.monotonic()
+    try:
+        checked = check_inputs(board, display, inputs, work_dir)
+    except UserError:
+        runner.records.append(
+            StepRecord("microkit", "failed", time.monotonic() - start, "inputs do not match pins")
+        )
+        raise
+    guest = GuestArtifacts(
+        runner.artifacts["kernel_image"].path,
+        runner.artifacts["initramfs"].path,
+        runner.artifacts["dts"].path,
+    )
+    step_inputs = {
+        "command": make_command(board, checked, guest, work_dir),
+        "guest": {n: runner.artifacts[n].sha256 for n in guest_names},
+        "sdk_version": checked.sdk_version,
+        "sdfgen": checked.sdfgen_version,
+        "provenance": checked.provenance,
+        "pins": repr(board.microkit),
+    }
+
+    def make_image() -> StepOutput:
+        result = build_image(board, display, checked, guest, work_dir, runner.progress)
+        details = {
+            "log": str(result.log),
+            "report": str(result.report) if result.report else None,
+            "make_seconds": round(result.seconds, 1),
+            "sdk_version": checked.sdk_version,
+            "sdfgen_version": checked.sdfgen_version,
+            "inputs": checked.provenance,
+        }
+        return StepOutput({"loader_img": result.loader_img}, details)
+
+    runner.run("microkit", step_inputs, make_image)

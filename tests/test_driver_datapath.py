@@ -1,0 +1,360 @@
+"""The driver's data path against the simulated VMM's queues, with a scripted socket.
+
+No namespaces needed: the simulated devices (netvm.sim.vmm) are files, ptys and FIFOs,
+and a fake socket stands in for AF_PACKET, so validation, the signal handshake and
+buffer conservation can be checked descriptor by descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "driver"))
+
+from netvm_driver.config import parse_config  # noqa: E402
+from netvm_driver.datapath import DataPath, check_data_passing, read_data_passing  # noqa: E402
+from netvm_driver.device import Devices, open_sim_devices  # noqa: E402
+from netvm_driver.devmem import COPY_ALIGN, DeviceMemory, padded_window  # noqa: E402
+from netvm_driver.log import RateLimitedLog  # noqa: E402
+from netvm_driver.stats import Stats  # noqa: E402
+
+from netvm.board import Board  # noqa: E402
+from netvm.sim.frames import checksum, ip_bytes, mac_bytes  # noqa: E402
+from netvm.sim.layout import sim_layout  # noqa: E402
+from netvm.sim.virt import VirtNet  # noqa: E402
+from netvm.sim.vmm import SimDevices, create_devices  # noqa: E402
+
+PEER_MAC = bytes.fromhex("0200000000aa")
+PEER_IP = ip_bytes("10.0.0.1")
+
+
+class FakeSocket:
+    """recv_into/send like a non-blocking AF_PACKET socket, scripted by the test."""
+
+    def __init__(self) -> None:
+        self.rx: deque[bytes | OSError] = deque()
+        self.sent: list[bytes] = []
+        self.send_errors: deque[OSError] = deque()
+
+    def recv_into(self, buf: memoryview, nbytes: int, flags: int) -> int:
+        if not self.rx:
+            raise BlockingIOError
+        frame = self.rx.popleft()
+        if isinstance(frame, OSError):
+            raise frame
+        n = min(len(frame), nbytes)
+        buf[:n] = frame[:n]
+        return len(frame) if flags & socket.MSG_TRUNC else n
+
+    def send(self, data: bytes | memoryview) -> int:
+        if self.send_errors:
+            raise self.send_errors.popleft()
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+class SpyMemory(DeviceMemory):
+    """Records every frame copy the data path asks for."""
+
+    __slots__ = ("views", "windows")
+
+    def __init__(self, name: str, buf: memoryview) -> None:
+        super().__init__(name, buf)
+        self.views: list[tuple[int, int]] = []
+        self.windows: list[tuple[int, int]] = []
+
+    def kernel_view(self, offset: int, length: int) -> memoryview:
+        self.views.append((offset, length))
+        return super().kernel_view(offset, length)
+
+    def copy_out(self, offset: int, length: int) -> bytes:
+        self.windows.append(padded_window(offset, length, self.size))
+        return super().copy_out(offset, length)
+
+
+@dataclass
+class Env:
+    sim: SimDevices
+    virt: VirtNet
+    devices: Devices
+    sock: FakeSocket
+    stats: Stats
+    path: DataPath
+
+    def conserved(self) -> dict[str, object]:
+        self.virt.on_tx_doorbell()
+        self.virt.on_rx_doorbell()
+        return self.virt.conservation()
+
+    def doorbell_rings(self, name: str) -> int:
+        try:
+            return len(os.read(self.sim.doorbells[name], 4096))
+        except BlockingIOError:
+            return 0
+
+
+def make_env(board: Board, tmp: Path, *, fill_tx_checksums: bool = False) -> Env:
+    layout = sim_layout(board, ROOT)
+    sim = create_devices(layout, tmp / "run")
+    virt = VirtNet(sim)
+    config = parse_config(layout.driver_config, "driver.json")
+    devices = open_sim_devices(config, str(sim.devices_file), lambda _m: None)
+    dp = read_data_passing(devices)
+    assert check_data_passing(dp, config) == []
+    for name in ("rx_data", "tx_data"):
+        devices.regions[name] = SpyMemory(name, devices.regions[name]._mv)
+    sock, stats = FakeSocket(), Stats()
+    path = DataPath(
+        config,
+        devices,
+        dp,
+        sock,  # type: ignore[arg-type]
+        stats,
+        fill_tx_checksums=fill_tx_checksums,
+        ratelog=RateLimitedLog(sink=lambda _m: None),
+    )
+    return Env(sim, virt, devices, sock, stats, path)
+
+
+@pytest.fixture
+def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
+    e = make_env(odroidc4, tmp_path)
+    yield e
+    e.devices.close()
+    e.sim.close()
+
+
+def udp_frame(dst_ip: str, payload: bytes, dst_mac: bytes, port: int = 1235) -> bytes:
+    dst = ip_bytes(dst_ip)
+    udp_len = 8 + len(payload)
+    pseudo = sum(memoryview(PEER_IP + dst + b"\0\x11" + udp_len.to_bytes(2, "big")).cast("H"))
+    udp = (40000).to_bytes(2, "big") + port.to_bytes(2, "big") + udp_len.to_bytes(2, "big")
+    csum = checksum(udp + b"\0\0" + payload, pseudo) or 0xFFFF
+    udp += csum.to_bytes(2, "big") + payload
+    ip = (
+        b"\x45\x00"
+        + (20 + len(udp)).to_bytes(2, "big")
+        + b"\0\0\x40\x00\x40\x11\0\0"
+        + PEER_IP
+        + dst
+    )
+    ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
+    return dst_mac + PEER_MAC + b"\x08\x00" + ip + udp
+
+
+def client_mac(env: Env, i: int = 0) -> bytes:
+    return mac_bytes(env.virt.layout.clients[i].mac)
+
+
+def test_udp_echo_round_trip_through_both_directions(env: Env) -> None:
+    frame = udp_frame("10.0.0.2", b"hello, sDDF", client_mac(env))
+    env.sock.rx.append(frame)
+    env.path.process_rx()
+    assert (env.stats.rx_frames, env.stats.rx_bytes) == (1, len(frame))
+    assert env.doorbell_rings("rx_fault") == 1  # virt_rx asked for a signal at init
+    env.virt.on_rx_doorbell()
+    env.path.process_tx()
+    assert len(env.sock.sent) == 1
+    reply = env.sock.sent[0]
+    assert reply[:6] == PEER_MAC and reply[42:53] == b"hello, sDDF"
+    assert env.stats.tx_frames == 1 and env.doorbell_rings("tx_fault") == 1
+    assert env.conserved()["ok"]
+
+
+def test_frames_land_in_rx_free_buffers_in_order_with_their_length(env: Env) -> None:
+    frames = [bytes([i]) * (60 + i) for i in range(5)]
+    env.sock.rx.extend(frames)
+    env.path.process_rx()
+    ring = env.virt.rx_active
+    base = env.virt.layout.rx_io_base
+    got = [ring.read(k) for k in range(5)]
+    assert got == [(base + 2048 * i, 60 + i) for i in range(5)]
+    rx = env.sim.regions["rx_data"]
+    for i, f in enumerate(frames):
+        assert rx[2048 * i : 2048 * i + len(f)] == f
+    assert ring.tail == 5 and env.virt.rx_free.head == 5
+
+
+def test_oversize_frame_is_dropped_counted_and_its_buffer_reused(env: Env) -> None:
+    env.sock.rx.extend([b"\x11" * 9014, b"\x22" * 100])
+    env.path.process_rx()
+    assert env.stats.rx_dropped_oversize == 1
+    assert env.stats.rx_frames == 1
+    assert env.virt.rx_active.read(0) == (env.virt.layout.rx_io_base, 100)  # first buffer
+    assert env.virt.rx_free.head == 1
+    assert env.conserved()["ok"]
+
+
+def test_bad_rx_free_descriptors_are_skipped_and_no_frame_is_lost(env: Env) -> None:
+    for kind in ("outside", "below", "misaligned"):
+        env.virt.inject_rx_free(kind)
+    frames = 0
+    for _ in range(12):  # walk the whole ring so the driver meets every injected entry
+        batch = [udp_frame("10.0.0.9", frames.to_bytes(4, "big"), client_mac(env))]
+        batch = batch * 64
+        env.sock.rx.extend(batch)
+        frames += len(batch)
+        env.path.process_rx()
+        env.virt.on_rx_doorbell()
+    assert env.stats.rx_bad_descriptor == 3
+    assert env.stats.rx_frames == frames  # a bad buffer never eats a frame
+    assert env.virt.counters["rx_frames"] == frames
+    cons = env.conserved()
+    assert cons["ok"], cons
+
+
+def test_bad_tx_descriptors_are_counted_and_real_buffers_still_come_back(env: Env) -> None:
+    for kind in ("outside", "len0", "oversize"):
+        env.virt.inject_tx_active(kind)
+    env.path.process_tx()
+    assert env.stats.tx_bad_descriptor == 3
+    assert env.sock.sent == []
+    returned = [env.virt.tx_free.read(k)[0] for k in range(env.virt.tx_free.tail)]
+    assert len(returned) == 2  # len 0 and len 4000 belong to client0; "outside" is nobody's
+    assert env.virt.layout.rx_io_base not in returned
+    cons = env.conserved()
+    assert cons["ok"] and cons["violations"] == [], cons
+
+
+def test_tx_returns_the_same_descriptor_verbatim(env: Env) -> None:
+    client = env.virt.clients[1]
+    io = client.pool.popleft()
+    frame = udp_frame("10.0.0.1", b"x" * 33, PEER_MAC)
+    off = client.layout.tx_map_offset + (io - client.layout.tx_io_base)
+    env.sim.regions["tx_data"][off : off + len(frame)] = frame
+    env.virt._enqueue_tx(io, len(frame))
+    env.sim.regions["tx_active"][8 + 10] = 0x2A  # sDDF HEAD's oid bits: must survive
+    env.virt.flush()
+    original = bytes(env.sim.regions["tx_active"][8:24])
+    env.path.process_tx()
+    assert env.sock.sent == [frame]
+    assert bytes(env.sim.regions["tx_free"][8:24]) == original
+    assert env.conserved()["ok"]
+
+
+def test_tx_from_the_second_client_uses_the_layout_stride(env: Env) -> None:
+    # The clients' io regions are not contiguous and not 0x100000 apart in the simulation.
+    c0, c1 = env.virt.layout.clients
+    assert c0.tx_io_base - c1.tx_io_base != 0x100000
+    env.sock.rx.append(udp_frame("10.0.0.3", b"to client1", client_mac(env, 1)))
+    env.path.process_rx()
+    env.virt.on_rx_doorbell()
+    env.path.process_tx()
+    assert env.sock.sent and b"to client1" in env.sock.sent[0]
+    assert env.virt.clients[1].echoed["udp"] == 1
+
+
+def test_tail_jump_is_counted_and_traffic_resumes_after_repair(env: Env) -> None:
+    env.virt.jump_index("tx_active")
+    env.path.process_tx()
+    assert env.stats.bad_queue_index == 1 and env.sock.sent == []
+    assert env.virt.tx_active.signal_required()  # the driver still asks to be woken
+    env.virt.restore_index("tx_active")
+    env.sock.rx.append(udp_frame("10.0.0.2", b"after", client_mac(env)))
+    env.path.process_rx()
+    env.virt.on_rx_doorbell()
+    env.path.process_tx()
+    assert env.sock.sent and b"after" in env.sock.sent[-1]
+
+    env.virt.jump_index("rx_free")
+    env.sock.rx.append(udp_frame("10.0.0.2", b"waits", client_mac(env)))
+    env.path.process_rx()
+    assert env.stats.bad_queue_index == 2 and env.path.rx_starved
+    assert env.sock.rx  # not read, not dropped: it waits in the socket
+    env.virt.restore_index("rx_free")
+    env.path.process_rx()
+    assert not env.path.rx_starved and not env.sock.rx
+    assert env.conserved()["ok"]
+
+
+def test_notification_only_when_the_consumer_asked(env: Env) -> None:
+    env.virt.rx_active.cancel_signal()  # virt_rx is busy draining: no signal wanted
+    env.sock.rx.append(b"\x01" * 60)
+    env.path.process_rx()
+    assert env.stats.notifications_sent == 0 and env.doorbell_rings("rx_fault") == 0
+    env.virt.rx_active.request_signal()
+    env.sock.rx.append(b"\x02" * 60)
+    env.path.process_rx()
+    assert env.stats.notifications_sent == 1 and env.doorbell_rings("rx_fault") == 1
+    assert not env.virt.rx_active.signal_required()  # the producer cancelled it
+
+
+def test_empty_tx_active_leaves_a_signal_request(env: Env) -> None:
+    env.virt.tx_active.cancel_signal()
+    env.path.process_tx()
+    assert env.virt.tx_active.signal_required()
+
+
+def test_send_would_block_leaves_the_frame_queued(env: Env) -> None:
+    env.sock.rx.append(udp_frame("10.0.0.2", b"later", client_mac(env)))
+    env.path.process_rx()
+    env.virt.on_rx_doorbell()
+    env.sock.send_errors.append(BlockingIOError())
+    env.path.process_tx()
+    assert env.path.tx_blocked and env.sock.sent == []
+    assert env.virt.tx_active.head == 0  # still the driver's to send
+    env.path.tx_blocked = False  # what the event loop does on EPOLLOUT
+    env.path.process_tx()
+    assert env.sock.sent and b"later" in env.sock.sent[0]
+    assert env.conserved()["ok"]
+
+
+def test_link_down_send_error_drops_but_returns_the_buffer(env: Env) -> None:
+    env.sock.rx.append(udp_frame("10.0.0.2", b"lost", client_mac(env)))
+    env.sock.rx.append(OSError(errno.ENETDOWN, "Network is down"))
+    env.path.process_rx()
+    assert env.stats.rx_errors == 1 and env.stats.rx_frames == 1
+    env.virt.on_rx_doorbell()
+    env.sock.send_errors.append(OSError(errno.ENETDOWN, "Network is down"))
+    env.path.process_tx()
+    assert env.stats.tx_dropped == 1 and env.stats.tx_frames == 0
+    assert env.conserved()["ok"]
+
+
+def test_every_frame_copy_is_inside_one_buffer_and_aligned(odroidc4: Board, tmp_path: Path) -> None:
+    e = make_env(odroidc4, tmp_path, fill_tx_checksums=True)
+    for size in (1, 13, 200, 1472):
+        e.sock.rx.append(udp_frame("10.0.0.2", b"z" * size, client_mac(e)))
+        e.sock.rx.append(udp_frame("10.0.0.3", b"y" * size, client_mac(e, 1)))
+    e.path.process_rx()
+    e.virt.on_rx_doorbell()
+    e.path.process_tx()
+    assert len(e.sock.sent) == 8
+    rx_views = e.path.rx_data.views  # type: ignore[attr-defined]
+    assert rx_views and all(off % 2048 == 0 and n == 2048 for off, n in rx_views)
+    windows = e.path.tx_data.windows  # type: ignore[attr-defined]
+    assert len(windows) == 8
+    for start, end in windows:
+        assert start % COPY_ALIGN == 0 and end % COPY_ALIGN == 0
+        assert start // 2048 == (end - 1) // 2048  # never leaves its buffer
+    e.devices.close()
+    e.sim.close()
+
+
+def test_fill_tx_checksums_fixes_zero_checksums(odroidc4: Board, tmp_path: Path) -> None:
+    e = make_env(odroidc4, tmp_path, fill_tx_checksums=True)
+    client = e.virt.clients[0]
+    io = client.pool.popleft()
+    frame = bytearray(udp_frame("10.0.0.1", b"offloaded", PEER_MAC))
+    frame[24:26] = b"\0\0"  # IP header checksum left to "hardware"
+    frame[40:42] = b"\0\0"  # UDP checksum too
+    off = client.layout.tx_map_offset + (io - client.layout.tx_io_base)
+    e.sim.regions["tx_data"][off : off + len(frame)] = bytes(frame)
+    e.virt._enqueue_tx(io, len(frame))
+    e.virt.flush()
+    e.path.process_tx()
+    sent = e.sock.sent[0]
+    assert sent == udp_frame("10.0.0.1", b"offloaded", PEER_MAC)
+    assert e.stats.tx_checksums_filled == 1
+    e.devices.close()
+    e.sim.close()

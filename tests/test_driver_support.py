@@ -1,0 +1,110 @@
+"""Checksums, stats file, rate-limited logging and IRQ acknowledgement."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import tty
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "driver"))
+
+from netvm_driver.checksum import fill_checksums, internet_checksum  # noqa: E402
+from netvm_driver.log import RateLimitedLog  # noqa: E402
+from netvm_driver.loop import ack_irq  # noqa: E402
+from netvm_driver.stats import COUNTERS, Stats  # noqa: E402
+
+# A real frame: ping request captured from Linux (IPv4 header checksum 0xb861).
+ICMP_HDR = bytes.fromhex("4500005400004000400126a70a0000010a000002")
+
+
+def test_internet_checksum_matches_rfc1071_example() -> None:
+    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == (~0xDDF2) & 0xFFFF
+    assert internet_checksum(ICMP_HDR) == 0  # a correct header sums to zero
+
+
+def tcp_frame(payload: bytes) -> bytearray:
+    ip = bytearray(
+        bytes.fromhex("45000000000040004006") + b"\0\0" + bytes([10, 0, 0, 2, 10, 0, 0, 1])
+    )
+    tcp = bytearray(20)
+    tcp[0:4] = struct.pack("!HH", 1234, 80)
+    tcp[12] = 5 << 4
+    ip[2:4] = (20 + 20 + len(payload)).to_bytes(2, "big")
+    return bytearray(b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00") + ip + tcp + payload
+
+
+def test_fill_checksums_tcp_and_ip() -> None:
+    frame = tcp_frame(b"abc")
+    assert fill_checksums(frame)
+    assert internet_checksum(frame[14:34]) == 0
+    pseudo = frame[26:34] + b"\0\x06" + (23).to_bytes(2, "big")
+    assert internet_checksum(pseudo + frame[34:]) == 0
+
+
+def test_fill_checksums_leaves_non_ip_and_fragments_alone() -> None:
+    arp = bytearray(b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28))
+    assert not fill_checksums(arp) and arp == bytearray(
+        b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
+    )
+    frag = tcp_frame(b"abc")
+    frag[20:22] = b"\x20\x00"  # more fragments
+    assert fill_checksums(frag)
+    assert frag[50:52] == b"\0\0"  # L4 checksum untouched
+    assert internet_checksum(frag[14:34]) == 0
+
+
+def test_stats_file_has_every_counter_and_is_replaced_atomically(tmp_path: Path) -> None:
+    s = Stats()
+    s.rx_frames += 3
+    path = tmp_path / "stats.json"
+    s.write(str(path), "periodic")
+    s.write(str(path), "SIGUSR1")
+    doc = json.loads(path.read_text())
+    assert doc["seq"] == 2 and doc["reason"] == "SIGUSR1"
+    assert set(doc["counters"]) == set(COUNTERS) and doc["counters"]["rx_frames"] == 3
+    for required in (
+        "rx_frames",
+        "rx_bytes",
+        "tx_frames",
+        "tx_bytes",
+        "rx_dropped_no_buffer",
+        "rx_dropped_oversize",
+        "rx_bad_descriptor",
+        "tx_bad_descriptor",
+        "notifications_sent",
+        "irqs_handled",
+    ):
+        assert required in COUNTERS
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
+def test_rate_limited_log_suppresses_and_counts() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    log = RateLimitedLog(interval=5.0, sink=lines.append, clock=lambda: now[0])
+    for _ in range(10):
+        log.warn("bad", "bad descriptor")
+    log.warn("other", "other thing")
+    now[0] = 6.0
+    log.warn("bad", "bad descriptor")
+    assert lines == ["bad descriptor", "other thing", "bad descriptor (9 similar suppressed)"]
+
+
+def test_ack_irq_drains_then_reenables() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(slave, False)
+    os.write(master, struct.pack("=ii", 1, 2))  # two interrupts pending
+    assert ack_irq(slave) >= 1
+    try:
+        os.read(slave, 4)
+        raise AssertionError("IRQ fd not drained")
+    except BlockingIOError:
+        pass
+    assert os.read(master, 16) == struct.pack("=i", 1)  # then exactly one 4-byte enable
+    os.close(master)
+    os.close(slave)

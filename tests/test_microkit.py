@@ -1,0 +1,457 @@
+"""The Microkit handoff: pinned inputs, input resolution, checks, and the make command line.
+
+The Microkit SDK, libvmm and sDDF cannot exist on this machine, so the upstream make
+build is replaced by the stand-in Makefile under tests/fixtures/microkit/ (see its
+README): it records what netvm passed and writes a loader.img made of the guest files.
+The guest artifacts handed to the step are small placeholder files for the same reason
+(the stand-in only concatenates them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from invoke import Config
+
+from netvm.board import Board, GitPin, load_board
+from netvm.build import BuildOptions, build
+from netvm.errors import USER_ERROR_EXIT, UserError
+from netvm.microkit import (
+    GuestArtifacts,
+    MicrokitInputs,
+    check_inputs,
+    make_command,
+    resolve_inputs,
+    run_step,
+)
+from netvm.pipeline import Artifact, StepRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
+STANDIN_SDK = FIXTURES / "standin-microkit-sdk"
+STANDIN_LIBVMM = FIXTURES / "standin-libvmm"
+INVOKE = str(Path(sys.executable).with_name("invoke"))
+DISPLAY = "boards/odroidc4/board.yaml"
+
+
+def inputs(**kw: object) -> MicrokitInputs:
+    flags = {"microkit_sdk": str(STANDIN_SDK), "libvmm": str(STANDIN_LIBVMM), "sddf": None}
+    flags.update({k: str(v) if v is not None else None for k, v in kw.items()})
+    got = resolve_inputs(flags, None, {}, cwd=ROOT, config_dir=ROOT)
+    return dataclasses.replace(got, python=sys.executable)
+
+
+def runner_with_guest(tmp_path: Path) -> StepRunner:
+    runner = StepRunner(tmp_path / "build", force=False, progress=None)
+    files = {
+        "kernel_image": b"placeholder-kernel-image\n",
+        "initramfs": b"placeholder-initramfs\n",
+        "dts": b"/dts-v1/;\n/ { placeholder; };\n",
+    }
+    (tmp_path / "guest").mkdir()
+    for name, data in files.items():
+        path = tmp_path / "guest" / name
+        path.write_bytes(data)
+        runner.artifacts[name] = Artifact.of(path)
+    return runner
+
+
+def record(runner: StepRunner) -> dict[str, str]:
+    text = (runner.build_dir / "microkit" / "build" / "standin-record.txt").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+# --- pins ------------------------------------------------------------------------------
+
+
+def test_odroidc4_pins_the_upstream_inputs(odroidc4: Board) -> None:
+    mk = odroidc4.microkit
+    assert (mk.board, mk.config, mk.sdk_version, mk.sdfgen_version) == (
+        "odroidc4",
+        "release",
+        "2.0.1",
+        "0.35.1",
+    )
+    assert mk.libvmm == GitPin("https://github.com/au-ts/libvmm", "ecd3666a")
+    assert mk.sddf == GitPin("https://github.com/au-ts/sddf", "5febd61c")
+    assert mk.example == "examples/eth_driver_vm"
+    # No SDK archive hash is known: every platform is present and explicitly unknown.
+    assert dict(mk.sdk_sha256) == dict.fromkeys(
+        ("linux-x86-64", "linux-aarch64", "macos-x86-64", "macos-aarch64")
+    )
+
+
+def test_bad_pins_are_reported_with_their_keys(tmp_path: Path) -> None:
+    text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
+    text = text.replace("commit: ecd3666a", "commit: main").replace(
+        "linux-x86-64: null", "linux-x86-64: abc"
+    )
+    (tmp_path / "board.yaml").write_text(text)
+    shutil.copy(ROOT / "boards" / "odroidc4" / "kernel.config", tmp_path)
+    with pytest.raises(UserError) as err:
+        load_board(str(tmp_path / "board.yaml"), ROOT)
+    keys = [f.key for f in err.value.findings]
+    assert keys == ["microkit.sdk_sha256.linux-x86-64", "microkit.libvmm.commit"]
+    assert "never guess a hash" in err.value.findings[0].hint
+    assert "got 'main'" in err.value.findings[1].message
+
+
+# --- resolving the inputs --------------------------------------------------------------
+
+
+def test_flags_beat_invoke_yaml_beat_environment(tmp_path: Path) -> None:
+    env = {"NETVM_MICROKIT_SDK": "env-sdk", "NETVM_LIBVMM": "env-libvmm", "NETVM_SDDF": "/s"}
+    config = {"microkit_sdk": "cfg-sdk", "libvmm": "cfg-libvmm"}
+    got = resolve_inputs(
+        {"microkit_sdk": "flag-sdk", "libvmm": None, "sddf": None},
+        config,
+        env,
+        cwd=tmp_path / "cwd",
+        config_dir=tmp_path / "cfg",
+    )
+    assert got.sdk is not None and got.libvmm is not None and got.sddf is not None
+    assert (got.sdk.path, got.sdk.origin) == (tmp_path / "cwd" / "flag-sdk", "--microkit-sdk")
+    assert (got.libvmm.path, got.libvmm.origin) == (
+        tmp_path / "cfg" / "cfg-libvmm",
+        "invoke.yaml netvm.libvmm",
+    )
+    assert (got.sddf.path, got.sddf.origin) == (Path("/s"), "$NETVM_SDDF")
+    assert got.missing == ()
+
+
+def test_invoke_config_section_is_read() -> None:
+    config = Config(overrides={"netvm": {"sddf": "/opt/sddf", "python": "/opt/py"}})
+    got = resolve_inputs({}, config.get("netvm"), {}, cwd=ROOT, config_dir=ROOT)
+    assert got.sddf is not None and got.sddf.path == Path("/opt/sddf")
+    assert got.python == "/opt/py"
+    assert got.missing == ("microkit_sdk", "libvmm")
+
+
+def test_sddf_defaults_to_libvmm_submodule() -> None:
+    got = inputs()
+    assert got.sddf is not None
+    assert got.sddf.path == STANDIN_LIBVMM / "dep" / "sddf"
+    assert got.sddf.origin == "--libvmm dep/sddf submodule"
+
+
+# --- the build without inputs ----------------------------------------------------------
+
+
+def test_build_without_inputs_skips_loader_with_a_note(odroidc4: Board, tmp_path: Path) -> None:
+    options = BuildOptions(build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}))
+    manifest = build(odroidc4, ROOT, options)
+    step = manifest["steps"][-1]
+    assert step["name"] == "microkit" and step["status"] == "skipped"
+    assert step["note"].startswith(
+        "loader.img not built: it needs the Microkit SDK, libvmm, sDDF (not given; netvm "
+        "does not download them). Pass --microkit-sdk DIR --libvmm DIR --sddf DIR"
+    )
+    assert manifest["artifacts"]["loader_img"] is None
+
+
+def test_require_image_without_inputs_is_an_error(odroidc4: Board, tmp_path: Path) -> None:
+    options = BuildOptions(
+        build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}), require_image=True
+    )
+    with pytest.raises(UserError) as err:
+        build(odroidc4, ROOT, options)
+    assert [f.key for f in err.value.findings] == [
+        "microkit.sdk_version",
+        "microkit.libvmm",
+        "microkit.sddf",
+        "microkit",
+    ]
+    assert str(err.value.findings[0]) == (
+        "boards/odroidc4/board.yaml: microkit.sdk_version: loader.img needs the Microkit SDK "
+        "and none was given (hint: pass --microkit-sdk DIR (an extracted microkit-sdk-2.0.1) "
+        "or its .tar.gz, set $NETVM_MICROKIT_SDK, or set netvm.microkit_sdk in invoke.yaml)"
+    )
+    manifest = json.loads((tmp_path / "odroidc4" / "manifest.json").read_text())
+    assert manifest["steps"][-1]["status"] == "skipped"
+
+
+@pytest.fixture()
+def scratch_board(tmp_path: Path) -> Iterator[Path]:
+    """A copy of the C4 board under another name, so the CLI writes its own build dir."""
+    name = f"mktest_{tmp_path.name.lower().replace('-', '_')}"[:40]
+    board_dir = tmp_path / "board"
+    board_dir.mkdir()
+    text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
+    (board_dir / "board.yaml").write_text(text.replace("name: odroidc4", f"name: {name}", 1))
+    shutil.copy(ROOT / "boards" / "odroidc4" / "kernel.config", board_dir)
+    yield board_dir / "board.yaml"
+    shutil.rmtree(ROOT / "build" / name, ignore_errors=True)
+
+
+def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Path) -> None:
+    base = [
+        INVOKE,
+        "build",
+        "--board",
+        str(scratch_board),
+        "--skip",
+        "kernel",
+        "--skip",
+        "rootfs",
+        "--skip",
+        "dtb",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
+    ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "microkit  skipped" in ok.stdout and "loader.img not built" in ok.stdout
+    strict = subprocess.run(
+        [*base, "--require-image"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert strict.returncode == USER_ERROR_EXIT
+    assert "Traceback" not in strict.stderr
+    assert "microkit.sdk_version: loader.img needs the Microkit SDK" in strict.stderr
+    assert "4 errors" in strict.stderr
+
+
+# --- checks against the pins -----------------------------------------------------------
+
+
+def test_standin_inputs_pass_with_provenance(odroidc4: Board, tmp_path: Path) -> None:
+    checked = check_inputs(odroidc4, DISPLAY, inputs(), tmp_path)
+    assert checked.sdk_version == "2.0.1" and checked.sdfgen_version == "0.35.1"
+    assert checked.example == STANDIN_LIBVMM / "examples" / "eth_driver_vm"
+    assert checked.provenance == {
+        "microkit_sdk": "unverified: a directory (only an archive has a pinned hash)",
+        "libvmm": f"unverified: {STANDIN_LIBVMM} is not a git checkout (pinned ecd3666a)",
+        "sddf": f"unverified: {STANDIN_LIBVMM / 'dep/sddf'} is not a git checkout "
+        "(pinned 5febd61c)",
+        "sdfgen": f"verified: {sys.executable} has sdfgen 0.35.1",
+    }
+
+
+def test_sdk_version_mismatch_is_explained(odroidc4: Board, tmp_path: Path) -> None:
+    sdk = tmp_path / "sdk"
+    shutil.copytree(STANDIN_SDK, sdk)
+    (sdk / "VERSION").write_text("2.2.0\n")
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
+    assert err.value.render() == (
+        f"error: boards/odroidc4/board.yaml: microkit.sdk_version: the Microkit SDK at {sdk} "
+        "(--microkit-sdk) is version 2.2.0, the board pins 2.0.1 (hint: use "
+        "microkit-sdk-2.0.1 (libvmm's example is written for it), or change "
+        "microkit.sdk_version after checking libvmm supports that SDK)"
+    )
+
+
+def test_sdk_without_the_board_lists_its_boards(tmp_path: Path) -> None:
+    sdk = tmp_path / "microkit-sdk-2.0.1"
+    shutil.copytree(STANDIN_SDK, sdk)
+    (sdk / "VERSION").unlink()  # the version then comes from the directory name
+    shutil.rmtree(sdk / "board" / "odroidc4" / "release")
+    board = load_board("odroidc4", ROOT)
+    with pytest.raises(UserError) as err:
+        check_inputs(board, DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
+    (finding,) = err.value.findings
+    assert finding.key == "microkit.board"
+    assert finding.message == f"the SDK at {sdk} has no board 'odroidc4' in config 'release'"
+    assert finding.hint == "boards in this SDK: odroidc4"
+
+
+def make_archive(tmp_path: Path) -> Path:
+    archive = tmp_path / "microkit-sdk-2.0.1-linux-x86-64.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(STANDIN_SDK, arcname="microkit-sdk-2.0.1")
+    return archive
+
+
+def test_unpinned_sdk_archive_is_refused(odroidc4: Board, tmp_path: Path) -> None:
+    archive = make_archive(tmp_path)
+    with pytest.raises(UserError) as err:
+        check_inputs(
+            odroidc4,
+            DISPLAY,
+            inputs(microkit_sdk=archive),
+            tmp_path / "work",
+            platform_name="linux-x86-64",
+        )
+    (finding,) = err.value.findings
+    assert finding.key == "microkit.sdk_sha256.linux-x86-64"
+    assert "no sha256 is pinned for the linux-x86-64 SDK archive" in finding.message
+    assert not (tmp_path / "work").exists()  # nothing unpacked from an unverified archive
+
+
+def test_pinned_sdk_archive_is_verified_and_unpacked(odroidc4: Board, tmp_path: Path) -> None:
+    import hashlib
+
+    archive = make_archive(tmp_path)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    pinned = dataclasses.replace(
+        odroidc4,
+        microkit=dataclasses.replace(odroidc4.microkit, sdk_sha256=(("linux-x86-64", digest),)),
+    )
+    checked = check_inputs(
+        pinned, DISPLAY, inputs(microkit_sdk=archive), tmp_path / "w", platform_name="linux-x86-64"
+    )
+    assert checked.sdk == tmp_path / "w" / f"sdk-{digest[:16]}" / "microkit-sdk-2.0.1"
+    assert (checked.sdk / "bin" / "microkit").is_file()
+    assert checked.provenance["microkit_sdk"] == f"verified: archive sha256 {digest}"
+    wrong = dataclasses.replace(
+        pinned,
+        microkit=dataclasses.replace(pinned.microkit, sdk_sha256=(("linux-x86-64", "0" * 64),)),
+    )
+    with pytest.raises(UserError) as err:
+        check_inputs(
+            wrong,
+            DISPLAY,
+            inputs(microkit_sdk=archive),
+            tmp_path / "w2",
+            platform_name="linux-x86-64",
+        )
+    assert f"has sha256 {digest}, the board pins {'0' * 64}" in str(err.value)
+
+
+def git_copy(src: Path, dest: Path) -> str:
+    shutil.copytree(src, dest)
+    git = ["git", "-C", str(dest), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "stand-in"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_libvmm_commit_is_checked_against_the_pin(odroidc4: Board, tmp_path: Path) -> None:
+    libvmm = tmp_path / "libvmm"
+    head = git_copy(STANDIN_LIBVMM, libvmm)
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
+    (finding,) = err.value.findings
+    assert finding.key == "microkit.libvmm.commit"
+    assert finding.message == (
+        f"libvmm at {libvmm} (--libvmm) is at commit {head[:12]}, the board pins ecd3666a"
+    )
+    assert finding.hint.startswith(f"git -C {libvmm} checkout ecd3666a")
+    pinned = dataclasses.replace(
+        odroidc4, microkit=dataclasses.replace(odroidc4.microkit, libvmm=GitPin(None, head[:10]))
+    )
+    checked = check_inputs(pinned, DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
+    assert checked.provenance["libvmm"] == f"verified: git commit {head}"
+
+
+def test_sdfgen_missing_and_wrong_version(odroidc4: Board, tmp_path: Path) -> None:
+    bare = shutil.which("python3", path="/usr/bin")
+    assert bare is not None
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, dataclasses.replace(inputs(), python=bare), tmp_path / "w")
+    (finding,) = err.value.findings
+    assert finding.key == "microkit.sdfgen_version"
+    assert finding.message == f"sdfgen is not installed for {bare}, which runs upstream's meta.py"
+    newer = dataclasses.replace(
+        odroidc4, microkit=dataclasses.replace(odroidc4.microkit, sdfgen_version="0.36.0")
+    )
+    with pytest.raises(UserError) as err2:
+        check_inputs(newer, DISPLAY, inputs(), tmp_path / "w")
+    assert "has sdfgen 0.35.1, the board pins 0.36.0" in str(err2.value)
+
+
+def test_all_problems_come_in_one_error(odroidc4: Board, tmp_path: Path) -> None:
+    sdk = tmp_path / "sdk"
+    shutil.copytree(STANDIN_SDK, sdk)
+    (sdk / "VERSION").write_text("1.4.1\n")
+    bad = dataclasses.replace(inputs(microkit_sdk=sdk, libvmm=tmp_path / "nope"), sddf=None)
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, bad, tmp_path / "w")
+    assert [f.key for f in err.value.findings] == [
+        "microkit.sddf",
+        "microkit.sdk_version",
+        "microkit.libvmm.commit",
+    ]
+
+
+# --- running the (stand-in) upstream make ----------------------------------------------
+
+
+def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
+    checked = check_inputs(odroidc4, DISPLAY, inputs(), tmp_path / "w")
+    guest = GuestArtifacts(Path("/g/Image"), Path("/g/initramfs.cpio.gz"), Path("/g/guest.dts"))
+    work = tmp_path / "mk"
+    assert make_command(odroidc4, checked, guest, work) == [
+        "make",
+        "-C",
+        str(STANDIN_LIBVMM / "examples" / "eth_driver_vm"),
+        f"MICROKIT_SDK={STANDIN_SDK}",
+        "MICROKIT_BOARD=odroidc4",
+        "MICROKIT_CONFIG=release",
+        f"BUILD_DIR={work}/build",
+        f"LIBVMM={STANDIN_LIBVMM}",
+        f"SDDF={STANDIN_LIBVMM}/dep/sddf",
+        f"PYTHON={sys.executable}",
+        "LINUX=/g/Image",
+        "INITRD=/g/initramfs.cpio.gz",
+        "NET_DRIVER_VM_DTS=/g/guest.dts",
+        f"NET_DRIVER_VM_DTS_OVERLAY={work}/netvm-empty-overlay.dts",
+        f"NET_DRIVER_VM_USERLEVEL={work}/netvm_guest_info",
+        f"NET_DRIVER_VM_USERLEVEL_INIT={work}/netvm_init_noop",
+    ]
+
+
+def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) -> None:
+    runner = runner_with_guest(tmp_path)
+    run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+    rec = runner.records[-1]
+    assert (rec.name, rec.status) == ("microkit", "built")
+    loader = runner.artifacts["loader_img"]
+    expected = b"".join(
+        runner.artifacts[n].path.read_bytes() for n in ("kernel_image", "initramfs", "dts")
+    )
+    assert loader.path.read_bytes() == expected  # the stand-in got exactly our files
+    seen = record(runner)
+    guest_dir = tmp_path / "guest"
+    assert seen["LINUX"] == f"{guest_dir}/kernel_image [command line]"
+    assert seen["INITRD"] == f"{guest_dir}/initramfs [command line]"
+    assert seen["NET_DRIVER_VM_DTS"] == f"{guest_dir}/dts [command line]"
+    assert seen["MICROKIT_CONFIG"] == "release [command line]"
+    for value in seen.values():  # every input reached the make as an absolute path
+        assert value.endswith("[command line]")
+    log = Path(rec.details["log"])
+    assert log.read_text().startswith("$ make -C ")
+    assert rec.details["sdk_version"] == "2.0.1"
+
+    run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+    assert runner.records[-1].status == "cached"
+
+
+def test_failing_make_reports_the_log_tail(
+    odroidc4: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STANDIN_FAIL", "1")
+    runner = runner_with_guest(tmp_path)
+    with pytest.raises(UserError) as err:
+        run_step(odroidc4, DISPLAY, runner, inputs(), require_image=False)
+    (finding,) = err.value.findings
+    assert finding.key == "microkit"
+    assert "exited with status 2" in finding.message
+    assert "stand-in: failing as asked (STANDIN_FAIL=1)" in finding.message
+    assert runner.records[-1].status == "failed"
+    assert "loader_img" not in runner.artifacts
+
+
+def test_wrong_inputs_fail_the_step_even_without_require_image(
+    odroidc4: Board, tmp_path: Path
+) -> None:
+    runner = runner_with_guest(tmp_path)
+    with pytest.raises(UserError):
+        run_step(
+            odroidc4,
+            DISPLAY,
+            runner,
+            inputs(libvmm=tmp_path / "missing", sddf=STANDIN_LIBVMM / "dep" / "sddf"),
+            require_image=False,
+        )
+    assert runner.records[-1].status == "failed"
