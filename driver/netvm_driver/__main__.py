@@ -23,6 +23,7 @@ from .datapath import (
 )
 from .device import DeviceError, Devices, open_sim_devices, open_uio_devices
 from .loop import EventLoop, FatalDeviceError
+from .offloads import disable_offloads
 from .stats import Stats
 from .uio import UioError
 
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(invoke sim) instead of /sys/class/uio",
     )
     p.add_argument(
+        "--keep-offloads",
+        action="store_true",
+        help="leave the interface's GRO/GSO/TSO/checksum offloads as they are "
+        "(by default they are turned off: frames must pass as they were on the wire)",
+    )
+    p.add_argument(
         "--self-check",
         action="store_true",
         help="import every module, validate the config and exit without touching devices",
@@ -80,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def self_check(config: DriverConfig) -> int:
     # Importing everything proves the install is complete (a missing module fails here).
-    from . import abi, checksum, datapath, devmem, loop, queue, stats, uio  # noqa: F401
+    from . import abi, checksum, datapath, devmem, loop, offloads, queue, stats, uio  # noqa: F401
 
     print(
         f"netvm_driver: {config.path}: ok (board {config.board}, interface {config.interface}, "
@@ -122,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             devices = open_uio_devices(config, log.info)
         log.info("*** Setting up raw promiscuous socket")
         sock = open_packet_socket(interface)
+        if not args.keep_offloads:
+            states = disable_offloads(sock, interface)
+            log.info("*** Offloads: " + ", ".join(f"{k} {v}" for k, v in states.items()))
         log.info("*** Checking the data passing page")
         dp = read_data_passing(devices)
         problems = check_data_passing(dp, config)

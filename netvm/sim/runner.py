@@ -161,12 +161,6 @@ def acquire_lock(path: Path, timeout: float, say: Callable[[str], None]) -> int:
 
 
 @dataclass
-class _Timer:
-    when: float
-    fn: Callable[[], None]
-
-
-@dataclass
 class Simulation:
     board: Board
     options: SimOptions
@@ -185,7 +179,6 @@ class Simulation:
     )
     _wake: tuple[int, int] | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
-    _timers: list[_Timer] = field(default_factory=list)
     _started: float = 0.0
     _result: SimResult | None = None
     _lock_fd: int | None = None
@@ -390,10 +383,6 @@ class Simulation:
         os.write(self._wake[1], b"c")
         return fut.result(timeout)
 
-    def after(self, delay: float, fn: Callable[[], None]) -> None:
-        """Run `fn` on the VMM thread `delay` seconds from now."""
-        self.call(lambda: self._timers.append(_Timer(time.monotonic() + delay, fn)))
-
     def _loop(self) -> None:
         try:
             self._serve()
@@ -426,18 +415,10 @@ class Simulation:
             ep.register(fd, select.EPOLLIN)
         try:
             while not self._stopping.is_set():
-                timeout = -1.0
-                if self._timers:
-                    timeout = max(0.0, min(t.when for t in self._timers) - time.monotonic())
-                ready = ep.poll(timeout)
+                ready = ep.poll()
                 # Returned TX buffers first: replies to this round's frames may need them.
                 for fd, _ in sorted(ready, key=lambda e: e[0] != tx_fd):
                     handlers[fd]()
-                now = time.monotonic()
-                due = [t for t in self._timers if t.when <= now]
-                self._timers = [t for t in self._timers if t.when > now]
-                for t in due:
-                    t.fn()
         finally:
             ep.close()
 

@@ -1,0 +1,319 @@
+"""The real driver against the host simulation, with real namespaces, veth, ping and UDP.
+
+Each test runs its own simulation (netvm.sim.Simulation) and ends by stopping it and
+checking that the driver exited cleanly and every buffer is accounted for. What cannot
+run here (the seL4 VMM and the board) is simulated at the device seam; see docs/sim.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netvm.board import Board
+from netvm.sim import SimOptions, Simulation
+from netvm.sim.netns import exists
+from netvm.sim.runner import LOCK_FILE
+
+pytestmark = pytest.mark.netns
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACES = ("netvm-drv", "netvm-peer")
+
+
+def namespaces_gone() -> bool:
+    """No simulation namespaces, unless another simulation now holds the lock (and them)."""
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # a later run (another pytest, a developer) legitimately owns them
+    else:
+        return not any(exists(ns) for ns in NAMESPACES)
+    finally:
+        os.close(fd)
+
+
+def finish(sim: Simulation) -> dict[str, Any]:
+    """Stop the simulation; the driver must exit 0 and every buffer must be accounted for."""
+    result = sim.stop("test end")
+    assert result.driver_exit == 0, "\n".join(result.driver_log_tail)
+    assert result.conservation["ok"], result.conservation
+    assert result.conservation["rx"]["accounted"] == 512
+    assert result.conservation["tx"]["accounted"] == 1024
+    assert namespaces_gone()
+    return result.as_dict()
+
+
+@pytest.fixture
+def sim(odroidc4: Board) -> Iterator[Simulation]:
+    s = Simulation(odroidc4, SimOptions(stats_interval=0.5), ROOT)
+    s.start()
+    yield s
+    s.stop("fixture teardown")
+
+
+def ping(
+    sim: Simulation, target: str, *extra: str, count: int = 3
+) -> subprocess.CompletedProcess[str]:
+    return sim.peer_run(["ping", "-c", str(count), "-i", "0.2", "-W", "2", *extra, target])
+
+
+def test_ping_through_each_client(sim: Simulation) -> None:
+    for client in sim.layout.clients:
+        proc = ping(sim, client.ipv4)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "3 packets transmitted, 3 received" in proc.stdout
+        rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
+        assert rtt is not None
+        print(f"ping {client.ipv4}: avg rtt {rtt.group(1)} ms")
+    clients = sim.sim_stats()["clients"]
+    assert clients["client0"]["echoed"]["icmp"] == 3
+    assert clients["client1"]["echoed"]["icmp"] == 3
+    counters = sim.driver_stats()
+    assert counters["rx_frames"] >= 8 and counters["tx_frames"] >= 8  # ARP + 6 echoes
+    assert counters["irqs_handled"] > 0 and counters["notifications_sent"] > 0
+    finish(sim)
+
+
+def test_udp_echo_is_byte_exact_for_every_size(sim: Simulation) -> None:
+    for client in sim.layout.clients:
+        report = sim.peer_tool("udp-echo", "--target", client.ipv4, "--sizes", "1-1472")
+        assert report["sent"] == 1472
+        assert report["lost"] == [] and report["mismatched"] == []
+        assert report["echoed"] == 1472
+        print(f"udp echo {client.ipv4}: rtt µs {report['rtt_us']}")
+    assert sim.sim_stats()["clients"]["client1"]["echoed"]["udp"] == 1472
+    finish(sim)
+
+
+def test_both_clients_at_once_under_load(sim: Simulation) -> None:
+    report = sim.peer_tool(
+        "udp-load", "--target", "10.0.0.2", "--target", "10.0.0.3",
+        "--count", "3000", "--size", "1024", "--window", "48", "--timeout", "2",
+    )  # fmt: skip
+    for target in ("10.0.0.2", "10.0.0.3"):
+        flow = report["flows"][target]
+        assert flow == {"sent": 3000, "received": 3000, "lost": 0, "corrupt": 0}, report
+    rate, mbit, rtt = report["echoes_per_s"], report["mbit_s"], report["rtt_us"]
+    print(f"load: {rate} echoes/s, {mbit} Mbit/s, rtt {rtt}")
+    counters = sim.driver_stats()
+    assert counters["rx_frames"] >= 6000 and counters["tx_frames"] >= 6000
+    assert counters["rx_bad_descriptor"] == counters["tx_bad_descriptor"] == 0
+    # A torn index store on either side would show up here as an impossible index.
+    assert counters["bad_queue_index"] == 0
+    clients = sim.sim_stats()["clients"]
+    assert clients["client0"]["echoed"]["udp"] == clients["client1"]["echoed"]["udp"] == 3000
+    out = finish(sim)
+    assert out["driver"]["counters"]["rx_frames"] >= 6000
+
+
+def test_hostile_queue_contents_are_counted_and_good_traffic_flows(sim: Simulation) -> None:
+    virt = sim.virt
+    assert virt is not None
+    # Bad descriptors first; the load below walks rx_free round several times.
+    for kind in ("outside", "below", "misaligned"):
+        sim.call(lambda k=kind: virt.inject_rx_free(k))
+    for kind in ("outside", "len0", "oversize"):
+        sim.call(lambda k=kind: virt.inject_tx_active(k))
+    load = subprocess.Popen(
+        sim.peer_command(
+            [sys.executable, "-m", "netvm.sim.peer", "udp-load", "--target", "10.0.0.2",
+             "--target", "10.0.0.3", "--seconds", "3", "--size", "256", "--window", "16",
+             "--timeout", "5"]
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        for ring in ("tx_active", "rx_free"):
+            seen = sim.driver_stats()["bad_queue_index"]
+            sim.call(lambda r=ring: virt.jump_index(r))
+            # Restore only once the driver has seen it, however loaded the machine is.
+            assert wait_until(lambda n=seen: sim.driver_stats()["bad_queue_index"] > n)
+            sim.call(lambda r=ring: virt.restore_index(r))
+        out, _ = load.communicate(timeout=60)
+    finally:
+        load.kill()
+    report = json.loads(out)
+    for flow in report["flows"].values():
+        assert flow["sent"] > 500 and flow["received"] == flow["sent"], report
+        assert flow["lost"] == flow["corrupt"] == 0, report
+    assert sim.driver_running()
+    counters = sim.driver_stats()
+    assert counters["rx_bad_descriptor"] == 3  # outside, below, misaligned
+    assert counters["tx_bad_descriptor"] == 3  # outside, len 0, len 4000
+    assert counters["bad_queue_index"] >= 2  # each jump seen at least once
+    # And afterwards the path is still whole.
+    after = sim.peer_tool("udp-echo", "--target", "10.0.0.2", "--sizes", "1-64,1400-1472")
+    assert after["echoed"] == after["sent"]
+    result = finish(sim)
+    assert result["conservation"]["violations"] == []
+
+
+def test_jumbo_frame_from_the_peer_is_dropped_and_counted(odroidc4: Board) -> None:
+    sim = Simulation(odroidc4, SimOptions(mtu=9000, stats_interval=0.5), ROOT)
+    sim.start()
+    try:
+        big = ping(sim, "10.0.0.2", "-s", "8972", "-M", "do", count=2)
+        assert "2 packets transmitted, 0 received" in big.stdout, big.stdout
+        counters = sim.driver_stats()
+        assert counters["rx_dropped_oversize"] == 2
+        assert sim.sim_stats()["counters"]["rx_bytes"] < 2048 * counters["rx_frames"]
+        small = ping(sim, "10.0.0.2", "-s", "1400", count=2)
+        assert small.returncode == 0, small.stdout
+    finally:
+        finish(sim)
+
+
+def test_link_down_and_up_mid_stream_recovers(sim: Simulation) -> None:
+    load = subprocess.Popen(
+        sim.peer_command(
+            [sys.executable, "-m", "netvm.sim.peer", "udp-load", "--target", "10.0.0.2",
+             "--seconds", "3", "--size", "512", "--window", "8", "--timeout", "0.5"]
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    link = ["ip", "-n", "netvm-drv", "link", "set", "eth0"]
+    try:
+        time.sleep(0.8)
+        subprocess.run([*link, "down"], check=True)
+        time.sleep(0.7)
+        subprocess.run([*link, "up"], check=True)
+        out, _ = load.communicate(timeout=30)
+    finally:
+        load.kill()
+    report = json.loads(out)["flows"]["10.0.0.2"]
+    assert report["received"] > 0 and report["corrupt"] == 0
+    assert sim.driver_running()
+    after = sim.peer_tool("udp-echo", "--target", "10.0.0.2", "--sizes", "1-200")
+    assert after["echoed"] == 200, after
+    finish(sim)
+
+
+def test_another_driver_command_runs_against_the_same_simulation(
+    odroidc4: Board, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    wrapper = tmp_path / "driver.sh"
+    wrapper.write_text(
+        f'#!/bin/sh\necho "$@" > {marker}\nexec {sys.executable} -m netvm_driver --batch 4 "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    sim = Simulation(odroidc4, SimOptions(driver_cmd=str(wrapper)), ROOT)
+    sim.start()
+    try:
+        assert ping(sim, "10.0.0.3").returncode == 0
+        assert "--sim-devices" in marker.read_text()
+    finally:
+        finish(sim)
+
+
+def sim_process(duration: int, stats: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "sim", "--duration", str(duration),
+         "--stats-json", str(stats)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def driver_pids(sim_pid: int) -> list[int]:
+    """Drivers started by the simulation process `sim_pid` (found by its run directory)."""
+    tag = f"netvm-sim-{sim_pid}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"netvm_driver" in cmd and tag in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def wait_until(cond: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def nothing_left(pid: int) -> bool:
+    return (
+        namespaces_gone()
+        and not driver_pids(pid)
+        and not Path(f"/dev/shm/netvm-sim-{pid}").exists()
+    )
+
+
+def test_sigterm_leaves_no_namespaces_or_processes(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.json"
+    proc = sim_process(60, stats)
+    try:
+        assert wait_until(lambda: len(driver_pids(proc.pid)) == 1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "stopped by interrupt" in out, out
+    assert "buffer conservation: ok" in out
+    assert proc.returncode == 0, out
+    assert nothing_left(proc.pid)
+    doc = json.loads(stats.read_text())
+    assert doc["ok"] and doc["driver_exit"] == 0 and doc["conservation"]["ok"]
+
+
+def test_driver_crash_ends_the_run_and_cleans_up(tmp_path: Path) -> None:
+    proc = sim_process(60, tmp_path / "stats.json")
+    try:
+        assert wait_until(lambda: len(driver_pids(proc.pid)) == 1)
+        time.sleep(0.5)
+        os.kill(driver_pids(proc.pid)[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "stopped by driver exited" in out and "driver exit -9" in out, out
+    assert proc.returncode == 1  # not a clean run
+    assert nothing_left(proc.pid)
+
+
+def test_simulator_crash_takes_the_driver_and_next_start_cleans_up(
+    odroidc4: Board, tmp_path: Path
+) -> None:
+    proc = sim_process(60, tmp_path / "stats.json")
+    try:
+        assert wait_until(lambda: len(driver_pids(proc.pid)) == 1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert wait_until(lambda: not driver_pids(proc.pid), timeout=10)  # PR_SET_PDEATHSIG
+        assert all(exists(ns) for ns in NAMESPACES)  # left behind by the SIGKILL...
+    finally:
+        proc.kill()
+    sim = Simulation(odroidc4, SimOptions(), ROOT)
+    sim.start()  # ...and removed by the next start
+    try:
+        assert not Path(f"/dev/shm/netvm-sim-{proc.pid}").exists()
+        assert ping(sim, "10.0.0.2", count=1).returncode == 0
+    finally:
+        finish(sim)
