@@ -63,7 +63,7 @@ INIT = "sbin/netvm-init"
 # Made while the driver is imported under qemu; lists what python loaded.
 _PROBE = r"""
 import importlib, json, pkgutil, runpy, sys
-root, out = sys.argv[1], sys.argv[2]
+out = sys.argv[1]
 sys.argv = ["netvm_driver", "--help"]
 try:
     runpy.run_module("netvm_driver", run_name="__main__")
@@ -75,7 +75,8 @@ for info in pkgutil.walk_packages(netvm_driver.__path__, "netvm_driver."):
 for name in EXTRA:
     importlib.import_module(name)
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
-json.dump({"magic": importlib.util.MAGIC_NUMBER.hex(), "files": files}, open(out, "w"))
+with open(out, "w") as f:
+    json.dump({"magic": importlib.util.MAGIC_NUMBER.hex(), "files": files}, f)
 """
 
 
@@ -207,7 +208,6 @@ def probe_imports(full_root: Path, extra_modules: Iterable[str]) -> tuple[str, l
                 str(full_root / PYTHON),
                 "-c",
                 script,
-                str(full_root),
                 str(out),
             ],
             env=env,
