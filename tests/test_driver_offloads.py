@@ -40,21 +40,26 @@ def features(iface: str) -> dict[str, str]:
     return out
 
 
-def test_disable_offloads_turns_them_off(veth: str) -> None:
-    before = features(veth)
-    assert before["generic-receive-offload"] == "on" and before["tx-checksumming"] == "on"
+def disable_in_namespace(socket_args: str, iface: str) -> str:
+    """Run the driver's disable_offloads in the namespace; its result as JSON text."""
     script = (
         "import socket, json; from netvm_driver.offloads import disable_offloads\n"
-        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-        f"print(json.dumps(disable_offloads(s, {veth!r})))"
+        f"s = socket.socket({socket_args})\n"
+        f"print(json.dumps(disable_offloads(s, {iface!r})))"
     )
-    out = subprocess.run(
+    return subprocess.run(
         ["ip", "netns", "exec", NS, sys.executable, "-c", script],
         env={"PYTHONPATH": str(ROOT / "driver")},
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def test_disable_offloads_turns_them_off(veth: str) -> None:
+    before = features(veth)
+    assert before["generic-receive-offload"] == "on" and before["tx-checksumming"] == "on"
+    out = disable_in_namespace("socket.AF_PACKET, socket.SOCK_RAW", veth)
     assert '"gro": "off"' in out and '"tx-checksum": "off"' in out
     after = features(veth)
     # The legacy commands cover TCP segmentation for IPv4/IPv6 (the sub-features); the
@@ -72,18 +77,7 @@ def test_disable_offloads_turns_them_off(veth: str) -> None:
 
 
 def test_a_missing_interface_is_reported_per_feature(veth: str) -> None:
-    script = (
-        "import socket, json; from netvm_driver.offloads import disable_offloads\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "print(json.dumps(disable_offloads(s, 'nosuch0')))"
-    )
-    out = subprocess.run(
-        ["ip", "netns", "exec", NS, sys.executable, "-c", script],
-        env={"PYTHONPATH": str(ROOT / "driver")},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = disable_in_namespace("socket.AF_INET, socket.SOCK_DGRAM", "nosuch0")
     assert (
         out.strip() == '{"gro": "ENODEV", "gso": "ENODEV", "tso": "ENODEV", '
         '"tx-checksum": "ENODEV", "rx-checksum": "ENODEV"}'
