@@ -285,3 +285,87 @@ def sim(
 
 
 ns.add_task(sim)
+
+
+@task(
+    help={
+        "board": BOARD_HELP + " whose base device tree is QEMU's own",
+        "check": "non-interactive: boot, wait for the driver, ping + UDP echo, power off, report",
+        "no-vmm": "boot without the simulated VMM and peer namespace (no root needed; the "
+        "driver then finds no data-passing page)",
+        "boot-timeout": "seconds from QEMU start to the driver's event loop (default 60)",
+        "json": "also write the --check report as JSON to this file",
+    }
+)
+@user_errors
+def run(
+    c: Context,
+    board: str = "qemu_virt_aarch64",
+    check: bool = False,
+    no_vmm: bool = False,
+    boot_timeout: str = "60",
+    json_: str | None = None,
+) -> None:
+    """Boot the guest under QEMU (TCG) with the simulated VMM on its shared RAM."""
+    from netvm import qemu
+
+    try:
+        timeout = float(boot_timeout)
+    except ValueError:
+        raise UserError(f"--boot-timeout {boot_timeout!r}", hint="give seconds, e.g. 60") from None
+    b = load_board(board, ROOT)
+    options = qemu.RunOptions(check=check, vmm=not no_vmm, boot_timeout=timeout)
+    if not check:
+        code = qemu.run_interactive(b, ROOT, options, progress=_progress)
+        if code:
+            raise Exit(code=code)
+        return
+    report = qemu.run_check(b, ROOT, options, progress=_progress)
+    print(report.summary())
+    if json_:
+        Path(json_).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    if not report.ok:
+        raise Exit(code=1)
+
+
+ns.add_task(run)
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "quick": "one short round (under a minute) instead of 3 full rounds",
+        "json": "write every measurement, the medians, ratios and targets here",
+        "rounds": "rounds of measurements (default 3; --quick: 1)",
+        "build-figures": "also time a no-op `invoke build` and a driver-only change rebuild",
+        "driver-arg": "extra option for netvm_driver under test; repeatable",
+    },
+    iterable=["driver_arg"],
+)
+@user_errors
+def bench(
+    c: Context,
+    board: str = "odroidc4",
+    quick: bool = False,
+    json: str | None = None,
+    rounds: int = 0,
+    build_figures: bool = False,
+    driver_arg: list[str] | None = None,
+) -> None:
+    """Driver throughput, CPU per frame, line rate and latency vs a C baseline (root, 2 CPUs)."""
+    from netvm.bench.harness import BenchOptions, report, run_bench
+
+    kw: dict[str, Any] = {
+        "board": board,
+        "json_path": Path(json) if json else None,
+        "build_figures": build_figures,
+        "driver_args": tuple(driver_arg or ()),
+    }
+    if rounds:
+        kw["rounds"] = rounds
+    opts = BenchOptions.quick_options(**kw) if quick else BenchOptions(**kw)
+    doc = run_bench(opts, ROOT, say=_progress)
+    print(report(doc))
+
+
+ns.add_task(bench)

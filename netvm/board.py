@@ -107,11 +107,27 @@ class Console:
 
 
 @dataclass(frozen=True)
+class QemuBaseSpec:
+    """QEMU's own device tree as the base: dumped with the machine options of the boot.
+
+    netvm.qemu starts the guest with exactly these options, so the dumped tree and the
+    machine the guest runs on describe the same hardware.
+    """
+
+    machine: str  # -M, e.g. "virt,gic-version=2"
+    cpu: str
+    memory: int  # bytes; equals guest.ram.size
+    smp: int = 1
+    extra_args: tuple[str, ...] = ()  # more QEMU options that shape the machine
+
+
+@dataclass(frozen=True)
 class DeviceTreeSpec:
-    base: str  # path inside the kernel tree
+    base: str | None  # path inside the kernel tree; None when base_qemu is given
     disable: tuple[DisabledNode, ...]
     delete: tuple[str, ...]
     console: Console
+    base_qemu: QemuBaseSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,9 @@ class GuestSpec:
     bootargs: str
     initrd: InitrdSpec
     dtb_max_size: int
+    # A no-map reserved-memory range of guest RAM that holds UIO windows (QEMU: the
+    # sDDF regions must be RAM that QEMU backs, and Linux must not allocate them).
+    carveout: Region | None = None
 
 
 @dataclass(frozen=True)
@@ -425,10 +444,18 @@ def _read_kernel_source(r: _Reader, node: Any, board_dir: Path) -> KernelSourceS
 
 
 def _read_devicetree(r: _Reader, node: Any) -> DeviceTreeSpec | None:
-    m = r.mapping(node, "devicetree", ("base", "console"), ("disable", "delete"))
+    m = r.mapping(node, "devicetree", ("console",), ("base", "base_qemu", "disable", "delete"))
     if m is None:
         return None
     base = r.get(m, "devicetree", "base", r.str_)
+    base_qemu = _read_base_qemu(r, m["base_qemu"]) if "base_qemu" in m else None
+    if ("base" in m) == ("base_qemu" in m):
+        r.add(
+            "devicetree.base",
+            "give exactly one of base and base_qemu",
+            "base: a DTS path inside the kernel tree; base_qemu: QEMU machine options "
+            "whose dumped device tree is the base",
+        )
     disable: list[DisabledNode] = []
     for i, item in enumerate(r.items(m, "devicetree", "disable")):
         key = f"devicetree.disable[{i}]"
@@ -454,9 +481,44 @@ def _read_devicetree(r: _Reader, node: Any) -> DeviceTreeSpec | None:
         irq = r.get(c, "devicetree.console", "irq", r.int_)
         if paddr is not None and size is not None and irq is not None:
             console = Console(f"virtio-console@{paddr:x}", Region(paddr, size), irq)
-    if base is None or console is None:
+    if (base is None and base_qemu is None) or console is None:
         return None
-    return DeviceTreeSpec(base, tuple(disable), tuple(delete), console)
+    return DeviceTreeSpec(base, tuple(disable), tuple(delete), console, base_qemu)
+
+
+_SIZE = re.compile(r"(\d+)([KMG]?)")
+_SIZE_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30}
+
+
+def _read_base_qemu(r: _Reader, node: Any) -> QemuBaseSpec | None:
+    key = "devicetree.base_qemu"
+    m = r.mapping(node, key, ("machine", "cpu", "memory"), ("smp", "extra_args"))
+    if m is None:
+        return None
+    machine = r.get(m, key, "machine", r.str_)
+    cpu = r.get(m, key, "cpu", r.str_)
+    memory = None
+    raw = m.get("memory")
+    size = _SIZE.fullmatch(raw) if isinstance(raw, str) else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        memory = r.int_(raw, f"{key}.memory")
+    elif size is not None:
+        memory = int(size.group(1)) << _SIZE_SHIFT[size.group(2)]
+    elif "memory" in m:
+        r.add(f"{key}.memory", f"expected a size like 256M or a byte count, got {_kind(raw)}")
+    smp = r.get(m, key, "smp", r.int_) if "smp" in m else 1
+    if smp == 0:
+        r.add(f"{key}.smp", "expected at least one vCPU")
+    extra: list[str] = []
+    for i, item in enumerate(r.items(m, key, "extra_args")):
+        arg = r.str_(item, f"{key}.extra_args[{i}]")
+        if arg is not None:
+            extra.append(arg)
+    if machine is not None and "dumpdtb" in machine:
+        r.add(f"{key}.machine", "dumpdtb is added by netvm", "give only the machine options")
+    if machine is None or cpu is None or memory is None or not smp:
+        return None
+    return QemuBaseSpec(machine, cpu, memory, smp, tuple(extra))
 
 
 def _check_node_path(r: _Reader, key: str, path: str) -> None:
@@ -465,10 +527,13 @@ def _check_node_path(r: _Reader, key: str, path: str) -> None:
 
 
 def _read_guest(r: _Reader, node: Any) -> GuestSpec | None:
-    m = r.mapping(node, "guest", ("ram", "cma_mib", "bootargs", "initrd", "dtb_max_size"))
+    m = r.mapping(
+        node, "guest", ("ram", "cma_mib", "bootargs", "initrd", "dtb_max_size"), ("carveout",)
+    )
     if m is None:
         return None
     ram = _region(r, m.get("ram"), "guest.ram") if "ram" in m else None
+    carveout = _region(r, m["carveout"], "guest.carveout") if "carveout" in m else None
     cma = r.get(m, "guest", "cma_mib", r.int_)
     bootargs = r.get(m, "guest", "bootargs", r.str_)
     if bootargs is not None and UIO_OF_ID_ARG not in bootargs.split():
@@ -488,7 +553,7 @@ def _read_guest(r: _Reader, node: Any) -> GuestSpec | None:
     if None in (ram, cma, bootargs, initrd, dtb_max):
         return None
     assert ram and cma is not None and bootargs and initrd and dtb_max is not None
-    return GuestSpec(ram, cma, bootargs, initrd, dtb_max)
+    return GuestSpec(ram, cma, bootargs, initrd, dtb_max, carveout)
 
 
 _MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
@@ -681,7 +746,7 @@ def _read_rootfs(r: _Reader, node: Any, board_dir: Path) -> RootfsSpec | None:
             f"expected one of {', '.join(ROOTFS_PROVIDERS)}, got {provider!r}",
             "debian builds the initramfs offline from Debian's arm64 packages",
         )
-        return None
+        provider = None
     base = None
     if "base_cpio" in m:
         text = r.get(m, key, "base_cpio", r.str_)

@@ -31,6 +31,7 @@ from netvm.kernelsrc import (
 )
 from netvm.microkit import MicrokitInputs
 from netvm.pipeline import Artifact, StepOutput, StepRunner, file_sha256, tree_digest
+from netvm.qemu_machine import base_description
 from netvm.render import header_text, render_all
 from netvm.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
 
@@ -257,7 +258,8 @@ def _steps(
         "dtb",
         {
             "overlay": tree_digest([rendered.overlay_dts], rendered.root),
-            "base": board.devicetree.base,
+            # A QEMU base is described by the QEMU version and machine options it is dumped with.
+            "base": board.devicetree.base or base_description(board),
             "kernel_source": versions["kernel_source"],
             "kernel_path": str(src.path),
             "initrd": str(initrd),

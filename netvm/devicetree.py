@@ -16,7 +16,8 @@ from pathlib import Path
 from netvm.board import PAGE_SIZE, Board, Region
 from netvm.errors import Finding, UserError
 from netvm.fdt import cells, parse_dtb, strings, u64_pairs
-from netvm.kernelsrc import KernelSource
+from netvm.kernelsrc import KernelSource, cache_dir
+from netvm.qemu_machine import dump_base_dts
 from netvm.render import uio_node_name
 
 # The warnings the kernel's own dtbs build turns off (scripts/Makefile.dtbs): they
@@ -30,6 +31,9 @@ DTC_FLAGS = (
     "-Wno-simple_bus_reg",
     "-Wno-interrupt_provider",
 )
+# A decompiled QEMU tree carries phandles as plain numbers, which these checks report
+# on QEMU's own nodes (the tree compiles to the same references).
+QEMU_BASE_DTC_FLAGS = ("-Wno-clocks_property", "-Wno-gpios_property")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ def initrd_window(board: Board, initramfs_bytes: int, kernel_bytes: int = 0) -> 
     want = initramfs_bytes + g.initrd.headroom
     start = (g.initrd.end - want) // PAGE_SIZE * PAGE_SIZE
     floor = g.ram.paddr + kernel_bytes
+    below = "the kernel's end"
+    if g.carveout is not None and floor < g.carveout.end <= g.initrd.end:
+        # The window must not reach into the carve-out below it.
+        floor, below = g.carveout.end, "the end of guest.carveout"
     if start < floor:
         raise UserError(
             [
@@ -58,7 +66,7 @@ def initrd_window(board: Board, initramfs_bytes: int, kernel_bytes: int = 0) -> 
                     "guest.initrd.end",
                     f"an initramfs of {initramfs_bytes} bytes (+{g.initrd.headroom:#x} headroom) "
                     f"does not fit below {g.initrd.end:#x}: it would start at {start:#x}, "
-                    f"under the kernel's end at {floor:#x}",
+                    f"under {below} at {floor:#x}",
                     "raise guest.initrd.end or guest.ram.size, or shrink the rootfs",
                 )
             ]
@@ -115,15 +123,25 @@ def build_guest_dtb(
 ) -> DtbResult:
     """Compile base + overlay (+ initrd window) into ``guest.dtb`` and check it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    base_pp = preprocess_base(src, board.devicetree.base, out_dir / "base.pp.dts")
-    parts = [base_pp.read_text(), f"\n/* ---- {overlay.name} ---- */\n", overlay.read_text()]
+    flags: tuple[str, ...]
+    if board.devicetree.base_qemu is not None:
+        # QEMU's own tree for the boot's machine options, kept next to the output to read.
+        base_text = dump_base_dts(board, cache_dir() / "qemu-dtb")
+        (out_dir / "base.qemu.dts").write_text(base_text)
+        flags = DTC_FLAGS + QEMU_BASE_DTC_FLAGS
+    else:
+        assert board.devicetree.base is not None
+        base_pp = preprocess_base(src, board.devicetree.base, out_dir / "base.pp.dts")
+        base_text = base_pp.read_text()
+        flags = DTC_FLAGS
+    parts = [base_text, f"\n/* ---- {overlay.name} ---- */\n", overlay.read_text()]
     if initrd is not None:
         parts.append(initrd_fragment(initrd, header))
     source = out_dir / "guest.src.dts"
     source.write_text("".join(parts))
     dtb = out_dir / "guest.dtb"
     proc = subprocess.run(
-        ["dtc", "-I", "dts", "-O", "dtb", *DTC_FLAGS, "-o", str(dtb), str(source)],
+        ["dtc", "-I", "dts", "-O", "dtb", *flags, "-o", str(dtb), str(source)],
         capture_output=True,
         text=True,
     )
@@ -188,6 +206,14 @@ def check_guest_dtb(board: Board, blob: bytes, initrd: Region | None) -> list[Fi
             "/memory",
             f"memory nodes {dict(zip(memory, regs, strict=True))}, expected guest RAM {ram}",
         )
+    carveout = board.guest.carveout
+    if carveout is not None:
+        path = f"/reserved-memory/uio-carveout@{carveout.paddr:x}"
+        node = nodes.get(path, {})
+        if u64_pairs(node.get("reg", b"")) != [(carveout.paddr, carveout.size)]:
+            add(path, f"no reserved-memory node for guest.carveout {carveout}")
+        elif "no-map" not in node:
+            add(path, "the carve-out lacks no-map: Linux would map and use it")
     chosen = nodes.get("/chosen", {})
     if strings(chosen.get("bootargs", b"")) != [board.guest.bootargs]:
         add("/chosen", "bootargs do not match guest.bootargs")

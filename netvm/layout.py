@@ -30,6 +30,8 @@ from netvm.errors import Finding
 
 MAX_GIC_SPI = 987  # GICv2/v3 SPIs are INTIDs 32-1019
 DATA_PASSING_BYTES = 616  # net_drv_vm_data_passing_t
+QEMU_VIRT_RAM_BASE = 0x40000000  # hw/arm/virt.c: VIRT_MEM
+QEMU_VIRT_MAX_SPI = 223  # hw/arm/virt.h: NUM_IRQS = 256 GIC inputs, 32 of them private
 
 
 # add(key, message, hint="") records one finding.
@@ -56,6 +58,8 @@ def check_board(board: Board, display: str) -> list[Finding]:
     _check_queues(board, add)
     _check_guest(board, add)
     _check_overlaps(board, add)
+    _check_carveout(board, add)
+    _check_qemu_base(board, add)
     _check_irqs(board, add)
     return out
 
@@ -213,18 +217,77 @@ def _check_overlaps(board: Board, add: _Add) -> None:
     for p in board.passthrough:
         for i, reg in enumerate(p.regions):
             fixed.append((f"passthrough.{p.name}.regions[{i}]", reg))
+    carveout = g.carveout
     for i, (key, reg) in enumerate(named):
         for key2, reg2 in named[i + 1 :]:
             if reg.overlaps(reg2):
                 add(key, f"{reg} overlaps {key2} {reg2}", "UIO windows must be disjoint")
         for key2, reg2 in fixed:
+            # Guest RAM may hold UIO windows only inside the no-map carve-out.
+            if key2 == "guest.ram" and carveout is not None and _inside(reg, carveout):
+                continue
             if reg.overlaps(reg2):
-                add(key, f"{reg} overlaps {key2} {reg2}", "place UIO windows outside it")
+                hint = "place UIO windows outside it"
+                if key2 == "guest.ram" and carveout is not None:
+                    hint = f"place UIO windows outside it or inside guest.carveout {carveout}"
+                add(key, f"{reg} overlaps {key2} {reg2}", hint)
     for p in board.passthrough:
         for i, reg in enumerate(p.regions):
             for key2, reg2 in fixed[:2]:
                 if reg.overlaps(reg2):
                     add(f"passthrough.{p.name}.regions[{i}]", f"{reg} overlaps {key2} {reg2}")
+
+
+def _inside(inner: Region, outer: Region) -> bool:
+    return outer.paddr <= inner.paddr and inner.end <= outer.end
+
+
+def _check_carveout(board: Board, add: _Add) -> None:
+    g = board.guest
+    c = g.carveout
+    if c is None:
+        return
+    if not _aligned(c.paddr) or not _aligned(c.size) or c.size == 0:
+        add("guest.carveout", f"{c} must be page aligned and non-empty")
+    if not _inside(c, g.ram):
+        add("guest.carveout", f"{c} is not inside guest RAM {g.ram}", "carve it out of guest.ram")
+    dtb = Region(g.initrd.end, g.dtb_max_size)
+    if c.overlaps(dtb):
+        add("guest.carveout", f"{c} overlaps the DTB window {dtb}", "move it below the initrd")
+    if c.paddr < g.initrd.end <= c.end:
+        add(
+            "guest.initrd.end",
+            f"{g.initrd.end:#x} is inside guest.carveout {c}",
+            "end the initrd window above the carve-out",
+        )
+
+
+def _check_qemu_base(board: Board, add: _Add) -> None:
+    q = board.devicetree.base_qemu
+    if q is None:
+        return
+    ram = board.guest.ram
+    if q.memory != ram.size:
+        add(
+            "devicetree.base_qemu.memory",
+            f"{q.memory:#x} bytes differs from guest.ram.size {ram.size:#x}",
+            "QEMU's RAM is the guest RAM: give the same size in both",
+        )
+    if q.machine.split(",")[0] != "virt":
+        return  # the rules below are the virt machine's memory and interrupt map
+    if ram.paddr != QEMU_VIRT_RAM_BASE:
+        add(
+            "guest.ram.paddr",
+            f"{ram.paddr:#x}: QEMU virt's RAM starts at {QEMU_VIRT_RAM_BASE:#x}",
+            f"use paddr: {QEMU_VIRT_RAM_BASE:#x}",
+        )
+    for dev in board.uio:
+        if dev.irq is not None and dev.irq > QEMU_VIRT_MAX_SPI:
+            add(
+                f"uio.{dev.name}.irq",
+                f"SPI {dev.irq} does not exist on QEMU virt (SPIs 0-{QEMU_VIRT_MAX_SPI})",
+                "SPIs 176-223 are unused by QEMU virt's own devices",
+            )
 
 
 def _check_irqs(board: Board, add: _Add) -> None:

@@ -54,7 +54,7 @@ LIB_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 # applets, so the links are fixed.
 BUSYBOX_APPLETS = (
     "cat", "chmod", "cp", "cttyhack", "date", "dmesg", "echo", "free", "grep", "head",
-    "hostname", "ifconfig", "ip", "kill", "ln", "ls", "mkdir", "mount", "mountpoint", "mv",
+    "hostname", "ifconfig", "ip", "kill", "ln", "ls", "mkdir", "mount", "mv",
     "ping", "poweroff", "ps", "reboot", "rm", "sed", "setsid", "sh", "sleep", "tail",
     "top", "true", "umount", "uname", "vi", "wc",
 )  # fmt: skip
@@ -62,7 +62,7 @@ SBIN_APPLETS = frozenset({"ifconfig", "poweroff", "reboot"})
 INIT = "sbin/netvm-init"
 # Made while the driver is imported under qemu; lists what python loaded.
 _PROBE = r"""
-import importlib, json, pkgutil, runpy, sys
+import importlib, json, os, runpy, sys
 out = sys.argv[1]
 sys.argv = ["netvm_driver", "--help"]
 try:
@@ -70,8 +70,10 @@ try:
 except SystemExit:
     pass
 import netvm_driver
-for info in pkgutil.walk_packages(netvm_driver.__path__, "netvm_driver."):
-    importlib.import_module(info.name)
+# os.listdir, not pkgutil: the probe must not load modules the driver does not use.
+for name in sorted(os.listdir(netvm_driver.__path__[0])):
+    if name.endswith(".py"):
+        importlib.import_module("netvm_driver." + name[:-3])
 for name in EXTRA:
     importlib.import_module(name)
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
@@ -306,6 +308,17 @@ def _compile(src: Path, guest_path: str, optimize: int = 0) -> bytes:
         return out.read_bytes()
 
 
+def busybox_applets(full_root: Path) -> frozenset[str]:
+    """The applets this busybox build has (it runs under qemu-user to say)."""
+    proc = subprocess.run(
+        ["qemu-aarch64-static", "-L", str(full_root), str(full_root / BUSYBOX), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return frozenset(proc.stdout.split())
+
+
 def _add_parents(entries: dict[str, cpio.Entry]) -> None:
     for rel in list(entries):
         parent = PurePosixPath(rel).parent
@@ -357,21 +370,36 @@ def debian_entries(
     loader = "lib/ld-linux-aarch64.so.1"
     entries[loader] = _copy_entry(full_root, loader)
     entries[BUSYBOX] = _copy_entry(full_root, BUSYBOX)
+    missing = sorted(set(BUSYBOX_APPLETS) - busybox_applets(full_root))
+    if missing:
+        # /init and the console rely on these; a Debian busybox without them is a
+        # different build than netvm was made for.
+        raise RuntimeError(f"busybox lacks the applets {', '.join(missing)}")
     for applet in BUSYBOX_APPLETS:
         where = "sbin" if applet in SBIN_APPLETS else "bin"
         link = "../bin/busybox" if where == "sbin" else "busybox"
         entries[f"{where}/{applet}"] = cpio.symlink(f"{where}/{applet}", link)
-    entries.update(overlay_entries(overlay))
+    entries.update(overlay_entries(overlay, sourceless=True))
     return entries
 
 
-def overlay_entries(overlay: Path) -> dict[str, cpio.Entry]:
-    """The staged overlay, the driver byte-compiled beside its sources, and /init."""
+def overlay_entries(overlay: Path, *, sourceless: bool = False) -> dict[str, cpio.Entry]:
+    """The staged overlay with the driver byte-compiled, and /init.
+
+    `sourceless`: bytecode in place of the sources, for a guest python known to share
+    this host's bytecode magic (the Debian base; it saves a tenth of the image). Else
+    the bytecode goes beside the sources in __pycache__, which a guest python of
+    another version ignores and recompiles from the sources.
+    """
     entries = _entries_from_tree(overlay)
     for rel, e in list(entries.items()):
         if rel.startswith(GUEST_PYTHONPATH + "/") and rel.endswith(".py") and e.kind == "file":
             p = PurePosixPath(rel)
-            pyc = f"{p.parent}/__pycache__/{p.stem}.{_cache_tag()}.pyc"
+            if sourceless:
+                del entries[rel]
+                pyc = rel + "c"
+            else:
+                pyc = f"{p.parent}/__pycache__/{p.stem}.{_cache_tag()}.pyc"
             entries[pyc] = cpio.regular(pyc, _compile(overlay / rel, rel))
     # Mount points and the console exist before /init runs (it mounts the rest).
     for d in ("dev", "proc", "sys", "tmp", "run", "root"):
@@ -379,7 +407,6 @@ def overlay_entries(overlay: Path) -> dict[str, cpio.Entry]:
     entries["tmp"] = cpio.directory("tmp", 0o1777)
     entries["dev/console"] = cpio.char_device("dev/console", 5, 1)
     entries["init"] = cpio.symlink("init", INIT)
-    _add_parents(entries)
     return entries
 
 
@@ -390,6 +417,9 @@ def _cache_tag() -> str:
 
 
 def pack(entries: dict[str, cpio.Entry], out: Path, epoch: int) -> InitramfsResult:
+    # The kernel's initramfs unpacker creates no missing parent directory: a file whose
+    # directory has no entry of its own is silently not unpacked.
+    _add_parents(entries)
     raw = cpio.write_newc(entries.values(), epoch)
     blob = cpio.gzip_deterministic(raw)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def test_initramfs_size_and_report(initramfs: InitramfsResult) -> None:
 
 def test_the_guest_python_runs_the_driver(guest_root: Path) -> None:
     entry = guest_root / "usr/lib/netvm/netvm_driver"
-    modules = sorted(p.stem for p in entry.glob("*.py") if p.stem != "__main__")
+    modules = sorted(p.stem for p in entry.glob("*.pyc") if p.stem != "__main__")
     assert modules, "the driver package is in the image"
     script = "import importlib, sys\n" + "".join(
         f"importlib.import_module('netvm_driver.{m}')\n" for m in modules
@@ -130,8 +130,19 @@ def test_the_guest_python_runs_the_driver(guest_root: Path) -> None:
     help_ = guest(guest_root, "usr/bin/python3", "-m", "netvm_driver", "--help")
     assert help_.returncode == 0, help_.stderr
     assert "--interface" in help_.stdout
-    # The driver's bytecode was compiled at build time, beside its sources.
-    assert list((entry / "__pycache__").glob("*.cpython-311.pyc"))
+    # The driver goes as bytecode compiled at build time (the guest python's magic was
+    # checked), with the same modules as its sources.
+    sources = sorted(p.stem for p in (ROOT / "driver/netvm_driver").glob("*.py"))
+    assert sorted(p.stem for p in entry.glob("*.pyc")) == sources
+    assert not list(entry.glob("*.py"))
+
+
+def test_every_entry_has_its_directory_in_the_archive(initramfs: InitramfsResult) -> None:
+    """The kernel's unpacker does not create parents (cpio -i on the host would)."""
+    entries = {e.path: e for e in cpio.read_cpio_gz(initramfs.path.read_bytes())}
+    for path in entries:
+        parent = str(Path(path).parent)
+        assert parent == "." or entries[parent].kind == "dir", path
 
 
 def test_the_stdlib_is_pruned_and_sourceless(guest_root: Path) -> None:
@@ -174,6 +185,8 @@ def test_cpio_provider_adds_the_overlay_to_a_users_base(
     )
     paths = {e.path for e in cpio.read_cpio_gz(result.path.read_bytes())}
     assert {"etc/netvm/driver.json", "usr/bin/python3.11", "init"} <= paths
+    # A user's python may be another version: sources stay, bytecode only in __pycache__.
+    assert "usr/lib/netvm/netvm_driver/__init__.py" in paths
     assert "usr/lib/netvm/netvm_driver/__pycache__/__init__.cpython-311.pyc" in paths
 
 
@@ -278,6 +291,13 @@ def test_supervise_restarts_with_back_off(guest_root: Path, tmp_path: Path) -> N
     )
     # The last delay repeats once the list is used up.
     assert [ln.rsplit(" ", 1)[1] for ln in log] == ["0.1s", "0.3s", "0.3s", "0.3s"]
+
+
+def test_is_mounted_reads_proc_mounts(guest_root: Path) -> None:
+    proc = busybox_sh(
+        guest_root, "is_mounted /proc && echo proc; is_mounted /no/such || echo none", {}
+    )
+    assert proc.stdout.split() == ["proc", "none"]
 
 
 def test_init_script_is_valid_shell() -> None:

@@ -18,15 +18,18 @@ from .datapath import (
     DataPassingError,
     DataPath,
     check_data_passing,
-    open_packet_socket,
+    open_packet_io,
     read_data_passing,
 )
 from .device import DeviceError, Devices, open_sim_devices, open_uio_devices
 from .loop import EventLoop, FatalDeviceError
 from .offloads import disable_offloads
+from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry
 from .stats import Stats
 from .uio import UioError
 
+DEFAULT_RX_MODE = "auto"
+DEFAULT_TX_MODE = "ring"
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
@@ -63,6 +66,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch", type=int, default=DEFAULT_BATCH, help="frames per batch (default: %(default)s)"
     )
     p.add_argument(
+        "--rx-mode",
+        choices=("auto", "ring", "socket"),
+        default=DEFAULT_RX_MODE,
+        help="ring: a TPACKET_V3 mmap ring, no system call per frame; socket: one recv per "
+        "frame; auto: the socket at low rates (no block timeout to wait for), the ring "
+        "from 10k frames/s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tx-mode",
+        choices=("ring", "socket"),
+        default=DEFAULT_TX_MODE,
+        help="ring: a TPACKET_V2 mmap ring bypassing the qdisc, one send per batch; socket: "
+        "one send per frame (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rx-ring-block-kib",
+        type=int,
+        default=RX_BLOCK_SIZE >> 10,
+        metavar="KIB",
+        help="RX ring block size; the kernel wakes the driver once per block "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--rx-ring-timeout-ms",
+        type=int,
+        default=RX_TIMEOUT_MS,
+        metavar="MS",
+        help="hand over a partly filled RX ring block after this long (default: %(default)s)",
+    )
+    p.add_argument(
         "--sim-devices",
         metavar="FILE",
         help="SIMULATION: take the devices from this file written by the host simulation "
@@ -82,12 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch < 1 or args.stats_interval <= 0:
         p.error("--batch and --stats-interval must be positive")
+    if args.rx_ring_block_kib < 4 or args.rx_ring_block_kib % 4 or args.rx_ring_timeout_ms < 1:
+        p.error("--rx-ring-block-kib must be a multiple of 4, --rx-ring-timeout-ms at least 1")
     return args
 
 
 def self_check(config: DriverConfig) -> int:
     # Importing everything proves the install is complete (a missing module fails here).
-    from . import abi, checksum, datapath, devmem, loop, offloads, queue, stats, uio  # noqa: F401
+    from . import abi, checksum, datapath, devmem, loop, offloads, queue, ring, stats, uio  # noqa: F401
 
     print(
         f"netvm_driver: {config.path}: ok (board {config.board}, interface {config.interface}, "
@@ -117,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: None)
 
     devices: Devices | None = None
-    sock = None
+    packet_io = None
     try:
         log.info("*** Starting up")
         log.info(f"*** Network interface: {interface}")
@@ -128,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info("*** Setting up UIO devices by name")
             devices = open_uio_devices(config, log.info)
         log.info("*** Setting up raw promiscuous socket")
-        sock = open_packet_socket(interface)
+        geometry = RingGeometry(args.rx_ring_block_kib << 10, args.rx_ring_timeout_ms)
+        packet_io = open_packet_io(interface, args.rx_mode, args.tx_mode, geometry)
+        log.info(f"*** RX {args.rx_mode}, TX {args.tx_mode}")
         if not args.keep_offloads:
-            states = disable_offloads(sock, interface)
+            any_sock = packet_io.sock or packet_io.rx_ring.sock  # type: ignore[union-attr]
+            states = disable_offloads(any_sock, interface)
             log.info("*** Offloads: " + ", ".join(f"{k} {v}" for k, v in states.items()))
         log.info("*** Checking the data passing page")
         dp = read_data_passing(devices)
@@ -145,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             config,
             devices,
             dp,
-            sock,
+            packet_io.sock,
             stats,
             fill_tx_checksums=args.fill_tx_checksums or config.fill_tx_checksums,
             batch=args.batch,
+            rx_ring=packet_io.rx_ring,
+            tx_ring=packet_io.tx_ring,
+            rx_switch=packet_io.rx_switch,
         )
         loop = EventLoop(
             datapath,
@@ -176,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
         return EXIT_RUNTIME
     finally:
-        if sock is not None:
-            sock.close()
+        if packet_io is not None:
+            packet_io.close()
         if devices is not None:
             devices.close()
 

@@ -8,9 +8,8 @@ file and the key. Must not open devices.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 from .abi import NET_BUFFER_SIZE, SDDF_NET_MAX_CLIENTS, queue_region_size
 from .queue import MAX_CAPACITY
@@ -31,8 +30,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(findings))
 
 
-@dataclass(frozen=True)
-class UioSpec:
+class UioSpec(NamedTuple):
     name: str
     paddr: int
     size: int
@@ -40,14 +38,12 @@ class UioSpec:
     irq: int | None = None
 
 
-@dataclass(frozen=True)
-class TxClientSpec:
+class TxClientSpec(NamedTuple):
     offset: int  # where the client's TX data region starts inside the tx_data map
     size: int
 
 
-@dataclass(frozen=True)
-class DriverConfig:
+class DriverConfig(NamedTuple):
     path: str
     board: str
     interface: str
@@ -165,12 +161,13 @@ def parse_config(data: Any, path: str) -> DriverConfig:
     return DriverConfig(path, str(board), interface, NET_BUFFER_SIZE, uio, tuple(clients), fill)
 
 
-def load_config(path: str | Path) -> DriverConfig:
-    p = Path(path)
+def load_config(path: str | os.PathLike[str]) -> DriverConfig:
+    p = os.fspath(path)
     try:
-        data = json.loads(p.read_text())
+        with open(p, encoding="utf-8") as f:
+            data = json.loads(f.read())
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{p}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from None
-    return parse_config(data, str(p))
+    return parse_config(data, p)

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import select
 import socket
 import struct
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from .abi import DATA_PASSING_SIZE, NET_BUFFER_SIZE, SDDF_NET_MAGIC, DataPassing
 from .checksum import fill_checksums
@@ -34,9 +38,37 @@ from .config import DriverConfig
 from .device import DeviceError, Devices, Doorbell
 from .log import RateLimitedLog
 from .queue import Consumer, Producer, Ring, with_len
+from .ring import (
+    BLOCK_PKTS,
+    BLOCK_PKTS_AT,
+    BLOCK_STATUS,
+    RX_HDR,
+    TP_STATUS_AVAILABLE,
+    TP_STATUS_BLK_TMO,
+    TP_STATUS_SEND_REQUEST,
+    TP_STATUS_USER,
+    TX_BUSY,
+    TX_DATA,
+    TX_LEN_MAC,
+    TX_LEN_MAC_AT,
+    RingGeometry,
+    RxRing,
+    RxSwitch,
+    TxRing,
+    open_rx_ring,
+    open_tx_ring,
+    open_tx_socket,
+)
 from .stats import Stats
 
-DEFAULT_BATCH = 64
+T = TypeVar("T")
+# RX "auto" (ring.RxSwitch): to the ring at >= 100 frames in 10 ms on the socket (10k/s);
+# back to the socket after 3 blocks in a row handed over by the timeout with < 8 frames.
+SWITCH_WINDOW_S = 0.01
+SWITCH_UP_FRAMES = 100
+SPARSE_FRAMES = 8
+SPARSE_BLOCKS = 3
+DEFAULT_BATCH = 256  # descriptors per batch; queues hold 512 on the boards so far
 BUFFER_MASK = NET_BUFFER_SIZE - 1
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -111,21 +143,103 @@ def open_packet_socket(interface: str) -> socket.socket:
     return sock
 
 
+class PacketIO:
+    """What the data path sends and receives with, for the chosen RX and TX modes."""
+
+    def __init__(
+        self,
+        sock: socket.socket | None = None,  # plain socket: socket-mode RX and/or TX
+        rx_ring: RxRing | None = None,
+        tx_ring: TxRing | None = None,
+        rx_switch: RxSwitch | None = None,  # "auto": the socket and the ring, one receiving
+    ) -> None:
+        self.sock = sock
+        self.rx_ring = rx_ring
+        self.tx_ring = tx_ring
+        self.rx_switch = rx_switch
+
+    def close(self) -> None:
+        for thing in (self.sock, self.rx_ring, self.tx_ring):
+            if thing is not None:
+                thing.close()
+
+
+def open_packet_io(
+    interface: str, rx_mode: str, tx_mode: str, geometry: RingGeometry | None = None
+) -> PacketIO:
+    """The packet socket and/or rings for the chosen modes ("socket", "ring" or "auto").
+
+    RX "socket" and "auto" receive on a plain socket (auto: in a fanout group with the
+    ring, RxSwitch); RX "ring" opens the plain socket (with protocol 0, receiving nothing)
+    only if TX uses it.
+    """
+    io = PacketIO()
+    g = geometry or RingGeometry()
+
+    def rx_ring(interface: str, receive: bool) -> RxRing:
+        return open_rx_ring(
+            interface,
+            block_size=g.block_size,
+            block_count=g.block_count,
+            timeout_ms=g.timeout_ms,
+            receive=receive,
+        )
+
+    try:
+        if rx_mode in ("socket", "auto"):
+            io.sock = open_packet_socket(interface)
+        if rx_mode == "auto":
+            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, False))
+            io.rx_switch = _device_error(
+                interface,
+                lambda i: RxSwitch(io.sock, io.rx_ring),  # type: ignore[arg-type]
+            )
+        elif rx_mode == "ring":
+            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, True))
+            if tx_mode == "socket":
+                io.sock = _device_error(interface, open_tx_socket)
+        if tx_mode == "ring":
+            io.tx_ring = _device_error(interface, open_tx_ring)
+    except BaseException:
+        io.close()
+        raise
+    return io
+
+
+def _device_error(interface: str, opener: Callable[[str], T]) -> T:
+    try:
+        return opener(interface)
+    except OSError as exc:
+        raise DeviceError(f"cannot use interface '{interface}': {exc.strerror or exc}") from None
+
+
 class DataPath:
-    """The queues, the socket and the counters, and what to do when either side moves."""
+    """The queues, the socket(s) and the counters, and what to do when either side moves.
+
+    Each direction runs in one of two modes: "socket" (one ``recv_into``/``send`` per
+    frame on `sock`, the kernel copying straight to or from the map) or "ring" (the
+    kernel fills or drains an mmap ring, ring.py, and the driver copies with aligned,
+    padded copies, devmem.py; no system call per frame). Validation, counters, drops and
+    the handshake are the same in both.
+    """
 
     def __init__(
         self,
         config: DriverConfig,
         devices: Devices,
         dp: DataPassing,
-        sock: socket.socket,
+        sock: socket.socket | None,
         stats: Stats,
         *,
         fill_tx_checksums: bool = False,
         batch: int = DEFAULT_BATCH,
         ratelog: RateLimitedLog | None = None,
+        rx_ring: RxRing | None = None,
+        tx_ring: TxRing | None = None,
+        rx_switch: RxSwitch | None = None,
     ) -> None:
+        if sock is None and (rx_ring is None or tx_ring is None):
+            raise ValueError("a direction without a ring needs the packet socket")
         regions = devices.regions
         rx_cap, tx_cap = config.capacity("rx_free"), config.capacity("tx_free")
         self.rx_free = Consumer(Ring(regions["rx_free"], rx_cap))
@@ -136,6 +250,10 @@ class DataPath:
         self.tx_data = regions["tx_data"]
         self.rx_base = dp.rx_data_paddr
         self.rx_limit = self.rx_data.size
+        # One test for "inside rx_data and on a buffer boundary" when the region size is
+        # a power of two (it is on every board so far); else _rx_buffer_ok.
+        size = self.rx_limit
+        self.rx_badmask = (~(size - 1) | BUFFER_MASK) if size & (size - 1) == 0 else 0
         # (io start, io end, map offset - io address) per client; the stride comes from
         # the layout (driver.json), never a hard-coded 0x100000.
         self.tx_clients = tuple(
@@ -145,6 +263,20 @@ class DataPath:
         self.rx_doorbell = devices.doorbells["rx_fault"]
         self.tx_doorbell = devices.doorbells["tx_fault"]
         self.sock = sock
+        self.rx_ring = rx_ring
+        self.tx_ring = tx_ring
+        self.rx_switch = rx_switch
+        plain_rx = sock if rx_switch or not rx_ring else None
+        ring_rx = rx_ring.sock if rx_ring else None
+        self.rx_socks = [s for s in (plain_rx, ring_rx) if s is not None]
+        self.rx_sock = self.rx_socks[0]
+        self.tx_sock = tx_ring.sock if tx_ring else sock
+        assert self.tx_sock is not None
+        # RX "auto": frames seen on the socket in the current 10 ms window, and how many
+        # ring blocks in a row the timeout handed over nearly empty.
+        self.window_start = 0.0
+        self.window_frames = 0
+        self.sparse_blocks = 0
         self.stats = stats
         self.fill_tx_checksums = fill_tx_checksums
         self.batch = batch
@@ -155,6 +287,44 @@ class DataPath:
         self.rx_free.ring.cancel_signal()
 
     # ------------------------------------------------------------------ RX
+
+    def _rx_auto_batch(self, n: int) -> tuple[int, bool]:
+        """RX "auto": the source not receiving now first (its frames are older), then the
+        other; switch to the ring when the socket sees a burst, back when the ring's
+        blocks come nearly empty (RxSwitch)."""
+        sw = self.rx_switch
+        assert sw is not None
+        on_ring = sw.selected == sw.RING
+        first, second = (self._rx_batch, self._rx_ring_batch) if on_ring else (
+            self._rx_ring_batch, self._rx_batch)  # fmt: skip
+        delivered, drained = first(n)
+        socket_frames = delivered if on_ring else 0
+        if drained:
+            m = min(self.rx_free.available(), self.rx_active.space(), n - delivered)
+            if m <= 0:
+                drained = False  # out of buffers: the caller's handshake takes over
+            else:
+                more, drained = second(m)
+                delivered += more
+                if not on_ring:
+                    socket_frames = more
+        if on_ring:
+            if self.sparse_blocks >= SPARSE_BLOCKS:
+                sw.select(sw.SOCKET)
+                self.sparse_blocks = 0
+                self.window_start, self.window_frames = time.monotonic(), 0
+        elif socket_frames:
+            now = time.monotonic()
+            if now - self.window_start > SWITCH_WINDOW_S:
+                self.window_start, self.window_frames = now, 0
+            self.window_frames += socket_frames
+            if self.window_frames >= SWITCH_UP_FRAMES:
+                sw.select(sw.RING)
+                self.sparse_blocks = 0
+        return delivered, drained
+
+    def _rx_buffer_ok(self, off: int) -> bool:
+        return 0 <= off < self.rx_limit and not off & BUFFER_MASK
 
     def process_rx(self) -> None:
         """Move frames from the socket to rx_active until the socket or rx_free runs dry."""
@@ -183,7 +353,12 @@ class DataPath:
             if self.rx_starved:
                 self.rx_starved = False
                 free.ring.cancel_signal()
-            delivered, drained = self._rx_batch(n)
+            if self.rx_switch is not None:
+                delivered, drained = self._rx_auto_batch(n)
+            elif self.rx_ring is not None:
+                delivered, drained = self._rx_ring_batch(n)
+            else:
+                delivered, drained = self._rx_batch(n)
             if delivered:
                 self._notify(active.ring, self.rx_doorbell)
             if drained:
@@ -191,6 +366,7 @@ class DataPath:
 
     def _rx_batch(self, n: int) -> tuple[int, bool]:
         free, active, stats = self.rx_free, self.rx_active, self.stats
+        assert self.sock is not None
         recv_into, view = self.sock.recv_into, self.rx_data.kernel_view
         base, limit = self.rx_base, self.rx_limit
         peek, put = free.peek, active.put
@@ -235,6 +411,97 @@ class DataPath:
             stats.rx_bytes += nbytes
         return delivered, drained
 
+    def _rx_ring_batch(self, n: int) -> tuple[int, bool]:
+        """Up to n frames from the RX ring into rx_free buffers: the hot loop of RX.
+
+        One batched read of n rx_free descriptors, one batched write of the rx_active
+        ones, the frame copies as one devmem call, and no system call at all. A block is
+        given back to the kernel only after the copies out of it are done.
+        """
+        ring = self.rx_ring
+        assert ring is not None
+        free, active, stats = self.rx_free, self.rx_active, self.stats
+        words = free.peek_words(n)
+        rview, status = ring.view, ring.status
+        hdr, blk_pkts = RX_HDR.unpack_from, BLOCK_PKTS.unpack_from
+        bsize, nblocks = ring.block_size, ring.block_count
+        block, pos, left = ring.block, ring.pos, ring.left
+        base, badmask = self.rx_base, self.rx_badmask
+        sw = self.rx_switch
+        watch = sw is not None and sw.selected == sw.RING
+        out: list[int] = []
+        moves: list[int] = []
+        release: list[int] = []
+        nbytes = oversize = 0
+        drained = False
+        k = 0
+        end = 2 * n
+        while k < end:
+            io = words[k]
+            off = io - base
+            if off & badmask if badmask else not self._rx_buffer_ok(off):
+                k += 2
+                stats.rx_bad_descriptor += 1
+                self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
+                continue
+            while True:  # the next frame that fits a buffer
+                if left:
+                    nxt, snap, size, mac = hdr(rview, pos)
+                    frame = pos + mac
+                    pos += nxt
+                    left -= 1
+                    if size <= NET_BUFFER_SIZE and snap >= size:
+                        break
+                    oversize += 1
+                    continue
+                if pos >= 0:  # done with this block
+                    release.append(block)
+                    block = block + 1 if block + 1 < nblocks else 0
+                    pos = -1
+                boff = block * bsize
+                if not status[(boff + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
+                    drained = True
+                    break
+                left, first = blk_pkts(rview, boff + BLOCK_PKTS_AT)
+                pos = boff + first
+                if watch:  # RX auto: a run of nearly empty blocks means a low rate
+                    if left < SPARSE_FRAMES and status[(boff + BLOCK_STATUS) >> 2] & (
+                        TP_STATUS_BLK_TMO
+                    ):
+                        self.sparse_blocks += 1
+                    else:
+                        self.sparse_blocks = 0
+            if drained:
+                break
+            moves += (off, frame, size)
+            out += (io, (words[k + 1] & ~0xFFFF) | size)
+            nbytes += size
+            k += 2
+        if not left and pos >= 0:  # finished this block: hand it back now
+            release.append(block)
+            block = block + 1 if block + 1 < nblocks else 0
+            pos = -1
+        ring.block, ring.pos, ring.left = block, pos, left
+        if moves:
+            self.rx_data.copy_frames_in(rview, moves)
+        for b in release:
+            status[(b * bsize + BLOCK_STATUS) >> 2] = 0
+        if oversize:
+            stats.rx_dropped_oversize += oversize
+            self.ratelog.warn(
+                "rx_oversize", f"dropped {oversize} frame(s) larger than {NET_BUFFER_SIZE} bytes"
+            )
+        consumed = k >> 1
+        if consumed:
+            free.advance(consumed)
+        delivered = len(out) >> 1
+        if delivered:
+            active.put_words(out)
+            active.commit(delivered)
+            stats.rx_frames += delivered
+            stats.rx_bytes += nbytes
+        return delivered, drained
+
     # ------------------------------------------------------------------ TX
 
     def process_tx(self) -> None:
@@ -242,6 +509,11 @@ class DataPath:
         if self.tx_blocked:
             return
         active, free, stats = self.tx_active, self.tx_free, self.stats
+        ring = self.tx_ring
+        if ring is not None and ring.pending:
+            self._tx_flush(ring)  # slots left by a send that would have blocked
+            if self.tx_blocked:
+                return
         while True:
             avail = active.available()
             if avail < 0:
@@ -255,8 +527,10 @@ class DataPath:
                 self.ratelog.warn("tx_free_index", "tx_free head is beyond our tail")
                 space = 0
             n = min(avail, space, self.batch)
+            if ring is not None:
+                n = min(n, len(ring.slots))  # one pass round the TX ring per send
             if n:
-                returned = self._tx_batch(n)
+                returned = self._tx_ring_batch(n) if ring else self._tx_batch(n)
                 if returned:
                     self._notify(free.ring, self.tx_doorbell)
                 if self.tx_blocked:
@@ -275,6 +549,7 @@ class DataPath:
 
     def _tx_batch(self, n: int) -> int:
         active, free, stats = self.tx_active, self.tx_free, self.stats
+        assert self.sock is not None
         send, view = self.sock.send, self.tx_data.kernel_view
         clients = self.tx_clients
         peek, put = active.peek, free.put
@@ -322,6 +597,119 @@ class DataPath:
         stats.tx_bytes += nbytes
         return returned
 
+    def _tx_ring_batch(self, n: int) -> int:
+        """Up to n tx_active frames into the TX ring, then one send: the hot loop of TX.
+
+        One batched read of the descriptors, one batched write of the returned ones, the
+        frame copies as one devmem call, then the slots are marked and flushed with one
+        non-blocking send. A descriptor is returned only after its frame was copied.
+        """
+        ring = self.tx_ring
+        assert ring is not None
+        active, free, stats = self.tx_active, self.tx_free, self.stats
+        words = active.peek_words(n)
+        clients = self.tx_clients
+        rview, status, half, slots = ring.view, ring.status, ring.half, ring.slots
+        nslots = len(slots)
+        nxt = ring.next
+        out: list[int] = []
+        moves: list[int] = []
+        queued: list[int] = []
+        nbytes = 0
+        k = 0
+        end = 2 * n
+        while k < end:
+            io = words[k]
+            word1 = words[k + 1]
+            length = word1 & 0xFFFF
+            for client in clients:
+                if client[0] <= io < client[1]:
+                    start, _, delta = client
+                    break
+            else:
+                k += 2
+                stats.tx_bad_descriptor += 1
+                self.ratelog.warn("tx_bad_addr", f"tx_active descriptor {io:#x} is in no client")
+                continue
+            if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
+                stats.tx_bad_descriptor += 1
+                self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
+            else:
+                slot = slots[nxt]
+                if status[slot >> 2] & TX_BUSY:
+                    self.tx_blocked = True  # ring full until the device completes: POLLOUT
+                    break
+                src = io + delta
+                moves += (src, slot + TX_DATA, length)
+                status[(slot >> 2) + 1] = length  # tp_len
+                half[(slot >> 1) + 6] = TX_DATA + (src & 15)  # tp_mac: where the frame starts
+                queued.append(slot)
+                nxt = nxt + 1 if nxt + 1 < nslots else 0
+                nbytes += length
+            out += (io, word1)  # the SAME descriptor back, whatever becomes of the frame
+            k += 2
+        if moves:
+            self.tx_data.copy_frames_out(rview, moves)
+            if self.fill_tx_checksums:
+                for slot in queued:
+                    size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
+                    stats.tx_checksums_filled += fill_checksums(
+                        rview[slot + mac : slot + mac + size]  # type: ignore[arg-type]
+                    )
+            for slot in queued:
+                status[slot >> 2] = TP_STATUS_SEND_REQUEST
+            ring.next = nxt
+            ring.pending += queued
+            stats.tx_frames += len(queued)
+            stats.tx_bytes += nbytes
+        consumed = k >> 1
+        if consumed:
+            active.advance(consumed)
+        returned = len(out) >> 1
+        if returned:
+            free.put_words(out)
+            free.commit(returned)
+        if ring.pending:
+            self._tx_flush(ring)
+        return returned
+
+    def _tx_flush(self, ring: TxRing) -> None:
+        """One non-blocking send for every requested slot; account for what it left.
+
+        The kernel takes requested slots strictly in ring order and stops at the first it
+        cannot send: the socket's send buffer is full (retry when writable), or the device
+        refused it (link down, queue full). A refused frame stays requested at the
+        kernel's position, so the driver drops that one and the rest of the pending slots
+        and rewinds its fill position there, which keeps the two in step.
+        """
+        pending, status = ring.pending, ring.status
+        err = 0
+        try:
+            ring.sock.send(b"", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            err = errno.EAGAIN
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if status[pending[-1] >> 2] != TP_STATUS_SEND_REQUEST:
+            pending.clear()  # the last requested slot was taken, so all of them were
+            return
+        left = [s for s in pending if status[s >> 2] == TP_STATUS_SEND_REQUEST]
+        if err in (0, errno.EAGAIN):
+            # The socket's send buffer is full: the rest goes when it drains.
+            ring.pending = left
+            self.tx_blocked = True
+            return
+        view, stats = ring.view, self.stats
+        for slot in left:
+            status[slot >> 2] = TP_STATUS_AVAILABLE
+            stats.tx_dropped += 1
+            stats.tx_frames -= 1
+            stats.tx_bytes -= TX_LEN_MAC.unpack_from(view, slot + TX_LEN_MAC_AT)[0]
+        ring.next = ring.slots.index(left[0])
+        pending.clear()
+        why = errno.errorcode.get(err, str(err)) if err else "nothing sent"
+        self.ratelog.warn(f"tx_err{err}", f"send failed ({why}): dropped {len(left)} frame(s)")
+
     # ------------------------------------------------------------------ common
 
     def _notify(self, ring: Ring, doorbell: Doorbell) -> None:
@@ -331,15 +719,36 @@ class DataPath:
             doorbell.ring()
             self.stats.notifications_sent += 1
 
-    def socket_error(self) -> None:
+    def sockets(self) -> dict[int, socket.socket]:
+        """Every socket the event loop watches, by file descriptor."""
+        socks = (*self.rx_socks, self.tx_sock)
+        return {s.fileno(): s for s in socks if s is not None}
+
+    def interest(self) -> dict[int, int]:
+        """The epoll events wanted now per socket: input unless out of RX buffers, output
+        only while a send would block."""
+        want = dict.fromkeys(self.sockets(), 0)
+        if not self.rx_starved:
+            for sock in self.rx_socks:
+                want[sock.fileno()] |= select.EPOLLIN
+        if self.tx_blocked:
+            want[self.tx_sock.fileno()] |= select.EPOLLOUT  # type: ignore[union-attr]
+        return want
+
+    def socket_error(self, fd: int | None = None) -> None:
         """Clear a pending socket error (EPOLLERR would otherwise repeat forever)."""
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock = self.sockets().get(fd) if fd is not None else self.rx_sock
+        if sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.stats.rx_errors += 1
             self.ratelog.warn("sock_err", f"socket error: {errno.errorcode.get(err, err)}")
 
     def collect_socket_drops(self) -> None:
         """Frames the kernel dropped because we were not reading (no buffer) since last call."""
-        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS.size)
-        _, drops = TPACKET_STATS.unpack(raw)
-        self.stats.rx_dropped_no_buffer += drops
+        for sock in self.rx_socks:
+            # The first two words of tpacket_stats and tpacket_stats_v3 (a ring's) agree.
+            raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS.size)
+            _, drops = TPACKET_STATS.unpack(raw)
+            self.stats.rx_dropped_no_buffer += drops

@@ -19,10 +19,9 @@ import json
 import mmap
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import uio
+from . import pl011, uio
 from .config import DATA_UIOS, FAULT_UIOS, IRQ_UIOS, QUEUE_UIOS, DriverConfig
 from .devmem import DeviceMemory, FaultDoorbell
 
@@ -51,13 +50,19 @@ class FifoDoorbell:
             os.write(self._fd, b"\1")
 
 
-@dataclass
 class Devices:
-    kind: str  # "uio" or "simulation"
-    regions: dict[str, DeviceMemory]
-    irq_fds: dict[str, int]
-    doorbells: dict[str, Doorbell]
-    _closers: list[Callable[[], None]] = field(default_factory=list)
+    def __init__(
+        self,
+        kind: str,  # "uio" or "simulation"
+        regions: dict[str, DeviceMemory],
+        irq_fds: dict[str, int],
+        doorbells: dict[str, Doorbell],
+    ) -> None:
+        self.kind = kind
+        self.regions = regions
+        self.irq_fds = irq_fds
+        self.doorbells = doorbells
+        self._closers: list[Callable[[], None]] = []
 
     def close(self) -> None:
         for closer in reversed(self._closers):
@@ -90,6 +95,11 @@ def open_uio_devices(config: DriverConfig, log: Callable[[str], None]) -> Device
             devices._closers.append(lambda fd=fd: os.close(fd))
             devices.irq_fds[name] = fd
             log(f"-> opened IRQ device '{info.node}' ({name})")
+        if pl011.DOORBELL_UIO in config.uio:
+            # Boards without a VMM (QEMU) ring a PL011 instead: it replaces the IRQ fds
+            # and fault-page doorbells above, the data path stays the same.
+            size = config.uio[pl011.DOORBELL_UIO].size
+            pl011.open_doorbell(devices, size, found[pl011.DOORBELL_UIO], log)
     except BaseException:
         devices.close()
         raise

@@ -22,9 +22,28 @@ raises instead of touching memory outside the mapped region.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
+
 from .abi import NET_BUFFER_SIZE
 
 COPY_ALIGN = 16
+_PAD = COPY_ALIGN - 1
+_BUF_MASK = NET_BUFFER_SIZE - 1
+_WORDS: dict[int, struct.Struct] = {}
+
+
+def _words(count: int) -> struct.Struct:
+    """A precompiled native-order struct of `count` u64 words.
+
+    Native (``@``) formats move each field with one ``memcpy`` of its natural size, which
+    compiles to a single aligned 64-bit load or store; an explicit byte order (``<``)
+    would move the words a byte at a time.
+    """
+    s = _WORDS.get(count)
+    if s is None:
+        s = _WORDS[count] = struct.Struct(f"@{count}Q")
+    return s
 
 
 class DeviceMemoryError(ValueError):
@@ -118,6 +137,22 @@ class DeviceMemory:
         q[w] = word0
         q[w + 1] = word1
 
+    def load_descs(self, offset: int, count: int) -> tuple[int, ...]:
+        """`count` consecutive descriptors as 2·count aligned 64-bit loads (one call).
+
+        Returns the words flat: (io_or_offset, len word, io_or_offset, len word, ...).
+        """
+        if offset & 15 != 8 or count < 0 or offset + 16 * count > self.size:
+            raise DeviceMemoryError(f"{self.name}: {count} descriptors at {offset:#x}")
+        return _words(2 * count).unpack_from(self._mv, offset)
+
+    def store_descs(self, offset: int, words: Sequence[int]) -> None:
+        """Store descriptors given flat as in load_descs: one aligned 64-bit store per word."""
+        n = len(words)
+        if offset & 15 != 8 or n & 1 or offset + 8 * n > self.size:
+            raise DeviceMemoryError(f"{self.name}: {n // 2} descriptors at {offset:#x}")
+        _words(n).pack_into(self._mv, offset, *words)
+
     def load_words(self, offset: int, nbytes: int) -> bytes:
         """`nbytes` (a multiple of 8) read as aligned 64-bit loads, e.g. the data-passing page."""
         if offset & 7 or nbytes & 7 or offset < 0 or offset + nbytes > self.size:
@@ -158,6 +193,47 @@ class DeviceMemory:
             raise DeviceMemoryError(f"{self.name}: copy destination {offset:#x} not aligned")
         start, end = padded_window(offset, len(data), self.size)
         self._mv[start:end] = data + bytes(end - start - len(data))
+
+    def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
+        """Copy frames from ordinary memory (a packet ring) into buffers of this region.
+
+        `moves` is flat (dst_offset, src_offset, length) triples. Each copy writes the
+        window [dst, dst + length rounded up to 16): dst must be 16-byte aligned and the
+        window must stay inside dst's 2048-byte buffer and the region. The padding bytes
+        come from the source (the ring's own slack), or are zeros where the source ends.
+        """
+        mv, size, srclen = self._mv, self.size, len(src)
+        it = iter(moves)
+        for dst, s, n in zip(it, it, it, strict=True):
+            end = dst + ((n + _PAD) & ~_PAD)
+            if dst & _PAD or not 0 <= dst <= end <= (dst | _BUF_MASK) + 1 or end > size:
+                raise DeviceMemoryError(
+                    f"{self.name}: frame copy of {n} bytes to {dst:#x} is not an aligned "
+                    "window inside one buffer"
+                )
+            if s + end - dst <= srclen:
+                mv[dst:end] = src[s : s + end - dst]
+            else:
+                mv[dst:end] = bytes(src[s : s + n]).ljust(end - dst, b"\0")
+
+    def copy_frames_out(self, dst: memoryview, moves: Sequence[int]) -> None:
+        """Copy frames from buffers of this region out to ordinary memory (a packet ring).
+
+        `moves` is flat (src_offset, dst_offset, length) triples. Each copy reads the
+        padded window [src rounded down to 16, src + length rounded up to 16), which must
+        lie inside src's 2048-byte buffer and the region, and writes it at dst_offset; the
+        frame itself therefore starts at dst_offset + (src_offset % 16).
+        """
+        mv, size = self._mv, self.size
+        it = iter(moves)
+        for s, d, n in zip(it, it, it, strict=True):
+            start = s & ~_PAD
+            end = (s + n + _PAD) & ~_PAD
+            if s < 0 or n < 0 or end > (s | _BUF_MASK) + 1 or end > size:
+                raise DeviceMemoryError(
+                    f"{self.name}: frame copy of {n} bytes from {s:#x} leaves its buffer"
+                )
+            dst[d : d + end - start] = mv[start:end]
 
 
 class FaultDoorbell:

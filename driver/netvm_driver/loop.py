@@ -1,4 +1,4 @@
-"""The event loop: one epoll over the packet socket, the two IRQ fds and the signal pipe.
+"""The event loop: one epoll over the packet socket(s), the two IRQ fds and the signal pipe.
 
 Owns: IRQ acknowledgement order, socket interest (paused while no RX buffer is free,
 POLLOUT while a send would block), periodic and on-request stats, and orderly shutdown.
@@ -90,20 +90,22 @@ class EventLoop:
 
     def run(self) -> None:
         dp = self.dp
-        sock_fd = dp.sock.fileno()
         ep = select.epoll()
         try:
-            sock_events = select.EPOLLIN
-            ep.register(sock_fd, sock_events)
+            # The packet socket(s): one in socket mode, an RX and a TX ring socket in ring
+            # mode. Errors and hang-ups are reported even for a socket with no interest.
+            interest = dp.interest()
+            for fd, events in interest.items():
+                ep.register(fd, events)
             ep.register(self.rx_irq, select.EPOLLIN)
             ep.register(self.tx_irq, select.EPOLLIN)
             ep.register(self.wakeup_fd, select.EPOLLIN)
-            self._loop(ep, sock_fd, sock_events)
+            self._loop(ep, interest)
         finally:
             ep.close()
             self.write_stats("exit")
 
-    def _loop(self, ep: select.epoll, sock_fd: int, sock_events: int) -> None:
+    def _loop(self, ep: select.epoll, interest: dict[int, int]) -> None:
         dp = self.dp
         rx_irq, tx_irq, wakeup = self.rx_irq, self.tx_irq, self.wakeup_fd
         interval = self.stats_interval if self.stats_path else None
@@ -113,9 +115,9 @@ class EventLoop:
             timeout = -1.0 if next_stats is None else max(0.0, next_stats - time.monotonic())
             rx = tx = False
             for fd, ev in ep.poll(timeout):
-                if fd == sock_fd:
+                if fd in interest:
                     if ev & select.EPOLLERR:
-                        dp.socket_error()
+                        dp.socket_error(fd)
                     if ev & select.EPOLLIN:
                         rx = True
                     if ev & select.EPOLLOUT:
@@ -137,12 +139,12 @@ class EventLoop:
                 dp.process_tx()
             if rx:
                 dp.process_rx()
-            want = (0 if dp.rx_starved else select.EPOLLIN) | (
-                select.EPOLLOUT if dp.tx_blocked else 0
-            )
-            if want != sock_events:
-                ep.modify(sock_fd, want)
-                sock_events = want
+            want = dp.interest()
+            if want != interest:
+                for fd, events in want.items():
+                    if events != interest[fd]:
+                        ep.modify(fd, events)
+                interest = want
             if next_stats is not None and interval and time.monotonic() >= next_stats:
                 self.write_stats("periodic")
                 next_stats = time.monotonic() + interval

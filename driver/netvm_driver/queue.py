@@ -108,6 +108,19 @@ class Consumer:
         ring = self.ring
         return ring.mem.load_desc(ring.slot_offset(self.head + k))
 
+    def peek_words(self, n: int) -> tuple[int, ...]:
+        """The next n entries (n <= available()) flat as (io, word1, io, word1, ...).
+
+        One batched read (two at the ring's wrap) instead of one call per descriptor.
+        """
+        ring = self.ring
+        slot = self.head & ring.mask
+        first = min(n, ring.capacity - slot)
+        words = ring.mem.load_descs(QUEUE_HEADER_SIZE + DESC_SIZE * slot, first)
+        if first < n:
+            words += ring.mem.load_descs(QUEUE_HEADER_SIZE, n - first)
+        return words
+
     def advance(self, n: int) -> None:
         """Dequeue n entries: one head publish."""
         self.head = (self.head + n) & INDEX_MASK
@@ -133,6 +146,20 @@ class Producer:
         """Write the k-th new entry after tail (not visible until commit)."""
         ring = self.ring
         ring.mem.store_desc(ring.slot_offset(self.tail + k), word0, word1)
+
+    def put_words(self, words: list[int]) -> int:
+        """Write len(words) // 2 new entries after tail, given flat as in peek_words.
+
+        Not visible until commit; returns the number of entries written.
+        """
+        ring = self.ring
+        n = len(words) >> 1
+        slot = self.tail & ring.mask
+        first = min(n, ring.capacity - slot)
+        ring.mem.store_descs(QUEUE_HEADER_SIZE + DESC_SIZE * slot, words[: 2 * first])
+        if first < n:
+            ring.mem.store_descs(QUEUE_HEADER_SIZE, words[2 * first :])
+        return n
 
     def commit(self, n: int) -> None:
         """Publish n written entries: the descriptors are complete before the tail moves."""

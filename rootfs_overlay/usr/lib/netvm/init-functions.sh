@@ -9,6 +9,11 @@
 # A driver that ran this long failed for a new reason: start the back-off over.
 : "${NETVM_STABLE_SECONDS:=60}"
 
+# is_mounted DIR: busybox's mountpoint applet is not in every build; /proc/mounts is.
+is_mounted() {
+	[ -r /proc/mounts ] && grep -q "^[^ ]* $1 " /proc/mounts
+}
+
 netvm_log() {
 	echo "netvm-init: $*" >&2
 }

@@ -1,0 +1,377 @@
+"""AF_PACKET mmap rings: a TPACKET_V3 RX ring and a TPACKET_V2 TX ring.
+
+Owns: opening the ring sockets, the ring geometry and the kernel's ring formats (block
+descriptor, packet headers, slot status words). Must not touch the sDDF shared memory
+(devmem.py does) nor decide what a descriptor means (datapath.py). The ring memory is
+ordinary kernel-shared RAM, not Device memory: plain struct access is fine here.
+
+Why rings: with a ring the kernel copies frames into (RX) or out of (TX) memory mapped
+into the driver, so the driver makes no system call per frame:
+- RX, TPACKET_V3: frames are packed into blocks; the kernel hands over a whole block when
+  it is full or when ``timeout_ms`` passed since its first frame, and wakes the reader
+  once per block. Small blocks and a ~1 ms timeout bound the latency at low rates.
+  Frames are never truncated silently: ``tp_len`` is the frame's real length and
+  ``tp_snaplen`` what the ring holds; the data path drops and counts a frame whose
+  ``tp_len`` exceeds a 2048-byte buffer or whose ``tp_snaplen`` is short of ``tp_len``.
+- TX, TPACKET_V2 with ``PACKET_QDISC_BYPASS``: the driver fills slots and marks them
+  ``TP_STATUS_SEND_REQUEST``; one non-blocking ``send()`` per batch makes the kernel
+  transmit every requested slot straight to the device (no qdisc; like a NIC ring, a
+  full device queue drops). ``PACKET_TX_HAS_OFF`` lets a frame start at any of the 16
+  byte offsets of its slot's data area, so the padded, 16-byte aligned copy out of the
+  sDDF buffer needs no second copy. ``PACKET_LOSS`` makes the kernel skip a frame it
+  cannot send (e.g. larger than the MTU) instead of stalling the whole ring.
+The RX socket is separate from the TX socket (one ``PACKET_VERSION`` per socket); it has
+``PACKET_IGNORE_OUTGOING``, and bypassed TX frames never reach packet taps anyway, so the
+driver's own frames do not come back as RX.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import mmap
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_TX_HAS_OFF = 19
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT = 18
+PACKET_FANOUT_DATA = 22
+PACKET_FANOUT_CBPF = 6
+PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sends
+SO_ATTACH_FILTER = 26
+PACKET_MR_PROMISC = 1
+TPACKET_V2 = 1
+TPACKET_V3 = 2
+ETH_P_ALL = 0x0003
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1  # RX block: handed to user space
+TP_STATUS_AVAILABLE = 0  # TX slot: free for user space
+TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_SENDING = 2
+TP_STATUS_WRONG_FORMAT = 4
+TX_BUSY = TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING
+
+# struct tpacket_block_desc: version u32 @0, offset_to_priv u32 @4, then tpacket_hdr_v1:
+# block_status u32 @8, num_pkts u32 @12, offset_to_first_pkt u32 @16, blk_len u32 @20.
+BLOCK_STATUS = 8
+BLOCK_PKTS = struct.Struct("<II")  # num_pkts, offset_to_first_pkt, at +12
+BLOCK_PKTS_AT = 12
+# struct tpacket3_hdr: tp_next_offset u32 @0, tp_sec @4, tp_nsec @8, tp_snaplen u32 @12,
+# tp_len u32 @16, tp_status @20, tp_mac u16 @24, tp_net u16 @26.
+RX_HDR = struct.Struct("<I8xII4xH")  # next_offset, snaplen, len, mac (unpack only)
+# struct tpacket2_hdr: tp_status u32 @0, tp_len u32 @4, tp_snaplen u32 @8, tp_mac u16 @12.
+TX_LEN_MAC = struct.Struct("<IIH")  # tp_len, tp_snaplen, tp_mac, packed at slot + 4
+TX_LEN_MAC_AT = 4
+# TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where a TX frame's data area starts.
+TX_DATA = 32
+TPACKET_REQ = struct.Struct("=4I")
+TPACKET_REQ3 = struct.Struct("=7I")
+PACKET_MREQ = struct.Struct("iHH8s")
+
+TP_STATUS_BLK_TMO = 0x20  # RX block handed over by the timeout, not because it was full
+
+# Classic BPF (linux/filter.h): struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}.
+BPF_RET_K = 0x06
+BPF_LD_B_ABS = 0x30
+BPF_JEQ_K = 0x15
+SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE, as a u32
+DROP_ALL = ((BPF_RET_K, 0, 0, 0),)
+NOT_OUTGOING = (
+    (BPF_LD_B_ABS, 0, 0, SKF_AD_PKTTYPE),
+    (BPF_JEQ_K, 0, 1, PACKET_OUTGOING),
+    (BPF_RET_K, 0, 0, 0),
+    (BPF_RET_K, 0, 0, 0xFFFFFFFF),
+)
+
+RX_BLOCK_SIZE = 1 << 17  # 128 KiB: ~80 MTU frames or ~900 minimum-size frames
+RX_RING_BYTES = 4 << 20
+RX_BLOCK_COUNT = RX_RING_BYTES // RX_BLOCK_SIZE
+RX_TIMEOUT_MS = 1
+TX_FRAME_SIZE = 2112  # data area at 32, up to 15 bytes of skew, 2048 bytes, padding
+TX_BLOCK_SIZE = 1 << 16
+TX_BLOCK_COUNT = 4  # 31 slots per block: 124 slots (256 KiB), small enough to stay in cache
+
+
+class RingGeometry(NamedTuple):
+    """The RX ring's block size and block timeout (the ring stays ~RX_RING_BYTES)."""
+
+    block_size: int = RX_BLOCK_SIZE
+    timeout_ms: int = RX_TIMEOUT_MS
+
+    @property
+    def block_count(self) -> int:
+        return max(2, RX_RING_BYTES // self.block_size)
+
+
+def _set(sock: socket.socket, option: int, value: int | bytes) -> None:
+    sock.setsockopt(SOL_PACKET, option, value)
+
+
+@contextlib.contextmanager
+def _closing_on_error(sock: socket.socket) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _promiscuous(sock: socket.socket, interface: str) -> None:
+    mreq = PACKET_MREQ.pack(socket.if_nametoindex(interface), PACKET_MR_PROMISC, 0, b"")
+    _set(sock, PACKET_ADD_MEMBERSHIP, mreq)
+
+
+class RxRing:
+    """A TPACKET_V3 receive ring and the driver's position in it.
+
+    ``block`` is the block the driver reads next (or is reading); ``pos`` the offset of
+    its next frame header and ``left`` the frames not yet read from it. ``pos`` is -1
+    while the driver holds no block.
+    """
+
+    __slots__ = (
+        "block",
+        "block_count",
+        "block_size",
+        "left",
+        "map",
+        "pos",
+        "sock",
+        "status",
+        "timeout_ms",
+        "view",
+    )
+
+    def __init__(
+        self, sock: socket.socket, ring: mmap.mmap, block_size: int, block_count: int, tov: int
+    ) -> None:
+        self.sock = sock
+        self.map = ring
+        self.view = memoryview(ring)
+        self.status = self.view.cast("I")  # block_status words, index (block_off + 8) >> 2
+        self.block_size = block_size
+        self.block_count = block_count
+        self.timeout_ms = tov
+        self.block = 0
+        self.pos = -1
+        self.left = 0
+
+    def ready(self, block: int) -> bool:
+        """Whether the kernel has handed `block` to user space."""
+        return bool(self.status[(block * self.block_size + BLOCK_STATUS) >> 2] & TP_STATUS_USER)
+
+    def release(self, block: int) -> None:
+        """Give `block` back to the kernel (after every copy out of it is done)."""
+        self.status[(block * self.block_size + BLOCK_STATUS) >> 2] = TP_STATUS_KERNEL
+
+    def frames(self) -> Iterator[tuple[int, int, int]]:
+        """(data offset, tp_len, tp_snaplen) of every frame in the held and ready blocks,
+        releasing each block once read: for tests and tools, not the data path."""
+        while True:
+            if not self.left:
+                if self.pos >= 0:
+                    self.release(self.block)
+                    self.block = (self.block + 1) % self.block_count
+                    self.pos = -1
+                if not self.ready(self.block):
+                    return
+                boff = self.block * self.block_size
+                self.left, first = BLOCK_PKTS.unpack_from(self.view, boff + BLOCK_PKTS_AT)
+                self.pos = boff + first
+                continue
+            nxt, snap, length, mac = RX_HDR.unpack_from(self.view, self.pos)
+            yield self.pos + mac, length, snap
+            self.pos += nxt
+            self.left -= 1
+
+    def close(self) -> None:
+        self.status.release()
+        self.view.release()
+        with contextlib.suppress(BufferError):
+            self.map.close()
+        self.sock.close()
+
+
+class TxRing:
+    """A TPACKET_V2 transmit ring; ``next`` is the slot the driver fills next.
+
+    The kernel sends slots strictly in ring order, so the driver fills them in that order
+    and keeps ``pending``, the slots requested but not yet handed to a ``send()`` that
+    succeeded.
+    """
+
+    __slots__ = ("half", "map", "next", "pending", "slots", "sock", "status", "view")
+
+    def __init__(
+        self, sock: socket.socket, ring: mmap.mmap, frame_size: int, block_size: int, blocks: int
+    ) -> None:
+        self.sock = sock
+        self.map = ring
+        self.view = memoryview(ring)
+        # tp_status at slot_off >> 2, tp_len at +1; tp_mac (u16) at (slot_off >> 1) + 6.
+        self.status = self.view.cast("I")
+        self.half = self.view.cast("H")
+        per_block = block_size // frame_size
+        self.slots = [
+            b * block_size + k * frame_size for b in range(blocks) for k in range(per_block)
+        ]
+        self.next = 0
+        self.pending: list[int] = []
+
+    def close(self) -> None:
+        self.status.release()
+        self.half.release()
+        self.view.release()
+        with contextlib.suppress(BufferError):
+            self.map.close()
+        self.sock.close()
+
+
+def set_filter(
+    sock: socket.socket, level: int, option: int, prog: tuple[tuple[int, ...], ...]
+) -> None:
+    """Hand a classic BPF program (a struct sock_fprog) to the kernel, which copies it."""
+    code = array.array("B", b"".join(struct.pack("=HBBI", *ins) for ins in prog))
+    address, _ = code.buffer_info()
+    sock.setsockopt(level, option, struct.pack("@HQ", len(prog), address))
+
+
+def open_rx_ring(
+    interface: str,
+    *,
+    block_size: int = RX_BLOCK_SIZE,
+    block_count: int = RX_BLOCK_COUNT,
+    timeout_ms: int = RX_TIMEOUT_MS,
+    receive: bool = True,
+) -> RxRing:
+    """A promiscuous TPACKET_V3 ring socket for every protocol on `interface`.
+
+    With receive=False it is bound with a filter that drops everything, ready to join a
+    fanout group (RxSwitch) without ever receiving a frame twice.
+    """
+    if block_size % mmap.PAGESIZE or block_size < 4096 or block_count < 2:
+        raise ValueError(f"RX ring: block size {block_size} x {block_count} blocks")
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # receives nothing until bind
+    with _closing_on_error(sock):
+        _set(sock, PACKET_IGNORE_OUTGOING, 1)
+        _set(sock, PACKET_VERSION, TPACKET_V3)
+        frame = 2048  # V3 frames are variable; this only has to divide the block
+        req = TPACKET_REQ3.pack(
+            block_size, block_count, frame, block_size // frame * block_count, timeout_ms, 0, 0
+        )
+        _set(sock, PACKET_RX_RING, req)
+        ring = mmap.mmap(
+            sock.fileno(), block_size * block_count, mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+        )  # fmt: skip
+        try:
+            if not receive:
+                set_filter(sock, socket.SOL_SOCKET, SO_ATTACH_FILTER, DROP_ALL)
+            sock.bind((interface, ETH_P_ALL))
+            _promiscuous(sock, interface)
+            sock.setblocking(False)
+        except BaseException:
+            ring.close()
+            raise
+    return RxRing(sock, ring, block_size, block_count, timeout_ms)
+
+
+class RxSwitch:
+    """The RX ring and the plain packet socket as one fanout group, one of them receiving.
+
+    A TPACKET_V3 ring wakes the driver once per block, so at a low frame rate a frame
+    waits up to the block timeout; a plain socket wakes it per frame but costs a system
+    call per frame. Both sockets join one ``PACKET_FANOUT_CBPF`` group whose program
+    returns the index of the member that gets every frame; changing the program is
+    atomic, so each frame goes to exactly one of them, none is lost or duplicated.
+    Members are indexed in joining order, and the kernel re-links them in creation order
+    after the link goes down and up; the plain socket is both created and joined first.
+    A socket filter on each drops the host's own outgoing frames (a fanout group does
+    not honour the members' PACKET_IGNORE_OUTGOING).
+    """
+
+    SOCKET, RING = 0, 1
+
+    __slots__ = ("group", "selected", "sock")
+
+    def __init__(self, sock: socket.socket, ring: RxRing) -> None:
+        self.sock = sock
+        last: OSError | None = None
+        for attempt in range(16):
+            group = (os.getpid() + attempt * 4099) & 0xFFFF
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, group | PACKET_FANOUT_CBPF << 16)
+                break
+            except OSError as exc:  # the id is taken in this namespace: try another
+                last = exc
+        else:
+            assert last is not None
+            raise last
+        self.group = group
+        self.selected = -1
+        self.select(self.SOCKET)
+        ring.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, group | PACKET_FANOUT_CBPF << 16)
+        for member in (sock, ring.sock):
+            set_filter(member, socket.SOL_SOCKET, SO_ATTACH_FILTER, NOT_OUTGOING)
+
+    def select(self, member: int) -> None:
+        """Send every frame from now on to `member` (SOCKET or RING)."""
+        if member != self.selected:
+            set_filter(self.sock, SOL_PACKET, PACKET_FANOUT_DATA, ((BPF_RET_K, 0, 0, member),))
+            self.selected = member
+
+
+def open_tx_ring(
+    interface: str,
+    *,
+    frame_size: int = TX_FRAME_SIZE,
+    block_size: int = TX_BLOCK_SIZE,
+    block_count: int = TX_BLOCK_COUNT,
+) -> TxRing:
+    """A TPACKET_V2 TX ring socket on `interface` that bypasses the qdisc; it receives nothing."""
+    if frame_size % 16 or frame_size < TX_DATA + 15 + 2048 + 16 or block_size < frame_size:
+        raise ValueError(f"TX ring: frame size {frame_size}, block size {block_size}")
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with _closing_on_error(sock):
+        _set(sock, PACKET_VERSION, TPACKET_V2)
+        _set(sock, PACKET_QDISC_BYPASS, 1)
+        _set(sock, PACKET_TX_HAS_OFF, 1)
+        _set(sock, PACKET_LOSS, 1)
+        per_block = block_size // frame_size
+        _set(
+            sock,
+            PACKET_TX_RING,
+            TPACKET_REQ.pack(block_size, block_count, frame_size, per_block * block_count),
+        )
+        ring = mmap.mmap(
+            sock.fileno(), block_size * block_count, mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+        )  # fmt: skip
+        try:
+            sock.bind((interface, 0))  # protocol 0: no receive hook at all
+            sock.setblocking(False)
+        except BaseException:
+            ring.close()
+            raise
+    return TxRing(sock, ring, frame_size, block_size, block_count)
+
+
+def open_tx_socket(interface: str) -> socket.socket:
+    """A plain packet socket for per-frame ``send`` that receives nothing (protocol 0)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with _closing_on_error(sock):
+        sock.bind((interface, 0))
+        sock.setblocking(False)
+    return sock

@@ -1,0 +1,67 @@
+"""The benchmark's C programs: compiled with the host's gcc at bench time, cached by hash.
+
+Owns: compiling gen.c (the traffic generator) and baseline.c (the upstream-style C
+driver) from this package's directory into ``build/bench/``; the binary's name carries
+the hash of its source and flags, so an edited source is recompiled and an unchanged one
+is not. Needs gcc (./bootstrap installs it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from netvm.errors import UserError
+
+HERE = Path(__file__).resolve().parent
+# -fno-tree-loop-distribute-patterns keeps the baseline's byte-wise copies byte-wise
+# (gcc may otherwise turn such a loop into a memcpy call).
+CFLAGS = ("-O2", "-fno-tree-loop-distribute-patterns", "-Wall", "-Wextra")
+SOURCES = {"gen": "gen.c", "baseline": "baseline.c"}
+
+
+@dataclass(frozen=True)
+class Tools:
+    gen: Path
+    baseline: Path
+    launcher: Path
+    compiler: str
+
+
+def compiler_version(cc: str) -> str:
+    proc = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    return proc.stdout.splitlines()[0] if proc.stdout else cc
+
+
+def compile_tool(name: str, out_dir: Path, cc: str = "gcc") -> Path:
+    """Compile SOURCES[name] unless a binary for this source and flags exists."""
+    src = HERE / SOURCES[name]
+    digest = hashlib.sha256(src.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    out = out_dir / f"{name}-{digest}"
+    if out.exists():
+        return out
+    if shutil.which(cc) is None:
+        raise UserError(f"{cc}: not installed (needed to compile the benchmark's C programs)",
+                        hint="run ./bootstrap")  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    proc = subprocess.run(
+        [cc, *CFLAGS, "-o", str(tmp), str(src)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        raise UserError(f"{src}: gcc failed:\n{proc.stderr.strip()}")
+    tmp.replace(out)
+    return out
+
+
+def build_tools(root: Path, cc: str = "gcc") -> Tools:
+    out_dir = root / "build" / "bench"
+    return Tools(
+        gen=compile_tool("gen", out_dir, cc),
+        baseline=compile_tool("baseline", out_dir, cc),
+        launcher=HERE / "launch_baseline.py",
+        compiler=compiler_version(cc),
+    )

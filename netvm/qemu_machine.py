@@ -1,0 +1,119 @@
+"""The QEMU machine a board describes: its options, and its own device tree as a base.
+
+Owns turning `devicetree.base_qemu` into QEMU command-line options, and dumping QEMU's
+device tree for exactly those options (``-machine dumpdtb=``), decompiled and cached by
+its inputs. The same `machine_args` start the guest (netvm.qemu), so the base the
+overlay is written against and the machine the guest boots on cannot drift apart.
+Does not start guests (netvm.qemu) or render anything (netvm.render).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from netvm.board import Board, QemuBaseSpec
+from netvm.errors import Finding, UserError
+
+QEMU_BINARIES = {"arm64": "qemu-system-aarch64"}
+KEY = "devicetree.base_qemu"
+
+
+def qemu_binary(board: Board) -> str:
+    return QEMU_BINARIES[board.arch]
+
+
+def machine_option(spec: QemuBaseSpec) -> str:
+    """The -M value. On virt, random DT properties (kaslr-seed, rng-seed) are turned off:
+    the dumped base and so the guest DTB must be the same bytes on every build."""
+    machine = spec.machine
+    if machine.split(",")[0] == "virt" and "dtb-randomness" not in machine:
+        machine += ",dtb-randomness=off"
+    return machine
+
+
+def machine_args(spec: QemuBaseSpec) -> list[str]:
+    """Options that shape the machine (and so its device tree); no devices, no I/O."""
+    return [
+        "-M",
+        machine_option(spec),
+        "-cpu",
+        spec.cpu,
+        "-m",
+        f"{spec.memory >> 20}M" if spec.memory % (1 << 20) == 0 else str(spec.memory),
+        "-smp",
+        str(spec.smp),
+        # No default NIC/serial/monitor: every device is added explicitly by netvm.qemu
+        # (a default virtio-net-pci would also need a ROM file Debian does not ship).
+        "-nodefaults",
+        "-display",
+        "none",
+        *spec.extra_args,
+    ]
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise UserError(
+            [
+                Finding(
+                    KEY,
+                    "",
+                    f"{binary} is not installed",
+                    "run ./bootstrap (Debian package qemu-system-arm)",
+                )
+            ]
+        ) from None
+    return proc.stdout.splitlines()[0].strip() if proc.stdout else "unknown"
+
+
+def base_description(board: Board) -> str:
+    """What the dumped base depends on, for the build's input hash."""
+    spec = board.devicetree.base_qemu
+    assert spec is not None
+    binary = qemu_binary(board)
+    return f"{qemu_version(binary)}: {' '.join(machine_args(spec))}"
+
+
+def dump_base_dts(board: Board, cache: Path) -> str:
+    """QEMU's own device tree for the board's machine options, as DTS text (cached)."""
+    spec = board.devicetree.base_qemu
+    assert spec is not None
+    binary = qemu_binary(board)
+    described = base_description(board)
+    key = hashlib.sha256(described.encode()).hexdigest()[:16]
+    cached = cache / f"{key}.dts"
+    if cached.is_file():
+        return cached.read_text()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        dtb = Path(tmp) / "base.dtb"
+        cmd = [binary, *machine_args(spec), "-machine", f"dumpdtb={dtb}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0 or not dtb.is_file():
+            raise UserError(
+                [
+                    Finding(
+                        str(board.file.name),
+                        KEY,
+                        f"QEMU could not dump its device tree: {proc.stderr.strip()}",
+                        f"check the machine options; command: {' '.join(cmd)}",
+                    )
+                ]
+            )
+        text = subprocess.run(
+            ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        header = f"/* QEMU's own device tree: {described} */\n"
+        part = Path(tmp) / "base.dts"
+        part.write_text(header + text)
+        os.replace(part, cached)  # atomic: a concurrent build sees all or nothing
+    return cached.read_text()

@@ -1,0 +1,146 @@
+"""`invoke bench`: the C tools, the baseline driver through the simulation, the harness.
+
+No timing is asserted anywhere: the numbers depend on the host. The end-to-end run uses
+tiny durations and checks that the JSON has every required key with sane values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netvm.bench.harness import BenchOptions, run_bench, summarize, table, targets
+from netvm.bench.launch_baseline import baseline_argv
+from netvm.bench.tools import build_tools
+from netvm.board import Board
+from netvm.sim import SimOptions, Simulation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tools_compile_with_the_host_gcc_and_are_cached() -> None:
+    tools = build_tools(ROOT)
+    for binary in (tools.gen, tools.baseline):
+        assert binary.exists() and binary.stat().st_mode & 0o111
+    assert build_tools(ROOT).baseline == tools.baseline  # same source: not rebuilt
+    usage = subprocess.run([str(tools.gen)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_baseline_copies_byte_wise_like_upstream() -> None:
+    """The RX and TX copies stay byte loops (no memcpy call) with the bench's flags."""
+    from netvm.bench.tools import CFLAGS, HERE
+
+    asm = subprocess.run(
+        ["gcc", *CFLAGS, "-S", "-o", "-", str(HERE / "baseline.c")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for fn in ("rx_process", "tx_process"):
+        body = asm.split(f"\n{fn}:", 1)[1].split(".cfi_endproc", 1)[0]
+        assert "memcpy" not in body and "memmove" not in body
+        assert "movzbl" in body or "ldrb" in body
+
+
+def test_launcher_turns_the_sim_device_file_into_baseline_arguments(
+    odroidc4: Board, tmp_path: Path
+) -> None:
+    from netvm.sim.layout import sim_layout
+    from netvm.sim.vmm import create_devices
+
+    layout = sim_layout(odroidc4, ROOT)
+    devs = create_devices(layout, tmp_path / "run")
+    try:
+        config = tmp_path / "driver.json"
+        config.write_text(json.dumps(layout.driver_config))
+        argv = baseline_argv(
+            "/bin/baseline",
+            ["--config", str(config), "--interface", "eth0", "--sim-devices",
+             str(devs.devices_file), "--stats-json", "/tmp/s.json", "--stats-interval", "1"],
+        )  # fmt: skip
+    finally:
+        devs.close()
+    assert argv[:2] == ["/bin/baseline", "eth0"]
+    keys = [a.split("=", 1)[0] for a in argv[2:]]
+    assert keys.count("client") == len(layout.clients)
+    for name in ("data_passing", "rx_free", "rx_active", "tx_free", "tx_active", "rx_data",
+                 "tx_data", "rx_fault", "tx_fault", "rx_irq", "tx_irq", "stats"):  # fmt: skip
+        assert name in keys
+    assert f"rx_data={tmp_path}/run/rx_data.shm:{layout.sizes['rx_data']:#x}" in argv
+
+
+def fake_run(fpcs: float, cpu: float = 0.5, loss: float = 0.0) -> dict[str, Any]:
+    return {
+        "frames_per_s": fpcs * cpu, "cpu_us_per_frame": 1e6 / fpcs, "cpu_fraction": cpu,
+        "frames_per_cpu_s": fpcs, "loss": loss, "generator_rate": 7e5,
+    }  # fmt: skip
+
+
+def fake_round(scale: float) -> dict[str, Any]:
+    lat = {"ok": True, "added_p50_us": 100.0, "added_p99_us": 500.0, "through_p50_us": 160.0,
+           "through_p99_us": 600.0, "direct_p50_us": 60.0, "direct_p99_us": 100.0}  # fmt: skip
+    ours = {t: fake_run(3e5 * scale) for t in ("rx_64", "rx_1514", "tx_64", "tx_1514")}
+    base = {t: fake_run(1e5) for t in ("rx_64", "rx_1514", "tx_64", "tx_1514")}
+    ours["line_rate_1514"] = fake_run(8e5, cpu=0.08)
+    base["line_rate_1514"] = fake_run(2e5, cpu=0.4, loss=0.01)
+    return {"ours": {**ours, "latency": lat}, "baseline": {**base, "latency": lat}}
+
+
+def test_summary_takes_ratios_within_rounds_and_medians_across_them() -> None:
+    summary = summarize([fake_round(1.0), fake_round(2.0), fake_round(0.5)])
+    assert summary["ratios"] == {"rx_64": 3.0, "rx_1514": 3.0, "tx_64": 3.0, "tx_1514": 3.0}
+    assert summary["ratio_per_round"]["rx_64"] == [3.0, 6.0, 1.5]
+    assert summary["line_rate_1514"]["loss"] == 0.0
+    assert summary["line_rate_1514"]["cpu_fraction"] == 0.08
+    assert summary["latency_us"]["p50"] == 100.0
+    met = {t["target"]: t["met"] for t in targets(summary)}
+    assert all(met.values())
+    assert "| RX 64 B |" in table(summary)
+
+
+@pytest.mark.netns
+def test_baseline_driver_echoes_through_the_simulation(odroidc4: Board) -> None:
+    tools = build_tools(ROOT)
+    cmd = f"python3 {tools.launcher} {tools.baseline}"
+    sim = Simulation(odroidc4, SimOptions(driver_cmd=cmd, stats_interval=0.5), ROOT)
+    sim.start()
+    try:
+        ping = sim.peer_run(["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.3"])
+        assert "3 packets transmitted, 3 received" in ping.stdout, ping.stdout
+        report = sim.peer_tool("udp-echo", "--target", "10.0.0.2", "--sizes", "1-80,1400-1472")
+        assert report["lost"] == [] and report["mismatched"] == []
+        assert report["echoed"] == report["sent"] == 153
+        counters = sim.driver_stats()
+        assert counters["rx_frames"] >= 156 and counters["tx_frames"] >= 156
+    finally:
+        result = sim.stop("test end")
+    assert result.driver_exit == 0, "\n".join(result.driver_log_tail)
+    assert result.conservation["ok"], result.conservation
+
+
+@pytest.mark.netns
+def test_quick_bench_end_to_end_writes_the_required_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    opts = BenchOptions.quick_options(
+        window=0.3, warmup=0.2, line_window=0.3, ping_count=10, json_path=out
+    )
+    doc = run_bench(opts, ROOT)
+    data = json.loads(out.read_text())
+    assert data["ratios"].keys() >= {"rx_64", "rx_1514", "tx_64", "tx_1514"}
+    for value in data["ratios"].values():
+        assert math.isfinite(value) and value > 0
+    line = data["line_rate_1514"]
+    assert 0 <= line["loss"] <= 1 and 0 < line["cpu_fraction"] < 2
+    assert data["latency_us"]["p50"] == data["latency_us"]["p50"]  # a number, not NaN
+    assert isinstance(data["latency_us"]["p99"], float)
+    assert data["machine"]["cpus"] >= 2 and data["build"]["measured"] is False
+    for which in ("ours", "baseline"):
+        r = data["rounds"][0][which]
+        assert r["driver_exit"] == 0
+        assert r["rx_64"]["bad_frames"] == 0 and r["rx_64"]["checked"] > 0
+        assert r["tx_64"]["frames"] > 0 and r["tx_1514"]["peer_received_per_s"] > 0
+    assert {t["target"] for t in data["targets"]} and doc["table"].startswith("| test |")

@@ -1,0 +1,484 @@
+"""The ring data path (RX TPACKET_V3, TX TPACKET_V2) against the simulated VMM's queues.
+
+The packet rings are plain bytearrays laid out as the kernel lays them out, so block and
+frame parsing, validation, drops, the device-memory discipline of every copy (aligned,
+padded, inside one 2048-byte buffer) and buffer conservation are checked without a
+socket. The real rings and the fanout switch run in the netns tests (the default modes).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "driver"))
+
+from netvm_driver.config import parse_config  # noqa: E402
+from netvm_driver.datapath import DataPath, read_data_passing  # noqa: E402
+from netvm_driver.device import Devices, open_sim_devices  # noqa: E402
+from netvm_driver.devmem import DeviceMemory, DeviceMemoryError  # noqa: E402
+from netvm_driver.log import RateLimitedLog  # noqa: E402
+from netvm_driver.ring import (  # noqa: E402
+    TP_STATUS_AVAILABLE,
+    TP_STATUS_BLK_TMO,
+    TP_STATUS_SEND_REQUEST,
+    TP_STATUS_USER,
+    TX_DATA,
+    RxRing,
+    TxRing,
+)
+from netvm_driver.stats import Stats  # noqa: E402
+
+from netvm.board import Board  # noqa: E402
+from netvm.sim.layout import sim_layout  # noqa: E402
+from netvm.sim.virt import VirtNet  # noqa: E402
+from netvm.sim.vmm import SimDevices, create_devices  # noqa: E402
+
+BLOCK = 8192
+BLOCKS = 4
+MAC_OFF = 82  # TPACKET_ALIGN(TPACKET3_HDRLEN + 16) - ETH_HLEN, as the kernel places it
+TX_FRAME = 2112
+TX_BLOCK = 1 << 16
+
+
+def align16(n: int) -> int:
+    return (n + 15) & ~15
+
+
+class FakeSock:
+    """Stands in for a ring socket: a file descriptor and, for TX, the kernel's send()."""
+
+    def __init__(self, tx: TxRing | None = None) -> None:
+        self.tx = tx
+        self.sent: list[bytes] = []
+        self.errors: list[int] = []
+
+    def fileno(self) -> int:
+        return 1000 + id(self) % 1000
+
+    def close(self) -> None:
+        pass
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        """Like tpacket_snd: send every requested slot in ring order."""
+        if self.errors:
+            raise OSError(self.errors.pop(0), os.strerror(errno.ENETDOWN))
+        tx = self.tx
+        assert tx is not None and data == b""
+        total = 0
+        i = tx.slots.index(tx.pending[0]) if tx.pending else 0
+        while tx.status[tx.slots[i] >> 2] == TP_STATUS_SEND_REQUEST:
+            slot = tx.slots[i]
+            size, mac = tx.status[(slot >> 2) + 1], tx.half[(slot >> 1) + 6]
+            assert TX_DATA <= mac <= TX_DATA + 15
+            self.sent.append(bytes(tx.view[slot + mac : slot + mac + size]))
+            tx.status[slot >> 2] = TP_STATUS_AVAILABLE
+            total += size
+            i = (i + 1) % len(tx.slots)
+        return total
+
+
+class SpyMemory(DeviceMemory):
+    """Records every frame copy the data path asks for (flat triples, as passed)."""
+
+    __slots__ = ("ins", "outs")
+
+    def __init__(self, name: str, buf: memoryview) -> None:
+        super().__init__(name, buf)
+        self.ins: list[tuple[int, int, int]] = []
+        self.outs: list[tuple[int, int, int]] = []
+
+    def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
+        self.ins += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
+        super().copy_frames_in(src, moves)
+
+    def copy_frames_out(self, dst: memoryview, moves: Sequence[int]) -> None:
+        self.outs += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
+        super().copy_frames_out(dst, moves)
+
+
+def write_block(
+    ring: bytearray, block: int, frames: list[bytes | tuple[bytes, int]], *, timeout: bool = False
+) -> None:
+    """Lay out one TPACKET_V3 block as the kernel does; (data, tp_len) marks a snapped frame."""
+    boff = block * BLOCK
+    pos = 48  # first frame after the block descriptor, 16-aligned
+    struct.pack_into("<II", ring, boff + 12, len(frames), pos)
+    for f in frames:
+        data, length = (f, len(f)) if isinstance(f, bytes) else f
+        nxt = align16(MAC_OFF + len(data))
+        struct.pack_into("<IIIIIIH", ring, boff + pos, nxt, 0, 0, len(data), length, 1, MAC_OFF)
+        ring[boff + pos + MAC_OFF : boff + pos + MAC_OFF + len(data)] = data
+        pos += nxt
+    assert pos <= BLOCK
+    struct.pack_into("<I", ring, boff + 8, TP_STATUS_USER | (TP_STATUS_BLK_TMO if timeout else 0))
+
+
+def block_status(ring: bytearray, block: int) -> int:
+    return int(struct.unpack_from("<I", ring, block * BLOCK + 8)[0])
+
+
+@dataclass
+class Env:
+    sim: SimDevices
+    virt: VirtNet
+    devices: Devices
+    stats: Stats
+    path: DataPath
+    rx_ring: bytearray
+    tx_ring: bytearray
+    tx: TxRing
+    tx_sock: FakeSock
+
+    @property
+    def rx_data(self) -> SpyMemory:
+        mem = self.path.rx_data
+        assert isinstance(mem, SpyMemory)
+        return mem
+
+    @property
+    def tx_data(self) -> SpyMemory:
+        mem = self.path.tx_data
+        assert isinstance(mem, SpyMemory)
+        return mem
+
+    def conserved(self) -> dict[str, object]:
+        self.virt.on_tx_doorbell()
+        self.virt.on_rx_doorbell()
+        return self.virt.conservation()
+
+
+@pytest.fixture
+def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
+    layout = sim_layout(odroidc4, ROOT)
+    sim = create_devices(layout, tmp_path / "run")
+    virt = VirtNet(sim)
+    config = parse_config(layout.driver_config, "driver.json")
+    devices = open_sim_devices(config, str(sim.devices_file), lambda _m: None)
+    for name in ("rx_data", "tx_data"):
+        devices.regions[name] = SpyMemory(name, devices.regions[name]._mv)
+    rx_buf = bytearray(BLOCK * BLOCKS)
+    tx_buf = bytearray(TX_BLOCK * 2)
+    rx = RxRing(FakeSock(), rx_buf, BLOCK, BLOCKS, 1)  # type: ignore[arg-type]
+    tx_sock = FakeSock()
+    tx = TxRing(tx_sock, tx_buf, TX_FRAME, TX_BLOCK, 2)  # type: ignore[arg-type]
+    tx_sock.tx = tx
+    stats = Stats()
+    path = DataPath(
+        config,
+        devices,
+        read_data_passing(devices),
+        None,
+        stats,
+        ratelog=RateLimitedLog(sink=lambda _m: None),
+        rx_ring=rx,
+        tx_ring=tx,
+    )
+    yield Env(sim, virt, devices, stats, path, rx_buf, tx_buf, tx, tx_sock)
+    devices.close()
+    sim.close()
+
+
+def frame(i: int, size: int) -> bytes:
+    return bytes((i * 31 + k) & 0xFF for k in range(size))
+
+
+def test_ring_frames_land_in_rx_free_buffers_in_order_and_blocks_go_back(env: Env) -> None:
+    sizes = [60, 61, 1514, 2048, 100]
+    write_block(env.rx_ring, 0, [frame(i, n) for i, n in enumerate(sizes[:3])])
+    write_block(env.rx_ring, 1, [frame(i + 3, n) for i, n in enumerate(sizes[3:])])
+    env.path.process_rx()
+    base = env.virt.layout.rx_io_base
+    assert [env.virt.rx_active.read(k) for k in range(5)] == [
+        (base + 2048 * i, n) for i, n in enumerate(sizes)
+    ]
+    rx = env.sim.regions["rx_data"]
+    for i, n in enumerate(sizes):
+        assert rx[2048 * i : 2048 * i + n] == frame(i, n)
+    assert (env.stats.rx_frames, env.stats.rx_bytes) == (5, sum(sizes))
+    assert block_status(env.rx_ring, 0) == block_status(env.rx_ring, 1) == 0  # kernel's again
+    assert env.conserved()["ok"]
+
+
+def test_every_ring_copy_is_an_aligned_padded_window_inside_one_buffer(env: Env) -> None:
+    rx = env.sim.regions["rx_data"]
+    rx[:] = b"\xee" * len(rx)
+    sizes = [1, 15, 16, 17, 60, 1513, 2047]
+    write_block(env.rx_ring, 0, [frame(i, n) for i, n in enumerate(sizes[:4])])
+    write_block(env.rx_ring, 1, [frame(i, n) for i, n in enumerate(sizes[4:])])
+    env.path.process_rx()
+    assert len(env.rx_data.ins) == len(sizes)
+    for k, (dst, _, n) in enumerate(env.rx_data.ins):
+        end = dst + align16(n)
+        assert dst % 16 == 0 and end % 16 == 0 and dst // 2048 == (end - 1) // 2048
+        # Nothing past the padded window was written.
+        assert rx[end : (dst | 2047) + 1] == b"\xee" * ((dst | 2047) + 1 - end)
+        assert rx[dst : dst + n] == frame(k if k < 4 else k - 4, n)
+
+
+def test_oversize_and_truncated_ring_frames_are_dropped_counted_and_buffers_reused(
+    env: Env,
+) -> None:
+    write_block(
+        env.rx_ring,
+        0,
+        [b"\x11" * 3000, (b"\x22" * 1000, 1600), b"\x33" * 100],  # 3000 > 2048; snapped
+    )
+    env.path.process_rx()
+    assert env.stats.rx_dropped_oversize == 2
+    assert env.stats.rx_frames == 1
+    assert env.virt.rx_active.read(0) == (env.virt.layout.rx_io_base, 100)  # first buffer
+    assert env.virt.rx_free.head == 1
+    assert env.conserved()["ok"]
+
+
+def test_bad_rx_free_descriptors_are_skipped_without_losing_ring_frames(env: Env) -> None:
+    for kind in ("outside", "below", "misaligned"):
+        env.virt.inject_rx_free(kind)
+    ring = env.path.rx_ring
+    assert ring is not None
+    frames = 0
+    for r in range(14):  # walk the whole of rx_free so the driver meets every injected entry
+        write_block(env.rx_ring, ring.block, [frame(r, 64)] * 50)
+        frames += 50
+        env.path.process_rx()
+        env.virt.on_rx_doorbell()
+    assert env.stats.rx_bad_descriptor == 3
+    assert env.stats.rx_frames == frames  # a bad buffer never eats a frame
+    assert env.virt.counters["rx_frames"] == frames
+    assert env.conserved()["ok"]
+
+
+def test_out_of_buffers_mid_block_resumes_at_the_next_frame(env: Env) -> None:
+    frames = [frame(i, 64) for i in range(40)]
+    write_block(env.rx_ring, 0, frames)
+    # Leave only 30 buffers on rx_free: take the rest away as virt_rx would not refill.
+    free = env.virt.rx_free
+    free.publish_tail((free.head + 30) & 0xFFFF)
+    env.path.process_rx()
+    assert env.stats.rx_frames == 30 and env.path.rx_starved
+    assert block_status(env.rx_ring, 0) == TP_STATUS_USER  # still held: 10 frames unread
+    free.publish_tail(env.virt.rx_free_tail)
+    env.path.process_rx()
+    assert env.stats.rx_frames == 40
+    rx = env.sim.regions["rx_data"]
+    off = (env.virt.rx_active.read(30)[0]) - env.virt.layout.rx_io_base
+    assert rx[off : off + 64] == frames[30]
+    assert block_status(env.rx_ring, 0) == 0
+
+
+def test_a_frame_ending_at_the_ring_end_is_padded_with_zeros(env: Env) -> None:
+    # One frame whose data ends exactly at the end of the ring map: its padded window
+    # would read past the map, so the padding is zeros instead.
+    last = BLOCKS - 1
+    env.path.rx_ring.block = last  # type: ignore[union-attr]
+    boff = last * BLOCK
+    size, pos = 61, BLOCK - 160
+    mac = 160 - size
+    struct.pack_into("<II", env.rx_ring, boff + 12, 1, pos)
+    struct.pack_into("<IIIIIIH", env.rx_ring, boff + pos, 0, 0, 0, size, size, 1, mac)
+    env.rx_ring[boff + pos + mac : boff + BLOCK] = frame(9, size)
+    struct.pack_into("<I", env.rx_ring, boff + 8, TP_STATUS_USER)
+    env.path.process_rx()
+    assert env.stats.rx_frames == 1
+    rx = env.sim.regions["rx_data"]
+    assert rx[0:size] == frame(9, size) and rx[size:64] == bytes(64 - size)
+
+
+class FakeSwitch:
+    """RxSwitch without sockets: records which member it was told to select."""
+
+    SOCKET, RING = 0, 1
+
+    def __init__(self) -> None:
+        self.selected = self.SOCKET
+        self.history: list[int] = []
+
+    def select(self, member: int) -> None:
+        self.selected = member
+        self.history.append(member)
+
+
+class QueueSocket(FakeSock):
+    """A plain packet socket with frames queued for recv_into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rx: list[bytes] = []
+
+    def recv_into(self, buf: memoryview, nbytes: int, flags: int) -> int:
+        if not self.rx:
+            raise BlockingIOError
+        data = self.rx.pop(0)
+        buf[: len(data)] = data
+        return len(data)
+
+
+def test_auto_mode_switches_to_the_ring_on_a_burst_and_back_when_blocks_come_sparse(
+    env: Env,
+) -> None:
+    sock, switch = QueueSocket(), FakeSwitch()
+    path = env.path
+    path.sock, path.rx_switch = sock, switch  # type: ignore[assignment]
+    path.rx_socks = [sock, path.rx_ring.sock]  # type: ignore[list-item, union-attr]
+    sock.rx = [frame(i, 60) for i in range(5)]
+    path.process_rx()
+    assert switch.history == [] and env.stats.rx_frames == 5  # a trickle: stay on the socket
+    env.virt.on_rx_doorbell()
+    sock.rx = [frame(i, 60) for i in range(150)]  # a burst
+    path.process_rx()
+    assert switch.history == [switch.RING] and env.stats.rx_frames == 155
+    env.virt.on_rx_doorbell()
+    ring = path.rx_ring
+    assert ring is not None
+    for k in range(3):  # three nearly empty blocks handed over by the timeout
+        write_block(env.rx_ring, ring.block, [frame(k, 60)], timeout=True)
+        path.process_rx()
+        env.virt.on_rx_doorbell()
+    assert switch.history == [switch.RING, switch.SOCKET] and env.stats.rx_frames == 158
+    assert env.conserved()["ok"]
+
+
+# ---------------------------------------------------------------------- TX
+
+
+def echo_to_tx_active(env: Env, sizes: list[int]) -> list[tuple[int, int]]:
+    """Queue frames on tx_active from client 0's buffers, as a client would."""
+    virt = env.virt
+    client = virt.clients[0]
+    out = []
+    for i, n in enumerate(sizes):
+        io = client.pool.popleft()
+        off = client.layout.tx_map_offset + io - client.layout.tx_io_base
+        virt.tx_data[off : off + n] = frame(i, n)
+        assert virt._enqueue_tx(io, n)
+        out.append((io, n))
+    virt.flush()
+    return out
+
+
+def test_tx_ring_sends_frames_byte_exact_and_returns_the_same_descriptors(env: Env) -> None:
+    sizes = [60, 61, 1514, 2048]
+    queued = echo_to_tx_active(env, sizes)
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frame(i, n) for i, n in enumerate(sizes)]
+    assert [env.virt.tx_free.read(k) for k in range(len(sizes))] == queued
+    assert (env.stats.tx_frames, env.stats.tx_bytes) == (4, sum(sizes))
+    assert env.path.tx_ring.pending == []  # type: ignore[union-attr]
+    assert env.conserved()["ok"]
+
+
+def test_every_tx_copy_reads_an_aligned_padded_window_inside_one_buffer(env: Env) -> None:
+    virt = env.virt
+    client = virt.clients[0]
+    io = client.pool.popleft() + 4  # a frame that does not start on a 16-byte boundary
+    off = client.layout.tx_map_offset + io - client.layout.tx_io_base
+    virt.tx_data[off : off + 100] = frame(7, 100)
+    assert virt._enqueue_tx(io, 100)
+    echo_to_tx_active(env, [17, 2048])
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frame(7, 100), frame(0, 17), frame(1, 2048)]
+    for src, dst, n in env.tx_data.outs:
+        start, end = src & ~15, align16(src + n)
+        assert start // 2048 == (end - 1) // 2048  # never leaves its buffer
+        assert (dst - TX_DATA) % TX_FRAME == 0 or dst % 16 == 0
+
+
+def test_tx_length_that_leaves_the_buffer_is_not_copied(env: Env) -> None:
+    env.virt.inject_tx_active("oversize")
+    env.path.process_tx()
+    assert env.stats.tx_bad_descriptor == 1 and env.tx_sock.sent == []
+    assert env.tx_data.outs == []
+    assert env.conserved()["ok"]
+
+
+def test_link_down_drops_pending_slots_and_rewinds_in_step_with_the_kernel(env: Env) -> None:
+    env.tx_sock.errors.append(errno.ENETDOWN)
+    echo_to_tx_active(env, [60, 70, 80])
+    env.path.process_tx()
+    assert env.stats.tx_dropped == 3 and env.stats.tx_frames == 0
+    assert env.path.tx_ring.next == 0 and env.path.tx_ring.pending == []  # type: ignore[union-attr]
+    assert all(env.tx.status[s >> 2] == TP_STATUS_AVAILABLE for s in env.tx.slots[:3])
+    assert env.conserved()["ok"]  # the buffers still came back
+    echo_to_tx_active(env, [90])
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frame(0, 90)] and env.stats.tx_frames == 1
+
+
+def test_full_tx_ring_waits_for_the_device_and_leaves_frames_queued(env: Env) -> None:
+    for slot in env.tx.slots:
+        env.tx.status[slot >> 2] = 2  # TP_STATUS_SENDING: the device has not completed
+    echo_to_tx_active(env, [60])
+    env.path.process_tx()
+    assert env.path.tx_blocked and env.tx_sock.sent == []
+    assert env.path.interest()[env.tx.sock.fileno()] & 0x004  # EPOLLOUT
+    assert env.virt.tx_active.head == 0  # still queued
+    for slot in env.tx.slots:
+        env.tx.status[slot >> 2] = TP_STATUS_AVAILABLE
+    env.path.tx_blocked = False
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frame(0, 60)]
+
+
+# ---------------------------------------------------------------------- devmem batches
+
+
+@settings(max_examples=200)
+@given(
+    dst=st.integers(min_value=0, max_value=4 * 2048 - 1),
+    n=st.integers(min_value=0, max_value=2048),
+)
+def test_copy_frames_in_writes_only_aligned_padded_windows(dst: int, n: int) -> None:
+    buf = bytearray(b"\xaa") * (4 * 2048)
+    mem = DeviceMemory("t", buf)
+    src = memoryview(bytes(range(256)) * 16)
+    end = dst + align16(n)
+    if dst % 16 or end > (dst // 2048 + 1) * 2048:
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_frames_in(src, [dst, 0, n])
+        assert buf == bytearray(b"\xaa") * (4 * 2048)
+        return
+    mem.copy_frames_in(src, [dst, 0, n])
+    assert buf[dst : dst + n] == src[:n]
+    assert buf[:dst] == b"\xaa" * dst and buf[end:] == b"\xaa" * (len(buf) - end)
+
+
+@settings(max_examples=200)
+@given(
+    src=st.integers(min_value=0, max_value=4 * 2048 - 1),
+    n=st.integers(min_value=1, max_value=2048),
+)
+def test_copy_frames_out_reads_only_aligned_windows_inside_the_buffer(src: int, n: int) -> None:
+    buf = bytearray(bytes(range(256)) * 32)
+    mem = DeviceMemory("t", buf)
+    out = bytearray(4096)
+    if align16(src + n) > (src // 2048 + 1) * 2048:
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_frames_out(memoryview(out), [src, 32, n])
+        return
+    mem.copy_frames_out(memoryview(out), [src, 32, n])
+    skew = src % 16
+    assert out[32 + skew : 32 + skew + n] == buf[src : src + n]
+
+
+def test_batched_descriptor_access_is_word_aligned_and_checked() -> None:
+    buf = bytearray(8 + 16 * 4)
+    mem = DeviceMemory("q", buf)
+    mem.store_descs(8, [1, 2, 3, 4])
+    assert mem.load_descs(8, 2) == (1, 2, 3, 4)
+    assert buf[8:40] == b"".join(x.to_bytes(8, "little") for x in (1, 2, 3, 4))
+    for bad in ((16, 1), (8, 5)):
+        with pytest.raises(DeviceMemoryError):
+            mem.load_descs(*bad)
+    with pytest.raises(DeviceMemoryError):
+        mem.store_descs(8, [1, 2, 3])
