@@ -75,6 +75,8 @@ def render(c: Context, board: str = "odroidc4") -> None:
         "libvmm": "libvmm checkout with the eth_driver_vm example (else netvm.libvmm or"
         " $NETVM_LIBVMM)",
         "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
+        "fetch": "fetch inputs given nowhere at the board's pins into the cache (default;"
+        " --no-fetch: only use given paths)",
     },
     iterable=["skip"],
 )
@@ -90,6 +92,7 @@ def build_(
     microkit_sdk: str | None = None,
     libvmm: str | None = None,
     sddf: str | None = None,
+    fetch: bool = True,
 ) -> None:
     """Build the guest (render, kernel, rootfs, DTB, Microkit image) and write the manifest."""
     b = load_board(board, ROOT)
@@ -103,6 +106,7 @@ def build_(
             os.environ,
             cwd=Path.cwd(),
             config_dir=ROOT,
+            fetch=fetch,
         ),
         require_image=require_image,
     )
@@ -151,7 +155,8 @@ def check(
     help={
         "board": BOARD_HELP,
         "method": "tftp (serve over the network, drive U-Boot on --serial) or sdcard",
-        "serial": "U-Boot console: a tty such as /dev/ttyUSB0, or unix:PATH (QEMU socket)",
+        "serial": "U-Boot console: a tty such as /dev/ttyUSB0, or unix:PATH (QEMU socket);"
+        " a QEMU board without it boots U-Boot under QEMU itself",
         "baud": "serial baud rate (default 115200)",
         "image": "file to flash instead of the build's loader.img",
         "load-address": "load/start address instead of the board's flash.load_address",
@@ -161,7 +166,8 @@ def check(
         "ip": "static IP for the board (default: dhcp)",
         "netmask": "netmask with --ip (default 255.255.255.0)",
         "gateway": "gateway with --ip, if the server is on another subnet",
-        "success": "regular expression on the console that means the boot worked",
+        "success": "regular expression on the console that means the boot worked (default:"
+        " the driver's event-loop line; its start-up line on a QEMU board)",
         "timeout": "seconds to wait for --success after the boot command (default 300)",
         "device": "SD card block device (whole disk) or card image file, for --method sdcard",
         "force": "write a device that is mounted or not removable",
@@ -184,7 +190,7 @@ def flash(
     ip: str | None = None,
     netmask: str = "255.255.255.0",
     gateway: str | None = None,
-    success: str = flash_lib.DEFAULT_SUCCESS,
+    success: str | None = None,
     timeout: float = flash_lib.DEFAULT_TIMEOUT,
     device: str | None = None,
     force: bool = False,

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,22 @@ from netvm.uboot import Console, UBootError, open_line, open_log
 # What netvm's guest driver prints once it serves the queues (upstream's driver prints
 # the same words): the image booted all the way to a working driver VM.
 DEFAULT_SUCCESS = r"UIO\(NET\): \*\*\* All pending TX active have been sent"
+# A QEMU board has no seL4 VMM behind the driver, so the driver's first start-up line is
+# the proof that the guest booted all the way to it.
+QEMU_SUCCESS = r"UIO\(NET\): \*\*\* Starting up"
 DEFAULT_TIMEOUT = 300.0  # seconds from the boot command to the success pattern
 BOOTI_FDT_ADDR = 0x48000000  # QEMU virt: above kernel (0x40400000) and ramdisk (0x44000000)
+# Debian's u-boot-qemu build for QEMU virt (arm64): what `invoke flash` boots a QEMU
+# board's U-Boot from when it starts QEMU itself.
+QEMU_UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+# U-Boot's qemu_arm64 load addresses; `booti_plan` loads at these (the DTB at its own).
+QEMU_KERNEL_ADDR = 0x40400000
+QEMU_RAMDISK_ADDR = 0x44000000
+# QEMU's mux chardev carries U-Boot's UART *and* the guest's virtio console (hvc0) on one
+# socket, as one serial line carries both on a real board. Keyboard input goes to one
+# frontend only, the last one attached (the virtio console); Ctrl-A c hands it to the
+# UART, which is the next in turn with exactly these two frontends.
+QEMU_MUX_FOCUS = b"\x01c"
 
 
 @dataclass(frozen=True)
@@ -64,19 +81,24 @@ def booti_plan(
     initramfs: Path | None = None,
     bootargs: str | None = None,
 ) -> BootPlan:
-    """A Linux guest booted directly (QEMU virt): `booti kernel initrd:size fdt`."""
+    """A Linux guest booted directly (QEMU virt): `booti kernel initrd:size fdt`.
+
+    The initramfs is loaded last so that `${filesize}` is its size at the `booti`. U-Boot
+    then writes /chosen linux,initrd-start/end itself, for where the initramfs really is;
+    `initrd_high`/`fdt_high` set to all ones keep it and the DTB where they were loaded
+    (Debian's default, 0xffffffff, lets U-Boot move them below its own copy at the top
+    of RAM), so what the guest gets is exactly the plan's addresses.
+    """
     payloads = [Payload(kernel.name, kernel, "${kernel_addr_r}")]
-    setup: list[str] = []
-    ramdisk = "-"
-    if initramfs is not None:
-        payloads.append(Payload(initramfs.name, initramfs, "${ramdisk_addr_r}"))
-        # ${filesize} is the size of the *last* tftpboot: record it before the DTB load.
-        setup.append("setenv netvm_rdsize ${filesize}")
-        ramdisk = "${ramdisk_addr_r}:${netvm_rdsize}"
+    setup = ["setenv initrd_high 0xffffffffffffffff", "setenv fdt_high 0xffffffffffffffff"]
     fdt = "${fdt_addr}"  # QEMU's own DTB unless one is given
     if dtb is not None:
         payloads.append(Payload(dtb.name, dtb, f"{BOOTI_FDT_ADDR:#x}"))
         fdt = f"{BOOTI_FDT_ADDR:#x}"
+    ramdisk = "-"
+    if initramfs is not None:
+        payloads.append(Payload(initramfs.name, initramfs, "${ramdisk_addr_r}"))
+        ramdisk = "${ramdisk_addr_r}:${filesize}"
     if bootargs is not None:
         setup.append(f"setenv bootargs {bootargs}")
     return BootPlan(tuple(payloads), f"booti ${{kernel_addr_r}} {ramdisk} {fdt}", tuple(setup))
@@ -211,8 +233,13 @@ def flash_tftp(
     port: int = 69,
     autoboot_timeout: float = 60.0,
     char_delay: float = 0.0,
+    line_init: bytes = b"",
 ) -> FlashResult:
-    """Load `plan` over TFTP through U-Boot on `serial` and wait for `success`."""
+    """Load `plan` over TFTP through U-Boot on `serial` and wait for `success`.
+
+    `line_init` is sent once before anything else (QEMU's multiplexed console needs
+    its focus switched to the UART U-Boot reads, see `QEMU_MUX_FOCUS`).
+    """
     try:
         pattern = re.compile(success)
     except re.error as exc:
@@ -246,6 +273,8 @@ def flash_tftp(
         log.write(f"\n=== netvm flash: {' ; '.join(plan.describe())} ===\n".encode())
         console = Console(line, log, char_delay=char_delay)
         try:
+            if line_init:
+                console.send(line_init)
             console.stop_autoboot(autoboot_timeout)
             for cmd, limit in network.commands():
                 console.run(cmd, timeout=limit)
@@ -301,7 +330,7 @@ class FlashOptions:
     ip: str | None = None  # static board address; None: dhcp
     netmask: str = "255.255.255.0"
     gateway: str | None = None
-    success: str = DEFAULT_SUCCESS
+    success: str | None = None  # None: the board's (QEMU_SUCCESS on a QEMU board)
     timeout: float = DEFAULT_TIMEOUT
     device: Path | None = None
     force: bool = False
@@ -319,11 +348,51 @@ def parse_address(text: str) -> int:
         ) from None
 
 
+def uboot_qemu_command(board: Board, sock: Path, uboot: Path = QEMU_UBOOT) -> list[str]:
+    """QEMU running U-Boot as firmware on the machine the board's guest DTB describes.
+
+    The machine options are the board's (the DTB was dumped from them; -m is guest RAM)
+    plus acpi=off: with firmware and ACPI QEMU swaps the PL061 GPIO at 0x9030000 for an
+    ACPI event device, and the guest's PL061 driver then takes an external abort.
+    One socket carries U-Boot's UART and the guest's hvc0 (see `QEMU_MUX_FOCUS`); the
+    virtio console comes first, so it lands on the transport the guest DT names.
+    """
+    from netvm.qemu_machine import machine_args
+
+    spec = board.devicetree.base_qemu
+    assert spec is not None
+    args = machine_args(spec)
+    at = args.index("-M") + 1
+    args[at] = args[at].replace("virt", "virt,acpi=off", 1)
+    return [
+        "qemu-system-aarch64",
+        *args,
+        "-bios",
+        str(uboot),
+        "-chardev",
+        f"socket,id=con0,path={sock},server=on,wait=on,mux=on",
+        "-serial",
+        "chardev:con0",
+        "-device",
+        "virtio-serial-device",
+        "-device",
+        "virtconsole,chardev=con0",
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        "virtio-net-device,netdev=net0",
+        "-monitor",
+        "none",
+    ]
+
+
 def flash_board(board: Board, root: Path, options: FlashOptions) -> str:
     """Run `invoke flash`; return the text to print."""
     from netvm import flash_sdcard
 
     plan = plan_for_board(board, root, image=options.image, load_address=options.load_address)
+    is_qemu = board.devicetree.base_qemu is not None
+    success = options.success or (QEMU_SUCCESS if is_qemu else DEFAULT_SUCCESS)
     if options.method == "sdcard":
         if options.device is None:
             raise UserError("--method sdcard needs --device DEV (the card, or an image file)")
@@ -337,27 +406,87 @@ def flash_board(board: Board, root: Path, options: FlashOptions) -> str:
         return flash_sdcard.write_card(card, force=options.force).summary()
     if options.method != "tftp":
         raise UserError(f"--method {options.method!r}: expected tftp or sdcard")
-    if options.serial is None:
+    if options.serial is None and not is_qemu:
         raise UserError(
             "--method tftp needs --serial DEV (e.g. /dev/ttyUSB0, or unix:PATH for QEMU)"
         )
-    network = Network(
-        options.server_ip or host_address(), options.ip, options.netmask, options.gateway
-    )
+    # A QEMU board without --serial: netvm starts U-Boot under QEMU itself, whose user
+    # network sends the board's 127.0.0.1 to this host's loopback.
+    own_qemu = options.serial is None
+    server_ip = options.server_ip or ("127.0.0.1" if own_qemu else host_address())
+    network = Network(server_ip, options.ip, options.netmask, options.gateway)
     if options.dry_run:
         lines = [f"{c}" for c, _ in network.commands()] + plan.describe()
         return "dry run: would type at the U-Boot prompt:\n  " + "\n  ".join(lines)
     log = options.log or root / "build" / board.name / "flash" / "console.log"
-    result = flash_tftp(
-        plan,
-        serial=options.serial,
-        baud=options.baud,
-        network=network,
-        log_path=log,
-        success=options.success,
-        timeout=options.timeout,
-        bind=options.bind,
-        port=options.port,
-        char_delay=0.0 if options.serial.startswith("unix:") else 0.001,
+    if not own_qemu:
+        assert options.serial is not None
+        result = flash_tftp(
+            plan,
+            serial=options.serial,
+            baud=options.baud,
+            network=network,
+            log_path=log,
+            success=success,
+            timeout=options.timeout,
+            bind=options.bind,
+            port=options.port,
+            char_delay=0.0 if options.serial.startswith("unix:") else 0.001,
+        )
+        return result.summary()
+    return flash_own_qemu(board, plan, network, log, success, options)
+
+
+def flash_own_qemu(
+    board: Board,
+    plan: BootPlan,
+    network: Network,
+    log: Path,
+    success: str,
+    options: FlashOptions,
+) -> str:
+    """Start U-Boot under QEMU, flash `plan` into it over TFTP, stop QEMU (by its pid)."""
+    if not QEMU_UBOOT.is_file():
+        raise UserError(
+            [
+                Finding(
+                    str(QEMU_UBOOT),
+                    "",
+                    "U-Boot for QEMU is not installed",
+                    "apt-get install u-boot-qemu qemu-system-arm, or pass --serial for a "
+                    "QEMU you started",
+                )
+            ]
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="netvm-flash-"))
+    sock = tmp / "console.sock"
+    stderr = (tmp / "qemu.stderr").open("w")
+    proc = subprocess.Popen(
+        uboot_qemu_command(board, sock), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
     )
-    return result.summary()
+    started = time.monotonic()
+    try:
+        result = flash_tftp(
+            plan,
+            serial=f"unix:{sock}",
+            network=network,
+            log_path=log,
+            success=success,
+            timeout=options.timeout,
+            bind="127.0.0.1" if options.bind == "0.0.0.0" else options.bind,
+            port=options.port,
+            line_init=QEMU_MUX_FOCUS,
+        )
+    except UserError:
+        if proc.poll() is not None:
+            raise UserError(
+                f"QEMU exited early: {(tmp / 'qemu.stderr').read_text().strip()[-400:]}"
+            ) from None
+        raise
+    finally:
+        proc.kill()
+        proc.wait()
+        stderr.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = time.monotonic() - started
+    return f"{result.summary()}; {total:.1f} s from QEMU start"

@@ -9,8 +9,10 @@ writes goes under the build directory it is given.
 Inputs come from, in order: the task's flags (`--microkit-sdk`, `--libvmm`, `--sddf`),
 `invoke.yaml` (`netvm: {microkit_sdk: …, libvmm: …, sddf: …}`) and the environment
 (`NETVM_MICROKIT_SDK`, `NETVM_LIBVMM`, `NETVM_SDDF`). sDDF defaults to libvmm's own
-`dep/sddf` submodule. netvm does not download them: this machine cannot reach their hosts,
-so a missing input is reported with exactly how to supply it.
+`dep/sddf` submodule. An input given nowhere is fetched at its pin into netvm's cache
+(`netvm.fetch`; `invoke build --no-fetch` turns that off); when that fails (offline, no
+sha256 pinned for the SDK archive, a commit the repository lacks) the missing input is
+reported with why and exactly how to supply it.
 
 House rules: no module state; every problem is a `Finding` naming the board file and the
 pinned key it concerns; all findings of a check are raised together.
@@ -21,17 +23,16 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from netvm.board import Board, MicrokitSpec
 from netvm.errors import Finding, UserError
+from netvm.fetch import SDK_URL, fetch_git, fetch_sdk, microkit_cache, unpack_sdk
 from netvm.pipeline import StepOutput, StepRecord, StepRunner, file_sha256
 
 # name -> (task flag, environment variable, what it is)
@@ -42,6 +43,9 @@ INPUTS: dict[str, tuple[str, str, str]] = {
 }
 # The python that runs upstream's meta.py (it imports sdfgen). Config/env only: rarely set.
 PYTHON_ENV = "NETVM_MICROKIT_PYTHON"
+# Where a missing SDK is fetched from: a template with {version} and {platform}, for a
+# mirror of upstream's release assets. Config/env only: rarely set.
+SDK_URL_ENV = "NETVM_MICROKIT_SDK_URL"
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
 LOG_TAIL_LINES = 30
 
@@ -60,6 +64,8 @@ class MicrokitInputs:
     libvmm: InputPath | None
     sddf: InputPath | None
     python: str
+    fetch: bool = False  # fetch inputs given nowhere at their pins (the task's default)
+    sdk_url: str = SDK_URL  # template of the SDK archive's URL when it is fetched
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -106,11 +112,13 @@ def resolve_inputs(
     *,
     cwd: Path,
     config_dir: Path,
+    fetch: bool = False,
 ) -> MicrokitInputs:
     """Pick each input from the flags, then invoke.yaml, then the environment.
 
     Relative paths are taken from where the user typed them: flags and environment
-    from `cwd`, invoke.yaml from the directory holding it (`config_dir`).
+    from `cwd`, invoke.yaml from the directory holding it (`config_dir`). With `fetch`
+    the build step fetches whatever is still missing (see `fetch_missing`).
     """
     section = dict(config or {})
     found: dict[str, InputPath | None] = {}
@@ -131,7 +139,8 @@ def resolve_inputs(
         if sub.is_dir() and any(sub.iterdir()):
             found["sddf"] = InputPath(sub, f"{libvmm.origin} dep/sddf submodule")
     python = str(section.get("python") or env.get(PYTHON_ENV) or "python3")
-    return MicrokitInputs(found["microkit_sdk"], libvmm, found["sddf"], python)
+    url = str(section.get("microkit_sdk_url") or env.get(SDK_URL_ENV) or SDK_URL)
+    return MicrokitInputs(found["microkit_sdk"], libvmm, found["sddf"], python, fetch, url)
 
 
 def _abs(text: str, base: Path) -> Path:
@@ -149,25 +158,45 @@ def how_to_supply(name: str, spec: MicrokitSpec) -> str:
     return f"pass {flag} {form}, set ${var}, or set {CONFIG_SECTION}.{name} in invoke.yaml"
 
 
-def missing_note(board: Board, inputs: MicrokitInputs) -> str:
-    """The one-line note of a build that stops before loader.img."""
+def missing_note(
+    board: Board, inputs: MicrokitInputs, failures: Mapping[str, Finding] | None = None
+) -> str:
+    """The one-line note of a build that stops before loader.img.
+
+    `failures` are the fetch attempts that failed, by input name; without any the note
+    says whether fetching was off.
+    """
     whats = [INPUTS[n][2].split(" (")[0] for n in inputs.missing]
     flags = " ".join(f"{INPUTS[n][0]} DIR" for n in inputs.missing)
+    if failures:
+        why = "not given, and fetching failed: " + "; ".join(f.message for f in failures.values())
+    elif inputs.fetch:
+        why = "not given"
+    else:
+        why = "not given; fetching is off (--no-fetch)"
     return (
-        f"loader.img not built: it needs {', '.join(whats)} (not given; netvm does not "
-        f"download them). Pass {flags} to `invoke build`, or see docs/microkit.md"
+        f"loader.img not built: it needs {', '.join(whats)} ({why}). Pass {flags} to "
+        "`invoke build`, or see docs/microkit.md"
     )
 
 
-def missing_findings(board: Board, display: str, inputs: MicrokitInputs) -> list[Finding]:
+def missing_findings(
+    board: Board,
+    display: str,
+    inputs: MicrokitInputs,
+    failures: Mapping[str, Finding] | None = None,
+) -> list[Finding]:
+    """One finding per missing input: why its fetch failed, else that none was given."""
     spec = board.microkit
     keys = {
         "microkit_sdk": "microkit.sdk_version",
         "libvmm": "microkit.libvmm",
         "sddf": "microkit.sddf",
     }
+    failures = failures or {}
     return [
-        Finding(
+        failures.get(name)
+        or Finding(
             display,
             keys[name],
             f"loader.img needs {INPUTS[name][2]} and none was given",
@@ -175,6 +204,89 @@ def missing_findings(board: Board, display: str, inputs: MicrokitInputs) -> list
         )
         for name in inputs.missing
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# Fetching what was not given
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    inputs: MicrokitInputs  # with every fetched input filled in
+    failures: dict[str, Finding]  # input name -> why it could not be fetched
+    provenance: dict[str, str]  # input name -> how the fetched copy was verified
+
+
+def fetch_missing(
+    board: Board,
+    display: str,
+    inputs: MicrokitInputs,
+    *,
+    cache: Path | None = None,
+    platform_name: str | None = None,
+) -> FetchOutcome:
+    """Fetch each missing input at the board's pin into `cache` (netvm's cache by default).
+
+    sDDF comes from its own pinned repository when it has one; otherwise from the
+    fetched libvmm's dep/sddf submodule, which is then the only submodule initialised.
+    A libvmm the user gave is never touched: sDDF then has to be given or fetched.
+    """
+    spec = board.microkit
+    cache = cache or microkit_cache()
+    failures: dict[str, Finding] = {}
+    provenance: dict[str, str] = {}
+    found = {"microkit_sdk": inputs.sdk, "libvmm": inputs.libvmm, "sddf": inputs.sddf}
+
+    def take(got: Any) -> None:
+        if got.path is None:
+            failures[got.name] = got.finding
+        else:
+            found[got.name] = InputPath(got.path, f"fetched into {cache}")
+            provenance[got.name] = got.provenance
+
+    sddf_separately = spec.sddf is not None and bool(spec.sddf.repository)
+    if found["libvmm"] is None:
+        sub = () if sddf_separately or found["sddf"] is not None else ("dep/sddf",)
+        take(
+            fetch_git(
+                "libvmm",
+                spec.libvmm,
+                "microkit.libvmm",
+                display,
+                how_to_supply("libvmm", spec),
+                cache=cache,
+                submodules=sub,
+            )
+        )
+        libvmm = found["libvmm"]
+        if found["sddf"] is None and not sddf_separately and libvmm is not None:
+            sub_dir = libvmm.path / "dep" / "sddf"
+            if sub_dir.is_dir() and any(sub_dir.iterdir()):
+                found["sddf"] = InputPath(sub_dir, f"{libvmm.origin} dep/sddf submodule")
+    if found["sddf"] is None:
+        take(
+            fetch_git(
+                "sddf",
+                spec.sddf,
+                "microkit.sddf",
+                display,
+                how_to_supply("sddf", spec),
+                cache=cache,
+            )
+        )
+    if found["microkit_sdk"] is None:
+        take(
+            fetch_sdk(
+                spec,
+                platform_name or host_platform(),
+                display,
+                how_to_supply("microkit_sdk", spec),
+                cache=cache,
+                url_template=inputs.sdk_url,
+            )
+        )
+    fetched = replace(inputs, sdk=found["microkit_sdk"], libvmm=found["libvmm"], sddf=found["sddf"])
+    return FetchOutcome(fetched, failures, provenance)
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,7 +380,7 @@ def _check_sdk(
                 f"download microkit-sdk-{spec.sdk_version}-{platform_name}.tar.gz again",
             )
             return None, ""
-        path = _unpack_sdk(path, work_dir / f"sdk-{actual[:16]}")
+        path = unpack_sdk(path, work_dir / f"sdk-{actual[:16]}")
         provenance["microkit_sdk"] = f"verified: archive sha256 {actual}"
     elif not path.is_dir():
         add(
@@ -322,28 +434,6 @@ def sdk_version(sdk: Path) -> str | None:
             return text
     m = re.fullmatch(r"microkit-sdk-(\d+\.\d+\.\d+(?:[-+.][\w.+-]*)?)", sdk.name)
     return m.group(1) if m else None
-
-
-def _unpack_sdk(archive: Path, dest: Path) -> Path:
-    """Unpack a verified SDK archive once; the SDK is the archive's single top directory."""
-    done = dest / ".netvm-unpacked"
-    if not done.exists():
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        root = dest.resolve()
-        with tarfile.open(archive) as tar:
-            # This python predates tarfile's extraction filters: refuse members that
-            # would land outside `dest` or are links/devices (a released SDK has none).
-            for member in tar.getmembers():
-                target = (dest / member.name).resolve()
-                inside = target == root or root in target.parents
-                if not inside or not (member.isfile() or member.isdir()):
-                    raise UserError(f"{archive}: unsafe member {member.name!r} in SDK archive")
-            tar.extractall(dest)
-        done.write_text(archive.name + "\n")
-    tops = [p for p in dest.iterdir() if p.is_dir()]
-    return tops[0] if len(tops) == 1 else dest
 
 
 def _check_libvmm(
@@ -577,8 +667,15 @@ def run_step(
     work_dir = runner.build_dir / "microkit"
     guest_names = {"kernel_image": "kernel Image", "initramfs": "initramfs", "dts": "guest DTS"}
     absent = [what for name, what in guest_names.items() if name not in runner.artifacts]
+    failures: dict[str, Finding] = {}
+    fetched: dict[str, str] = {}
+    # Without the guest artifacts there is nothing to build, so nothing worth fetching.
+    if inputs.missing and inputs.fetch and not absent:
+        runner.progress(f"[microkit] fetching {', '.join(inputs.missing)} at the pins")
+        outcome = fetch_missing(board, display, inputs)
+        inputs, failures, fetched = outcome.inputs, outcome.failures, outcome.provenance
     if inputs.missing or absent:
-        findings = missing_findings(board, display, inputs)
+        findings = missing_findings(board, display, inputs, failures)
         if absent:
             findings.append(
                 Finding(
@@ -590,7 +687,7 @@ def run_step(
                 )
             )
         note = (
-            missing_note(board, inputs)
+            missing_note(board, inputs, failures)
             if inputs.missing
             else f"loader.img not built: the build produced no {', '.join(absent)}"
         )
@@ -606,6 +703,8 @@ def run_step(
             StepRecord("microkit", "failed", time.monotonic() - start, "inputs do not match pins")
         )
         raise
+    if fetched:
+        checked = replace(checked, provenance={**checked.provenance, **fetched})
     guest = GuestArtifacts(
         runner.artifacts["kernel_image"].path,
         runner.artifacts["initramfs"].path,

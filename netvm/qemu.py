@@ -240,6 +240,13 @@ class Console:
         self._thread = threading.Thread(target=self._read, name="qemu-console", daemon=True)
         self._thread.start()
 
+    def driver_log(self) -> list[str]:
+        """The driver's log lines. The shell shares the console, so a driver line may
+        follow the shell's prompt on the same line: each is cut at the driver's prefix."""
+        return [
+            ln.text[ln.text.index(DRIVER_PREFIX) :] for ln in self.lines if DRIVER_PREFIX in ln.text
+        ]
+
     def _read(self) -> None:
         while True:
             try:
@@ -643,9 +650,7 @@ def run_check(
             _, line = run.wait_ready()
             report.boot_seconds = round(line.seconds, 3)
             console = run.require_console()
-            report.driver_log = [
-                ln.text for ln in console.lines if ln.text.startswith(DRIVER_PREFIX)
-            ]
+            report.driver_log = console.driver_log()
             report.uio = run.uio_devices()
             report.uio_problems = uio_problems(board, report.uio)
             if run.vmm is not None:

@@ -158,9 +158,14 @@ def test_go_plan_for_the_c4(tmp_path: Path) -> None:
 def test_booti_plan_loads_kernel_initrd_dtb(tmp_path: Path) -> None:
     paths = [tmp_path / n for n in ("Image", "initramfs.cpio.gz", "guest.dtb")]
     plan = booti_plan(paths[0], initramfs=paths[1], dtb=paths[2], bootargs="console=ttyAMA0")
-    assert [p.name for p in plan.payloads] == ["Image", "initramfs.cpio.gz", "guest.dtb"]
-    assert plan.setup == ("setenv netvm_rdsize ${filesize}", "setenv bootargs console=ttyAMA0")
-    assert plan.boot == "booti ${kernel_addr_r} ${ramdisk_addr_r}:${netvm_rdsize} 0x48000000"
+    # The initramfs comes last: ${filesize} at the booti must be its size.
+    assert [p.name for p in plan.payloads] == ["Image", "guest.dtb", "initramfs.cpio.gz"]
+    assert plan.setup == (
+        "setenv initrd_high 0xffffffffffffffff",  # U-Boot keeps initrd and DTB in place
+        "setenv fdt_high 0xffffffffffffffff",
+        "setenv bootargs console=ttyAMA0",
+    )
+    assert plan.boot == "booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} 0x48000000"
 
 
 def test_network_commands() -> None:

@@ -152,8 +152,8 @@ def test_build_without_inputs_skips_loader_with_a_note(odroidc4: Board, tmp_path
     step = manifest["steps"][-1]
     assert step["name"] == "microkit" and step["status"] == "skipped"
     assert step["note"].startswith(
-        "loader.img not built: it needs the Microkit SDK, libvmm, sDDF (not given; netvm "
-        "does not download them). Pass --microkit-sdk DIR --libvmm DIR --sddf DIR"
+        "loader.img not built: it needs the Microkit SDK, libvmm, sDDF (not given; fetching "
+        "is off (--no-fetch)). Pass --microkit-sdk DIR --libvmm DIR --sddf DIR"
     )
     assert manifest["artifacts"]["loader_img"] is None
 

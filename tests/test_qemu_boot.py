@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board
-from netvm.qemu import DRIVER_PREFIX, QemuRun, RunOptions, guest_images, uio_problems
+from netvm.qemu import QemuRun, RunOptions, guest_images, uio_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_DIR = ROOT / "driver" / "netvm_driver"
@@ -66,7 +66,7 @@ def test_uio_devices_have_the_boards_names_and_sizes(guest: QemuRun, board: Boar
 
 def test_driver_start_up_log(guest: QemuRun, board: Board) -> None:
     console = guest.require_console()
-    log = [ln.text for ln in console.lines if ln.text.startswith(DRIVER_PREFIX)]
+    log = console.driver_log()
     text = "\n".join(log)
     assert "*** Starting up" in text
     assert "*** Setting up UIO devices by name" in text
