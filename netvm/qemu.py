@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from netvm.qemu_machine import machine_args, qemu_binary
 from netvm.qemu_vmm import DOORBELL_UIO, QemuVmm
 from netvm.render import sim_settings
 from netvm.sim import netns
-from netvm.sim.runner import LOCK_FILE, acquire_lock
+from netvm.sim.runner import LOCK_FILE, acquire_lock, sigterm_as_interrupt
 
 READY_LINE = "entering event loop"
 # Without the simulated VMM the data-passing page is empty: the driver gets as far as
@@ -695,7 +695,7 @@ def run_interactive(
     say = progress or (lambda _msg: None)
     images = guest_images(board, root, options, say)
     run = QemuRun(board, root, images, options, interactive=True, progress=say)
-    with _sigterm_as_interrupt(), run:
+    with sigterm_as_interrupt(), run:
         if run.net is not None and run.vmm is not None:
             clients = ", ".join(f"{c.name} {c.ipv4}" for c in run.vmm.layout.clients)
             say(
@@ -713,23 +713,6 @@ def run_interactive(
             say("\nstopping")
     code = run.proc.returncode if run.proc is not None else 1
     return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else int(code or 1)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM cleans up like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 __all__ = [

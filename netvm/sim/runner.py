@@ -512,8 +512,8 @@ def _drain(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so the clean-up in run_sim runs for both."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so the clean-up of a run (simulation, QEMU) runs for both."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -539,7 +539,7 @@ def run_sim(
     say = progress or (lambda _msg: None)
     sim = Simulation(board, options, root, progress=say)
     stopped_by = "duration"
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             sim.start()
             clients = ", ".join(f"{c.name} {c.ipv4}" for c in sim.layout.clients)
