@@ -13,6 +13,7 @@ busybox applets ``/init`` uses go into the image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import py_compile
@@ -189,19 +190,62 @@ def unpack(debs: Iterable[Path], dest: Path) -> None:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
 
 
+def resolved_packages(names: Iterable[str], cache: Path) -> list[DebPackage]:
+    """`resolve_packages`, remembered until apt's package lists change.
+
+    apt-cache loads its whole cache (seconds); the lists' names, sizes and mtimes say
+    cheaply whether its answer can have changed, so a driver-only rebuild skips it.
+    """
+    names = list(names)
+    key = hashlib.sha256(json.dumps([names, apt_lists_state()]).encode()).hexdigest()[:16]
+    memo = cache / f"resolved-{key}.json"
+    if memo.is_file():
+        return [DebPackage(**p) for p in json.loads(memo.read_text())]
+    packages = resolve_packages(names)
+    cache.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps([vars(p) for p in packages]))
+    return packages
+
+
+def unpacked_base(packages: list[DebPackage], debs: list[Path], cache: Path) -> Path:
+    """The packages unpacked once per set of versions, shared by later builds (read-only)."""
+    key = hashlib.sha256("".join(p.sha256 for p in packages).encode()).hexdigest()[:16]
+    dest = cache / "rootfs-base" / key
+    if (dest / ".complete").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    unpack(debs, tmp)
+    (tmp / ".complete").write_text("\n".join(f"{p.name} {p.version}" for p in packages) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # whole or not at all: an interrupted unpack is never reused
+    return dest
+
+
 # ---------------------------------------------------------------------------------------
 # Measuring what python needs
 
 
-def probe_imports(full_root: Path, extra_modules: Iterable[str]) -> tuple[str, list[str]]:
-    """Run the arm64 python on `full_root`; return its bytecode magic and loaded files.
+def probe_imports(
+    full_root: Path, driver_path: Path, extra_modules: Iterable[str]
+) -> tuple[str, list[str]]:
+    """Run the arm64 python on `full_root` with the driver from `driver_path`; return its
+    bytecode magic and the stdlib files it loaded, relative to `full_root`.
 
-    File paths are returned relative to `full_root`.
+    `full_root` is not written to (it may be the shared cached base).
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "probe.json"
         script = f"EXTRA = {list(extra_modules)!r}\n{_PROBE}"
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(full_root / GUEST_PYTHONPATH)}
+        # qemu-user's -L looks under full_root first and falls back to the host path,
+        # so the driver is imported from the overlay where it already is.
+        # No bytecode written next to the overlay's sources: it would end up in the image.
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(driver_path),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         proc = subprocess.run(
             [
                 "qemu-aarch64-static",
@@ -331,12 +375,7 @@ def debian_entries(
     full_root: Path, overlay: Path, extra_modules: Iterable[str]
 ) -> dict[str, cpio.Entry]:
     """The pruned Debian base plus the overlay (overlay wins), as archive entries."""
-    # The probe imports the driver from its place in the guest tree.
-    staged_driver = full_root / GUEST_PYTHONPATH
-    if staged_driver.exists():
-        shutil.rmtree(staged_driver)
-    shutil.copytree(overlay / GUEST_PYTHONPATH, staged_driver, symlinks=True)
-    magic, files = probe_imports(full_root, extra_modules)
+    magic, files = probe_imports(full_root, overlay / GUEST_PYTHONPATH, extra_modules)
     if bytes.fromhex(magic) != MAGIC_NUMBER:
         raise UserError(
             f"the guest python's bytecode magic {magic} differs from this host's "
@@ -458,13 +497,10 @@ def build_initramfs(
         return pack(base, out, epoch)
     if provider != "debian":
         raise UserError(f"rootfs provider {provider} does not build an initramfs here")
-    packages = resolve_packages(DEBIAN_PACKAGES)
+    packages = resolved_packages(DEBIAN_PACKAGES, cache / "debs")
     say(f"[rootfs] {len(packages)} Debian {DEB_ARCH} packages")
     debs = fetch_packages(packages, cache / "debs")
-    with tempfile.TemporaryDirectory(prefix="netvm-rootfs-") as tmp:
-        full = Path(tmp)
-        unpack(debs, full)
-        entries = debian_entries(full, overlay, extra_modules)
+    entries = debian_entries(unpacked_base(packages, debs, cache), overlay, extra_modules)
     result = pack(entries, out, epoch)
     return InitramfsResult(
         result.path,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netvm import cpio
+from netvm import cpio, rootfs
 from netvm.board import Board
 from netvm.buildroot import defconfig_name, export_external_tree
 from netvm.errors import UserError
@@ -143,6 +143,30 @@ def test_every_entry_has_its_directory_in_the_archive(initramfs: InitramfsResult
     for path in entries:
         parent = str(Path(path).parent)
         assert parent == "." or entries[parent].kind == "dir", path
+
+
+def test_the_build_leaves_the_overlay_untouched(overlay: Path, initramfs: InitramfsResult) -> None:
+    # The import probe runs the driver from the overlay: bytecode written there would
+    # land in the image with host mtimes and change the overlay's digest every build.
+    assert not list(overlay.rglob("__pycache__"))
+
+
+def test_package_resolution_and_unpacking_are_reused(
+    initramfs: InitramfsResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = rootfs.resolved_packages(rootfs.DEBIAN_PACKAGES, tmp_path)
+
+    def no_apt(names: object) -> None:
+        raise AssertionError("apt-cache asked again although its lists did not change")
+
+    monkeypatch.setattr(rootfs, "resolve_packages", no_apt)
+    assert rootfs.resolved_packages(rootfs.DEBIAN_PACKAGES, tmp_path) == first
+    debs = rootfs.fetch_packages(first, cache_dir() / "debs")
+    base = rootfs.unpacked_base(first, debs, tmp_path)
+    assert (base / rootfs.PYTHON).is_file() and (base / ".complete").is_file()
+    marker = base / "marker"
+    marker.write_text("same directory")
+    assert rootfs.unpacked_base(first, debs, tmp_path) == base and marker.is_file()
 
 
 def test_the_stdlib_is_pruned_and_sourceless(guest_root: Path) -> None:
