@@ -15,21 +15,19 @@ such; the real one is libvmm on seL4.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-import queue
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from netvm.board import Board
+from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import DOORBELLS, REGIONS, SimLayout, sim_layout
 from netvm.sim.virt import VirtNet
 from netvm.sim.vmm import SimDevices, SimIrq, data_passing_page
@@ -109,8 +107,7 @@ class QemuVmm:
         self.error: BaseException | None = None
         self.notifications = {"rx_fault": 0, "tx_fault": 0}
         self._thread: threading.Thread | None = None
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._calls = LoopCalls()
         self._stopping = threading.Event()
 
     def prepare(self) -> None:
@@ -161,10 +158,7 @@ class QemuVmm:
         """Run `fn` on the VMM thread (the only writer of the VMM's indices)."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the simulated VMM is not running") from self.error
-        fut: Future[T] = Future()
-        self._calls.put((fn, fut))
-        os.write(self._wake[1], b"c")
-        return fut.result(timeout)
+        return self._calls.submit(fn).result(timeout)
 
     def stats(self) -> dict[str, Any]:
         def collect() -> dict[str, Any]:
@@ -186,7 +180,7 @@ class QemuVmm:
         ep = select.epoll()
         sock_fd = self.sock.fileno()
         ep.register(sock_fd, select.EPOLLIN)
-        ep.register(self._wake[0], select.EPOLLIN)
+        ep.register(self._calls.fd, select.EPOLLIN)
         try:
             while not self._stopping.is_set():
                 for fd, ev in ep.poll():
@@ -195,7 +189,7 @@ class QemuVmm:
                             raise ConnectionError("QEMU closed the doorbell socket")
                         self._on_bytes(virt)
                     else:
-                        self._run_calls()
+                        self._calls.run_pending()
         finally:
             ep.close()
 
@@ -216,24 +210,9 @@ class QemuVmm:
         if "rx_fault" in names:
             virt.on_rx_doorbell()
 
-    def _run_calls(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake[0], 4096):
-                pass
-        while True:
-            try:
-                fn, fut = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
     def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake[1], b"x")
+        self._calls.wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.virt is not None:
@@ -241,6 +220,4 @@ class QemuVmm:
         self.devs.close()
         if self.sock is not None:
             self.sock.close()
-        for fd in self._wake:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._calls.close()

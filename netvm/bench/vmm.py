@@ -207,7 +207,7 @@ class BenchSimulation(Simulation):
 
     def _serve(self) -> None:
         devs, virt = self.devs, self._require_virt()
-        assert devs is not None and self._wake is not None
+        assert devs is not None and self._calls is not None
         rx_fd, tx_fd = devs.doorbells["rx_fault"], devs.doorbells["tx_fault"]
         ep = select.epoll()
         handlers: dict[int, Any] = {}
@@ -230,7 +230,7 @@ class BenchSimulation(Simulation):
         handlers[tx_fd] = on_tx
         for irq in devs.irqs.values():
             handlers[irq.master] = irq.read_enables
-        handlers[self._wake[0]] = self._run_calls
+        handlers[self._calls.fd] = self._calls.run_pending
         for fd in handlers:
             ep.register(fd, select.EPOLLIN)
         try:

@@ -19,7 +19,6 @@ import ctypes
 import fcntl
 import json
 import os
-import queue
 import select
 import shlex
 import shutil
@@ -29,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +35,7 @@ from typing import Any, TypeVar
 from netvm.board import Board
 from netvm.errors import UserError
 from netvm.sim import netns
+from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import SimLayout, sim_layout
 from netvm.sim.virt import VirtNet
 from netvm.sim.vmm import SimDevices, create_devices
@@ -174,10 +173,7 @@ class Simulation:
     driver_exit: int | None = None
     error: BaseException | None = None
     _thread: threading.Thread | None = None
-    _calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = field(
-        default_factory=queue.SimpleQueue
-    )
-    _wake: tuple[int, int] | None = None
+    _calls: LoopCalls | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
     _started: float = 0.0
     _result: SimResult | None = None
@@ -249,7 +245,7 @@ class Simulation:
             self.devs = create_devices(self.layout, self.run_dir)
             self.virt = VirtNet(self.devs)
             self.config_file.write_text(json.dumps(self.layout.driver_config, indent=2) + "\n")
-            self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._calls = LoopCalls()
             self._start_driver()
             self._started = time.monotonic()
             self._thread = threading.Thread(target=self._loop, name="netvm-sim-vmm", daemon=True)
@@ -309,9 +305,8 @@ class Simulation:
                 self.call(self._final_drain)
         finally:
             self._stopping.set()
-            if self._wake is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self._wake[1], b"x")
+            if self._calls is not None:
+                self._calls.wake()
             if self._thread is not None:
                 self._thread.join(timeout=5)
             if self._lock_fd is not None:  # never touch namespaces another run owns
@@ -336,11 +331,9 @@ class Simulation:
             virt.release()
         if self.devs is not None:
             self.devs.close()
-        if self._wake is not None:
-            for fd in self._wake:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._wake = None
+        if self._calls is not None:
+            self._calls.close()
+            self._calls = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
@@ -377,11 +370,8 @@ class Simulation:
         """Run `fn` on the VMM thread (the only writer of the VMM's indices)."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the simulation is not running") from self.error
-        fut: Future[T] = Future()
-        self._calls.put((fn, fut))
-        assert self._wake is not None
-        os.write(self._wake[1], b"c")
-        return fut.result(timeout)
+        assert self._calls is not None
+        return self._calls.submit(fn).result(timeout)
 
     def _loop(self) -> None:
         try:
@@ -392,7 +382,7 @@ class Simulation:
 
     def _serve(self) -> None:
         devs, virt = self.devs, self._require_virt()
-        assert devs is not None and self._wake is not None
+        assert devs is not None and self._calls is not None
         ep = select.epoll()
         handlers: dict[int, Callable[[], None]] = {}
         rx_fd, tx_fd = devs.doorbells["rx_fault"], devs.doorbells["tx_fault"]
@@ -409,8 +399,7 @@ class Simulation:
         handlers[tx_fd] = on_tx
         for irq in devs.irqs.values():
             handlers[irq.master] = irq.read_enables
-        wake = self._wake[0]
-        handlers[wake] = self._run_calls
+        handlers[self._calls.fd] = self._calls.run_pending
         for fd in handlers:
             ep.register(fd, select.EPOLLIN)
         try:
@@ -421,19 +410,6 @@ class Simulation:
                     handlers[fd]()
         finally:
             ep.close()
-
-    def _run_calls(self) -> None:
-        assert self._wake is not None
-        _drain(self._wake[0])
-        while True:
-            try:
-                fn, fut = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
 
     # ------------------------------------------------------------------ observation
 
