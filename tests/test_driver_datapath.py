@@ -277,6 +277,20 @@ def test_tail_jump_is_counted_and_traffic_resumes_after_repair(env: Env) -> None
     assert env.conserved()["ok"]
 
 
+def test_a_tail_jump_is_out_of_range_for_every_head_the_driver_can_reach(env: Env) -> None:
+    # The driver keeps consuming while the VMM publishes the jump, so its head may be
+    # anywhere up to the VMM's own tail by the time it reads the jumped one.
+    env.virt.inject_tx_active("len0")
+    env.virt.inject_tx_active("outside")
+    for name, tail in (("rx_free", env.virt.rx_free_tail), ("tx_active", env.virt.tx_active_tail)):
+        ring = env.virt.rx_free if name == "rx_free" else env.virt.tx_active
+        head = ring.head
+        assert tail != head  # the driver has entries in hand, so the race is possible
+        env.virt.jump_index(name)
+        for reachable in range(head, head + ((tail - head) & 0xFFFF) + 1):
+            assert (ring.tail - reachable) & 0xFFFF > ring.capacity, (name, reachable)
+
+
 def test_notification_only_when_the_consumer_asked(env: Env) -> None:
     env.virt.rx_active.cancel_signal()  # virt_rx is busy draining: no signal wanted
     env.sock.rx.append(b"\x01" * 60)

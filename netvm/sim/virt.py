@@ -279,9 +279,16 @@ class VirtNet:
         return io
 
     def jump_index(self, ring_name: str) -> None:
-        """Publish a tail more than capacity ahead of the driver's head."""
+        """Publish a tail more than capacity ahead of the driver's head.
+
+        The driver keeps consuming while this runs, so its head is anywhere up to our
+        own tail: measuring the jump from a head read here could leave it within
+        capacity of the head the driver ends up with (and then it is not bad at all).
+        Measured from our tail it is out of range for every head the driver can hold.
+        """
         ring = self.rx_free if ring_name == "rx_free" else self.tx_active
-        ring.publish_tail((ring.head + ring.capacity + 7) & 0xFFFF)
+        tail = self.rx_free_tail if ring_name == "rx_free" else self.tx_active_tail
+        ring.publish_tail((tail + ring.capacity + 7) & 0xFFFF)
         self.index_jumped.add(ring_name)
         self.counters[f"injected_jump_{ring_name}"] += 1
         self.devs.irqs["rx_irq" if ring_name == "rx_free" else "tx_irq"].inject()
