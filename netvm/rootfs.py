@@ -61,9 +61,12 @@ BUSYBOX_APPLETS = (
 )  # fmt: skip
 SBIN_APPLETS = frozenset({"ifconfig", "poweroff", "reboot"})
 INIT = "sbin/netvm-init"
-# Made while the driver is imported under qemu; lists what python loaded.
+# Made while the driver is imported under qemu; lists what python loaded. It writes plain
+# lines rather than JSON: importing json here would ship json (and re) whether or not the
+# driver needs them. A driver module lists what it imports only on a rare path (an error)
+# in LAZY_IMPORTS, and the probe imports those too.
 _PROBE = r"""
-import importlib, json, os, runpy, sys
+import importlib, os, runpy, sys
 out = sys.argv[1]
 sys.argv = ["netvm_driver", "--help"]
 try:
@@ -72,14 +75,16 @@ except SystemExit:
     pass
 import netvm_driver
 # os.listdir, not pkgutil: the probe must not load modules the driver does not use.
+lazy = []
 for name in sorted(os.listdir(netvm_driver.__path__[0])):
     if name.endswith(".py"):
-        importlib.import_module("netvm_driver." + name[:-3])
-for name in EXTRA:
+        module = importlib.import_module("netvm_driver." + name[:-3])
+        lazy += getattr(module, "LAZY_IMPORTS", ())
+for name in lazy + EXTRA:
     importlib.import_module(name)
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
 with open(out, "w") as f:
-    json.dump({"magic": importlib.util.MAGIC_NUMBER.hex(), "files": files}, f)
+    f.write("\n".join([importlib.util.MAGIC_NUMBER.hex(), *files]) + "\n")
 """
 
 
@@ -236,7 +241,7 @@ def probe_imports(
     `full_root` is not written to (it may be the shared cached base).
     """
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "probe.json"
+        out = Path(tmp) / "probe.txt"
         script = f"EXTRA = {list(extra_modules)!r}\n{_PROBE}"
         # qemu-user's -L looks under full_root first and falls back to the host path,
         # so the driver is imported from the overlay where it already is.
@@ -266,10 +271,10 @@ def probe_imports(
                 hint="check that PYTHONPATH=driver python3 -m netvm_driver --help works here; "
                 "a stdlib module missing from the guest packages shows as ImportError",
             )
-        data = json.loads(out.read_text())
+        magic, *loaded = out.read_text().splitlines()
     prefix = str(full_root) + "/"
-    files = [f[len(prefix) :] for f in data["files"] if f.startswith(prefix)]
-    return data["magic"], files
+    files = [f[len(prefix) :] for f in loaded if f.startswith(prefix)]
+    return magic, files
 
 
 def needed_libraries(elf: Path) -> list[str]:

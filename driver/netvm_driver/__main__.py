@@ -6,12 +6,12 @@ codes (0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a configuration error).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 
 from . import log
+from .cli import FLAG, Args, Option, fail, parse_or_exit
 from .config import ConfigError, DriverConfig, load_config
 from .datapath import (
     DEFAULT_BATCH,
@@ -28,95 +28,116 @@ from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry
 from .stats import Stats
 from .uio import UioError
 
+PROG = "netvm_driver"
 DEFAULT_RX_MODE = "auto"
 DEFAULT_TX_MODE = "ring"
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="netvm_driver",
-        description="Userspace Ethernet driver of the seL4 driver VM: moves frames between a "
-        "Linux interface and the sDDF net queues shared with the VMM through UIO.",
-    )
-    p.add_argument(
-        "--config", default="/etc/netvm/driver.json", help="driver.json (default: %(default)s)"
-    )
-    p.add_argument("--interface", help="network interface (default: the config's 'interface')")
-    p.add_argument(
-        "--fill-tx-checksums",
-        action="store_true",
-        help="fill IPv4/UDP/TCP checksums of TX frames in software (for clients that leave "
-        "them to hardware offload); also enabled by the config's fill_tx_checksums",
-    )
-    p.add_argument(
-        "--stats-json",
+DESCRIPTION = (
+    "Userspace Ethernet driver of the seL4 driver VM: moves frames between a Linux interface "
+    "and the sDDF net queues shared with the VMM through UIO."
+)
+OPTIONS = (
+    Option(
+        "--config",
+        "driver.json (default: %(default)s)",
+        default="/etc/netvm/driver.json",
         metavar="PATH",
-        help="write counters here periodically, at exit and on SIGUSR1",
-    )
-    p.add_argument(
+    ),
+    Option("--interface", "network interface (default: the config's 'interface')", metavar="IFACE"),
+    Option(
+        "--fill-tx-checksums",
+        "fill IPv4/UDP/TCP checksums of TX frames in software (for clients that leave them "
+        "to hardware offload); also enabled by the config's fill_tx_checksums",
+        kind=FLAG,
+    ),
+    Option(
+        "--stats-json",
+        "write counters here periodically, at exit and on SIGUSR1",
+        metavar="PATH",
+    ),
+    Option(
         "--stats-interval",
-        type=float,
+        "seconds between stats writes (default: %(default)s)",
+        kind=float,
         default=10.0,
         metavar="S",
-        help="seconds between stats writes (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch", type=int, default=DEFAULT_BATCH, help="frames per batch (default: %(default)s)"
-    )
-    p.add_argument(
+    ),
+    Option("--batch", "frames per batch (default: %(default)s)", kind=int, default=DEFAULT_BATCH),
+    Option(
         "--rx-mode",
+        "ring: a TPACKET_V3 mmap ring, no system call per frame; socket: one recv per frame; "
+        "auto: the socket at low rates (no block timeout to wait for), the ring from 10k "
+        "frames/s (default: %(default)s)",
         choices=("auto", "ring", "socket"),
         default=DEFAULT_RX_MODE,
-        help="ring: a TPACKET_V3 mmap ring, no system call per frame; socket: one recv per "
-        "frame; auto: the socket at low rates (no block timeout to wait for), the ring "
-        "from 10k frames/s (default: %(default)s)",
-    )
-    p.add_argument(
+    ),
+    Option(
         "--tx-mode",
+        "ring: a TPACKET_V2 mmap ring bypassing the qdisc, one send per batch; socket: one "
+        "send per frame (default: %(default)s)",
         choices=("ring", "socket"),
         default=DEFAULT_TX_MODE,
-        help="ring: a TPACKET_V2 mmap ring bypassing the qdisc, one send per batch; socket: "
-        "one send per frame (default: %(default)s)",
-    )
-    p.add_argument(
+    ),
+    Option(
         "--rx-ring-block-kib",
-        type=int,
+        "RX ring block size; the kernel wakes the driver once per block (default: %(default)s)",
+        kind=int,
         default=RX_BLOCK_SIZE >> 10,
         metavar="KIB",
-        help="RX ring block size; the kernel wakes the driver once per block "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
+    ),
+    Option(
         "--rx-ring-timeout-ms",
-        type=int,
+        "hand over a partly filled RX ring block after this long (default: %(default)s)",
+        kind=int,
         default=RX_TIMEOUT_MS,
         metavar="MS",
-        help="hand over a partly filled RX ring block after this long (default: %(default)s)",
-    )
-    p.add_argument(
+    ),
+    Option(
         "--sim-devices",
-        metavar="FILE",
-        help="SIMULATION: take the devices from this file written by the host simulation "
+        "SIMULATION: take the devices from this file written by the host simulation "
         "(invoke sim) instead of /sys/class/uio",
-    )
-    p.add_argument(
+        metavar="FILE",
+    ),
+    Option(
         "--keep-offloads",
-        action="store_true",
-        help="leave the interface's GRO/GSO/TSO/checksum offloads as they are "
-        "(by default they are turned off: frames must pass as they were on the wire)",
-    )
-    p.add_argument(
+        "leave the interface's GRO/GSO/TSO/checksum offloads as they are (by default they "
+        "are turned off: frames must pass as they were on the wire)",
+        kind=FLAG,
+    ),
+    Option(
         "--self-check",
-        action="store_true",
-        help="import every module, validate the config and exit without touching devices",
-    )
-    args = p.parse_args(argv)
+        "import every module, validate the config and exit without touching devices",
+        kind=FLAG,
+    ),
+)
+
+
+class DriverArgs(Args):
+    config: str
+    interface: str | None
+    fill_tx_checksums: bool
+    stats_json: str | None
+    stats_interval: float
+    batch: int
+    rx_mode: str
+    tx_mode: str
+    rx_ring_block_kib: int
+    rx_ring_timeout_ms: int
+    sim_devices: str | None
+    keep_offloads: bool
+    self_check: bool
+
+
+def parse_args(argv: list[str] | None = None) -> DriverArgs:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_or_exit(PROG, DESCRIPTION, OPTIONS, argv, DriverArgs)
     if args.batch < 1 or args.stats_interval <= 0:
-        p.error("--batch and --stats-interval must be positive")
+        fail(PROG, "--batch and --stats-interval must be positive")
     if args.rx_ring_block_kib < 4 or args.rx_ring_block_kib % 4 or args.rx_ring_timeout_ms < 1:
-        p.error("--rx-ring-block-kib must be a multiple of 4, --rx-ring-timeout-ms at least 1")
+        fail(PROG, "--rx-ring-block-kib must be a multiple of 4, --rx-ring-timeout-ms at least 1")
     return args
 
 

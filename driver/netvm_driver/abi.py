@@ -11,7 +11,8 @@ the sDDF headers with a compiler probe; see the upstream notes).
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+
+from .records import Record
 
 PAGE_SIZE = 4096
 
@@ -67,14 +68,14 @@ def desc_offset(slot: int) -> int:
 
 # NamedTuple, not dataclasses: dataclasses imports inspect, ast and dis, which cost the
 # guest initramfs 0.1 MiB and python start-up time under QEMU.
-class Connection(NamedTuple):
+class Connection(Record):
     free_queue: tuple[int, int]  # (vaddr, size) as the VMM sees them
     active_queue: tuple[int, int]
     num_buffers: int
     id: int
 
 
-class DataPassing(NamedTuple):
+class DataPassing(Record):
     """The fields of the data-passing page (the driver uses magic, num_buffers and paddrs)."""
 
     magic: bytes

@@ -7,12 +7,16 @@ file and the key. Must not open devices.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, NamedTuple
 
+from . import jsonio
 from .abi import NET_BUFFER_SIZE, SDDF_NET_MAX_CLIENTS, queue_region_size
 from .queue import MAX_CAPACITY
+from .records import Record
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_VERSION = 1
 QUEUE_UIOS = ("rx_free", "rx_active", "tx_free", "tx_active")
@@ -30,7 +34,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(findings))
 
 
-class UioSpec(NamedTuple):
+class UioSpec(Record):
     name: str
     paddr: int
     size: int
@@ -38,12 +42,12 @@ class UioSpec(NamedTuple):
     irq: int | None = None
 
 
-class TxClientSpec(NamedTuple):
+class TxClientSpec(Record):
     offset: int  # where the client's TX data region starts inside the tx_data map
     size: int
 
 
-class DriverConfig(NamedTuple):
+class DriverConfig(Record):
     path: str
     board: str
     interface: str
@@ -165,9 +169,13 @@ def load_config(path: str | os.PathLike[str]) -> DriverConfig:
     p = os.fspath(path)
     try:
         with open(p, encoding="utf-8") as f:
-            data = json.loads(f.read())
+            data = jsonio.loads(f.read())
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"{p}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    except ValueError as exc:  # json.JSONDecodeError, or a NaN/Infinity constant
+        where = f"{exc.lineno}:{exc.colno}: " if hasattr(exc, "lineno") else ""
+        msg = getattr(exc, "msg", str(exc))
+        raise ConfigError([f"{p}:{where}invalid JSON: {msg}"]) from None
     return parse_config(data, p)

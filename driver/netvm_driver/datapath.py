@@ -30,12 +30,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from .abi import DATA_PASSING_SIZE, NET_BUFFER_SIZE, SDDF_NET_MAGIC, DataPassing
 from .checksum import fill_checksums
 from .config import DriverConfig
-from .device import DeviceError, Devices, Doorbell
+from .device import DeviceError, Devices
 from .log import RateLimitedLog
 from .queue import Consumer, Producer, Ring, with_len
 from .ring import (
@@ -61,7 +60,13 @@ from .ring import (
 )
 from .stats import Stats
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from .device import Doorbell
+
+    T = TypeVar("T")
 # RX "auto" (ring.RxSwitch): to the ring at >= 100 frames in 10 ms on the socket (10k/s);
 # back to the socket after 3 blocks in a row handed over by the timeout with < 8 frames.
 SWITCH_WINDOW_S = 0.01

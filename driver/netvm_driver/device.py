@@ -15,13 +15,11 @@ what was mapped. The data path sees only a `Devices` object, so it runs unchange
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import os
 from collections.abc import Callable
-from typing import Protocol
 
-from . import pl011, uio
+from . import jsonio, pl011, uio
 from .config import DATA_UIOS, FAULT_UIOS, IRQ_UIOS, QUEUE_UIOS, DriverConfig
 from .devmem import DeviceMemory, FaultDoorbell
 
@@ -32,8 +30,12 @@ class DeviceError(RuntimeError):
     pass
 
 
-class Doorbell(Protocol):
-    def ring(self) -> None: ...
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Doorbell(Protocol):
+        def ring(self) -> None: ...
 
 
 class FifoDoorbell:
@@ -110,7 +112,7 @@ def open_sim_devices(config: DriverConfig, path: str, log: Callable[[str], None]
     """Open the host simulation's stand-ins listed in `path` (see docs/driver.md)."""
     try:
         with open(path) as f:
-            table = json.load(f)["devices"]
+            table = jsonio.loads(f.read())["devices"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DeviceError(f"{path}: not a simulation device file: {exc}") from None
     missing = [n for n in (*REGION_UIOS, *FAULT_UIOS, *IRQ_UIOS) if n not in table]

@@ -35,10 +35,10 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from . import uio
 
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:  # device.py imports this module
     from .device import Devices
 

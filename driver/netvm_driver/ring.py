@@ -34,7 +34,8 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+
+from .records import Record
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -104,7 +105,7 @@ TX_BLOCK_SIZE = 1 << 16
 TX_BLOCK_COUNT = 4  # 31 slots per block: 124 slots (256 KiB), small enough to stay in cache
 
 
-class RingGeometry(NamedTuple):
+class RingGeometry(Record):
     """The RX ring's block size and block timeout (the ring stays ~RX_RING_BYTES)."""
 
     block_size: int = RX_BLOCK_SIZE

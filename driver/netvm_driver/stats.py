@@ -7,9 +7,10 @@ batch, so counting costs next to nothing in the hot loop.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from . import jsonio
 
 COUNTERS = (
     "rx_frames",
@@ -53,6 +54,5 @@ class Stats:
         }
         tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(jsonio.dumps(doc) + "\n")
         os.replace(tmp, path)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import NamedTuple
 
 from .abi import PAGE_SIZE
+from .records import Record
 
 SYS_CLASS_UIO = "/sys/class/uio"
 
@@ -26,7 +26,7 @@ class UioError(RuntimeError):
     pass
 
 
-class UioInfo(NamedTuple):
+class UioInfo(Record):
     node: str  # "uio3"
     names: tuple[str, ...]  # every name the device answers to, most specific first
     maps: tuple[tuple[int, int], ...]  # (addr, size) of map0, map1, ...
