@@ -6,8 +6,8 @@ codes (0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a configuration error).
 
 from __future__ import annotations
 
+import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 import os
-import signal
 import sys
 
 from . import log

@@ -23,10 +23,10 @@ never truncated. Per batch: one head publish, one tail publish, at most one door
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import errno
 import itertools
 import select
-import socket
 import struct
 import time
 from collections.abc import Callable

@@ -13,10 +13,10 @@ forever, so every readiness is drained.
 
 from __future__ import annotations
 
+import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 import contextlib
 import os
 import select
-import signal
 import struct
 import time
 

@@ -9,10 +9,10 @@ off. The init script does the same with ethtool where the rootfs has it.
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import array
 import errno
 import fcntl
-import socket
 import struct
 
 SIOCETHTOOL = 0x8946

@@ -27,11 +27,11 @@ UART drain and the scan.
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import contextlib
 import mmap
 import os
 import select
-import socket
 import struct
 import threading
 from collections.abc import Callable

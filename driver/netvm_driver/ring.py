@@ -27,11 +27,11 @@ driver's own frames do not come back as RX.
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import array
 import contextlib
 import mmap
 import os
-import socket
 import struct
 from collections.abc import Iterator
 
