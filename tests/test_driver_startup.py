@@ -189,3 +189,39 @@ def test_start_up_imports_none_of_the_slow_modules() -> None:
         "signal",
     }
     assert not loaded & slow, sorted(loaded & slow)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def test_record_behaves_like_a_named_tuple() -> None:
+    import copy
+    import pickle
+
+    from netvm_driver.config import UioSpec
+
+    spec = UioSpec("rx_free", 0x1000, 0x3000, capacity=512)
+    assert spec == ("rx_free", 0x1000, 0x3000, 512, None) and isinstance(spec, tuple)
+    assert (spec.name, spec.capacity, spec.irq) == ("rx_free", 512, None)
+    assert repr(spec) == "UioSpec(name='rx_free', paddr=4096, size=12288, capacity=512, irq=None)"
+    assert copy.deepcopy(spec) == spec and pickle.loads(pickle.dumps(spec)) == spec
+    assert UioSpec._fields == ("name", "paddr", "size", "capacity", "irq")
+    with pytest.raises(AttributeError):
+        spec.name = "x"  # type: ignore[misc]
+    for bad in (
+        lambda: UioSpec("x"),
+        lambda: UioSpec("x", 1, 2, nope=1),
+        lambda: UioSpec(*"abcdef"),
+    ):
+        with pytest.raises(TypeError):
+            bad()
+
+
+def test_record_rejects_a_field_without_default_after_one_with() -> None:
+    from netvm_driver.records import Record
+
+    with pytest.raises(TypeError, match="follows one with a default"):
+
+        class Bad(Record):
+            a: int = 1
+            b: int

@@ -29,7 +29,6 @@ import itertools
 import select
 import struct
 import time
-from collections.abc import Callable
 
 from .abi import DATA_PASSING_SIZE, NET_BUFFER_SIZE, SDDF_NET_MAGIC, DataPassing
 from .checksum import fill_checksums
@@ -62,6 +61,7 @@ from .stats import Stats
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import TypeVar
 
     from .device import Doorbell

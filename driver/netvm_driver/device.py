@@ -14,10 +14,8 @@ what was mapped. The data path sees only a `Devices` object, so it runs unchange
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-from collections.abc import Callable
 
 from . import jsonio, pl011, uio
 from .config import DATA_UIOS, FAULT_UIOS, IRQ_UIOS, QUEUE_UIOS, DriverConfig
@@ -32,6 +30,7 @@ class DeviceError(RuntimeError):
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Protocol
 
     class Doorbell(Protocol):
@@ -48,8 +47,10 @@ class FifoDoorbell:
 
     def ring(self) -> None:
         # A full FIFO holds unread rings already: one more adds nothing (like a notification).
-        with contextlib.suppress(BlockingIOError):
+        try:
             os.write(self._fd, b"\1")
+        except BlockingIOError:
+            pass
 
 
 class Devices:
@@ -68,8 +69,10 @@ class Devices:
 
     def close(self) -> None:
         for closer in reversed(self._closers):
-            with contextlib.suppress(OSError, ValueError, BufferError):  # best effort at exit
+            try:  # best effort at exit
                 closer()
+            except (OSError, ValueError, BufferError):
+                pass
         self._closers.clear()
 
 

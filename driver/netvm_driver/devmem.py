@@ -23,9 +23,12 @@ raises instead of touching memory outside the mapped region.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 
 from .abi import NET_BUFFER_SIZE
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 COPY_ALIGN = 16
 _PAD = COPY_ALIGN - 1

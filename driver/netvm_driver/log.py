@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PREFIX = "UIO(NET): "
 WARN_PREFIX = "UIO(NET)|WARN: "

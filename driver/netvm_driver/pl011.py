@@ -28,19 +28,19 @@ UART drain and the scan.
 from __future__ import annotations
 
 import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
-import contextlib
+import _thread
 import mmap
 import os
 import select
 import struct
-import threading
-from collections.abc import Callable
 
 from . import uio
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
-if TYPE_CHECKING:  # device.py imports this module
-    from .device import Devices
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .device import Devices  # device.py imports this module
 
 DOORBELL_UIO = "doorbell"  # the board's UIO device name for the UART
 NOTIFY_BYTES = {"rx_fault": b"R", "tx_fault": b"T"}
@@ -126,7 +126,9 @@ class DoorbellBridge:
             loop_end.setblocking(False)
         self.interrupts = 0
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, name="pl011-doorbell", daemon=True)
+        # Held while the bridge thread runs. _thread rather than threading: threading
+        # imports functools and collections, start-up cost (docs/driver.md, "Start-up").
+        self._running = _thread.allocate_lock()
 
     def loop_fd(self, name: str) -> int:
         return self.pairs[name][0].fileno()
@@ -135,10 +137,19 @@ class DoorbellBridge:
         self.uart.setup()
         # Bytes the host sent before we ran would hold the line up: drain, then enable.
         self.uart.drain()
-        with contextlib.suppress(BlockingIOError):
+        try:
             os.read(self.irq_fd, 4)
+        except BlockingIOError:
+            pass
         os.write(self.irq_fd, IRQ_ENABLE)
-        self._thread.start()
+        self._running.acquire()
+        _thread.start_new_thread(self._serve, ())
+
+    def _serve(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._running.release()
 
     def _run(self) -> None:
         poller = select.poll()
@@ -153,8 +164,10 @@ class DoorbellBridge:
                     return
                 if fd in ours:
                     # The loop's enable writes: UIO semantics on its side, nothing to do here.
-                    with contextlib.suppress(BlockingIOError):
+                    try:
                         ours[fd].recv(4096, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
                     continue
                 try:
                     os.read(self.irq_fd, 4)
@@ -165,20 +178,26 @@ class DoorbellBridge:
                 self.interrupts += 1
                 word = IRQ_WORD.pack(self.interrupts)
                 for _, theirs in self.pairs.values():
-                    with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+                    try:  # full: a wake-up is pending
                         theirs.send(word, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             os.write(self._stop_w, b"x")
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+        except OSError:
+            pass
+        if self._running.locked() and self._running.acquire(timeout=2):
+            self._running.release()
         for pair in self.pairs.values():
             for s in pair:
                 s.close()
         for fd in (self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except OSError:
+                pass
 
 
 def open_doorbell(

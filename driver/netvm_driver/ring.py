@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import array
-import contextlib
 import mmap
 import os
 import struct
-from collections.abc import Iterator
 
 from .records import Record
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -120,13 +122,20 @@ def _set(sock: socket.socket, option: int, value: int | bytes) -> None:
     sock.setsockopt(SOL_PACKET, option, value)
 
 
-@contextlib.contextmanager
-def _closing_on_error(sock: socket.socket) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        sock.close()
-        raise
+class _closing_on_error:
+    """Close `sock` if the block fails (a plain class: contextlib costs start-up time)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.sock.close()
 
 
 def _promiscuous(sock: socket.socket, interface: str) -> None:
@@ -200,8 +209,10 @@ class RxRing:
     def close(self) -> None:
         self.status.release()
         self.view.release()
-        with contextlib.suppress(BufferError):
+        try:
             self.map.close()
+        except BufferError:
+            pass
         self.sock.close()
 
 
@@ -235,8 +246,10 @@ class TxRing:
         self.status.release()
         self.half.release()
         self.view.release()
-        with contextlib.suppress(BufferError):
+        try:
             self.map.close()
+        except BufferError:
+            pass
         self.sock.close()
 
 
