@@ -218,6 +218,7 @@ class MicrokitSpec:
 
 
 ROOTFS_PROVIDERS = ("debian", "cpio", "buildroot")
+ROOTFS_COMPRESSIONS = ("gzip", "none")
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,11 @@ class RootfsSpec:
     base_cpio: Path | None = None  # provider cpio
     python_modules: tuple[str, ...] = ()  # stdlib modules imported lazily, kept besides
     # what importing the driver pulls in
+    compression: str = "gzip"  # of the initramfs: gzip, or none (rootfs.cpio)
+
+    @property
+    def initramfs_name(self) -> str:
+        return "rootfs.cpio.gz" if self.compression == "gzip" else "rootfs.cpio"
 
 
 @dataclass(frozen=True)
@@ -736,7 +742,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def _read_rootfs(r: _Reader, node: Any, board_dir: Path) -> RootfsSpec | None:
     key = "rootfs"
-    m = r.mapping(node, key, ("provider",), ("base_cpio", "python_modules"))
+    m = r.mapping(node, key, ("provider",), ("base_cpio", "python_modules", "compression"))
     if m is None:
         return None
     provider = r.get(m, key, "provider", r.str_)
@@ -772,9 +778,21 @@ def _read_rootfs(r: _Reader, node: Any, board_dir: Path) -> RootfsSpec | None:
                     r.add(f"{key}.python_modules[{i}]", f"expected a module name, got {name!r}")
                 elif name is not None:
                     modules.append(name)
+    compression = "gzip"
+    if "compression" in m:
+        text = r.get(m, key, "compression", r.str_)
+        if text is not None and text not in ROOTFS_COMPRESSIONS:
+            r.add(
+                f"{key}.compression",
+                f"expected one of {', '.join(ROOTFS_COMPRESSIONS)}, got {text!r}",
+                "gzip for an image that is copied around; none where the loader reads the "
+                "file directly (QEMU) and the kernel should not spend boot time inflating it",
+            )
+        elif text is not None:
+            compression = text
     if provider is None:
         return None
-    return RootfsSpec(provider, base, tuple(modules))
+    return RootfsSpec(provider, base, tuple(modules), compression)
 
 
 def _read_sim(r: _Reader, node: Any) -> SimSpec | None:

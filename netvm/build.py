@@ -203,11 +203,12 @@ def _steps(
         result = build_initramfs(
             spec.provider,
             rendered.rootfs_overlay,
-            out / "rootfs" / "rootfs.cpio.gz",
+            out / "rootfs" / spec.initramfs_name,
             cache=cache_dir(),
             epoch=epoch,
             base_cpio=spec.base_cpio,
             extra_modules=spec.python_modules,
+            compress=spec.compression == "gzip",
             progress=runner.progress,
         )
         return StepOutput({"initramfs": result.path}, result.report())
@@ -233,6 +234,7 @@ def _steps(
                 "packages": DEBIAN_PACKAGES if spec.provider == "debian" else None,
                 "apt_lists": apt_lists_state() if spec.provider == "debian" else None,
                 "python_modules": spec.python_modules,
+                "compression": spec.compression,
                 "epoch": epoch,
                 "recipe": tree_digest(RECIPE_FILES, Path(__file__).parent),
             },

@@ -460,13 +460,19 @@ def _cache_tag() -> str:
     return sys.implementation.cache_tag  # cpython-311 on host and guest (magic checked)
 
 
-def pack(entries: dict[str, cpio.Entry], out: Path, epoch: int) -> InitramfsResult:
+def pack(
+    entries: dict[str, cpio.Entry], out: Path, epoch: int, *, compress: bool = True
+) -> InitramfsResult:
     # The kernel's initramfs unpacker creates no missing parent directory: a file whose
     # directory has no entry of its own is silently not unpacked.
     _add_parents(entries)
     raw = cpio.write_newc(entries.values(), epoch)
-    blob = cpio.gzip_deterministic(raw)
+    blob = cpio.gzip_deterministic(raw) if compress else raw
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The other compression's file from an earlier build would only mislead.
+    for stale in (out.parent / "rootfs.cpio.gz", out.parent / "rootfs.cpio"):
+        if stale != out:
+            stale.unlink(missing_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(blob)
     tmp.replace(out)
@@ -484,9 +490,11 @@ def build_initramfs(
     epoch: int,
     base_cpio: Path | None = None,
     extra_modules: Iterable[str] = (),
+    compress: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> InitramfsResult:
-    """Build `out` (rootfs.cpio.gz) from `provider`'s base and the staged `overlay`."""
+    """Build `out` (rootfs.cpio.gz, or rootfs.cpio uncompressed) from `provider`'s base
+    and the staged `overlay`."""
     say = progress or (lambda _msg: None)
     if provider == "cpio":
         assert base_cpio is not None
@@ -499,14 +507,14 @@ def build_initramfs(
         if not any(p.startswith("usr/bin/python3") for p in base):
             raise UserError(f"{base_cpio}: no usr/bin/python3* in the base rootfs")
         base.update(overlay_entries(overlay))
-        return pack(base, out, epoch)
+        return pack(base, out, epoch, compress=compress)
     if provider != "debian":
         raise UserError(f"rootfs provider {provider} does not build an initramfs here")
     packages = resolved_packages(DEBIAN_PACKAGES, cache / "debs")
     say(f"[rootfs] {len(packages)} Debian {DEB_ARCH} packages")
     debs = fetch_packages(packages, cache / "debs")
     entries = debian_entries(unpacked_base(packages, debs, cache), overlay, extra_modules)
-    result = pack(entries, out, epoch)
+    result = pack(entries, out, epoch, compress=compress)
     return InitramfsResult(
         result.path,
         result.uncompressed_bytes,
