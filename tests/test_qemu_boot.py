@@ -19,7 +19,6 @@ from netvm.board import Board, load_board
 from netvm.qemu import QemuRun, RunOptions, guest_images, uio_problems
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVER_DIR = ROOT / "driver" / "netvm_driver"
 
 pytestmark = [
     pytest.mark.qemu,
@@ -29,18 +28,6 @@ pytestmark = [
         shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed"
     ),
 ]
-
-
-def doorbell_wired() -> bool:
-    """The driver routes its notifications through the QEMU doorbell (docs/qemu.md)."""
-    return "pl011" in (DRIVER_DIR / "device.py").read_text()
-
-
-needs_doorbell = pytest.mark.skipif(
-    not doorbell_wired(),
-    reason="the driver's device seam does not call netvm_driver.pl011 yet (docs/qemu.md, "
-    "'Wiring into the driver'): without it no notification reaches the guest",
-)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +64,20 @@ def test_driver_start_up_log(guest: QemuRun, board: Board) -> None:
     assert not [ln for ln in log if "|ERROR" in ln]
 
 
-@needs_doorbell
+def test_init_mounted_named_and_prioritised_the_guest(guest: QemuRun, board: Board) -> None:
+    console = guest.require_console()
+    mounts = {line.split()[1] for line in console.run("cat /proc/mounts", 20) if " " in line}
+    assert {"/proc", "/sys", "/dev"} <= mounts
+    assert console.run("hostname", 20)[-1] == board.name
+    # The driver runs at the default priority, the console shell below it (netvm-init).
+    nice = console.run(
+        'for p in /proc/[0-9]*; do read -r s < $p/stat; set -- $s; echo "$2 ${19}"; done', 20
+    )
+    by_name = dict(line.rsplit(" ", 1) for line in nice if line.startswith("("))
+    assert by_name.get("(netvm-driver)") == "0", by_name
+    assert by_name.get("(sh)") == "10", by_name
+
+
 def test_ping_and_udp_echo_through_the_guest(guest: QemuRun) -> None:
     assert guest.vmm is not None
     before = guest.vmm.stats()
@@ -103,8 +103,6 @@ def test_guest_reboot_with_the_simulator_running_recovers(guest: QemuRun) -> Non
     _, line = guest.wait_ready(start=ready + 1)  # the driver came up again after the reset
     print(f"\nreboot: driver event loop again at {line.seconds:.2f} s")
     assert guest.vmm.error is None
-    if not doorbell_wired():
-        pytest.skip("rebooted; traffic needs the doorbell wiring (docs/qemu.md)")
     client = guest.vmm.layout.clients[0]
     assert guest.ping(client.ipv4, 3)["received"] == 3
     echo = guest.udp_echo(client.ipv4)
