@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from netvm.bench.harness import BenchOptions, run_bench, summarize, table, targets
+from netvm.bench.harness import (
+    BenchOptions,
+    Sample,
+    _cpu_cell,
+    rates,
+    run_bench,
+    summarize,
+    table,
+    targets,
+)
 from netvm.bench.launch_baseline import baseline_argv
 from netvm.bench.tools import build_tools
 from netvm.board import Board
@@ -122,6 +131,19 @@ def test_baseline_driver_echoes_through_the_simulation(odroidc4: Board) -> None:
     assert result.conservation["ok"], result.conservation
 
 
+def test_rates_split_cpu_per_frame_into_user_and_kernel_by_ticks() -> None:
+    a = Sample(
+        t=10.0, cpu_ns=5_000_000_000, ticks=500, counters={"tx_frames": 1000}, user_ticks=200
+    )
+    b = Sample(t=13.0, cpu_ns=7_400_000_000, ticks=740, counters={"tx_frames": 601_000},
+               user_ticks=260)  # fmt: skip
+    r = rates(a, b, "tx_frames")
+    assert r["frames"] == 600_000 and r["cpu_us_per_frame"] == 4.0
+    # 60 of the 240 ticks were user time: a quarter of the 4 µs.
+    assert (r["user_us_per_frame"], r["kernel_us_per_frame"]) == (1.0, 3.0)
+    assert "(1.00 + 3.00)" in _cpu_cell(r)
+
+
 @pytest.mark.netns
 def test_quick_bench_end_to_end_writes_the_required_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -143,4 +165,9 @@ def test_quick_bench_end_to_end_writes_the_required_json(tmp_path: Path) -> None
         assert r["driver_exit"] == 0
         assert r["rx_64"]["bad_frames"] == 0 and r["rx_64"]["checked"] > 0
         assert r["tx_64"]["frames"] > 0 and r["tx_1514"]["peer_received_per_s"] > 0
+        tx = r["tx_64"]
+        assert tx["kernel_us_per_frame"] > 0  # the send path runs in the driver's context
+        assert tx["user_us_per_frame"] + tx["kernel_us_per_frame"] == pytest.approx(
+            tx["cpu_us_per_frame"], abs=1e-3
+        )
     assert {t["target"] for t in data["targets"]} and doc["table"].startswith("| test |")
