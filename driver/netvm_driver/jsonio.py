@@ -2,7 +2,7 @@
 
 Why not ``import json``: it compiles half a dozen regular expressions at import, which
 pulls in ``re`` and its compiler. Under QEMU's TCG that is a noticeable share of the
-driver's cold start (docs/qemu.md has the figures), and the driver reads one small
+driver's cold start (docs/driver.md, "Start-up"), and the driver reads one small
 file at start-up and writes a flat stats document. ``_json`` (CPython's C scanner and
 encoder, which ``json`` itself uses) does both without any of that. Where ``_json`` is
 missing (another Python), the json package does the work instead.
