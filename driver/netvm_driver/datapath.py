@@ -617,10 +617,9 @@ class DataPath:
         rview, status, half, slots = ring.view, ring.status, ring.half, ring.slots
         nslots = len(slots)
         nxt = ring.next
-        out: list[int] = []
         moves: list[int] = []
         queued: list[int] = []
-        nbytes = 0
+        unowned: list[int] = []  # word indices of descriptors that are no client's buffer
         k = 0
         end = 2 * n
         while k < end:
@@ -632,6 +631,7 @@ class DataPath:
                     start, _, delta = client
                     break
             else:
+                unowned.append(k)
                 k += 2
                 stats.tx_bad_descriptor += 1
                 self.ratelog.warn("tx_bad_addr", f"tx_active descriptor {io:#x} is in no client")
@@ -650,8 +650,6 @@ class DataPath:
                 half[(slot >> 1) + 6] = TX_DATA + (src & 15)  # tp_mac: where the frame starts
                 queued.append(slot)
                 nxt = nxt + 1 if nxt + 1 < nslots else 0
-                nbytes += length
-            out += (io, word1)  # the SAME descriptor back, whatever becomes of the frame
             k += 2
         if moves:
             self.tx_data.copy_frames_out(rview, moves)
@@ -666,10 +664,15 @@ class DataPath:
             ring.next = nxt
             ring.pending += queued
             stats.tx_frames += len(queued)
-            stats.tx_bytes += nbytes
+            stats.tx_bytes += sum(moves[2::3])
         consumed = k >> 1
         if consumed:
             active.advance(consumed)
+        # The SAME descriptors go back, whatever became of their frames, except one that
+        # is no client's buffer: giving that to a client would spread the damage.
+        out = words[:k]
+        if unowned:
+            out = [w for i, w in enumerate(out) if i & ~1 not in unowned]
         returned = len(out) >> 1
         if returned:
             free.put_words(out)
