@@ -1,9 +1,10 @@
 """A small command-line parser for the driver's fixed set of options.
 
 Why not argparse: it imports ``re`` and ``gettext``, a large share of the driver's cold
-start under QEMU's TCG (docs/qemu.md), for a dozen fixed options. This keeps argparse's
-conventions for them: ``--name VALUE`` or ``--name=VALUE``, flags without a value,
-``--help``, and on a mistake a usage line plus ``PROG: error: ...`` on stderr, exit 2.
+start under QEMU's TCG (docs/driver.md, "Start-up"), for a dozen fixed options. This
+keeps argparse's conventions for them: ``--name VALUE`` or ``--name=VALUE``, flags
+without a value, ``--help``, and on a mistake a usage line plus ``PROG: error: ...`` on
+stderr, exit 2.
 """
 
 from __future__ import annotations
