@@ -13,13 +13,11 @@ before that, so the latency runs use the real echo path.
 from __future__ import annotations
 
 import contextlib
-import select
 from dataclasses import dataclass
-from typing import Any
 
 from netvm.sim.layout import NET_BUFFER_SIZE
 from netvm.sim.rings import DESC_SIZE, FIRST_DESC, SimRing
-from netvm.sim.runner import Simulation, _drain
+from netvm.sim.runner import DoorbellHandler, Simulation
 from netvm.sim.virt import VirtNet
 
 BENCH_ETHERTYPE = b"\x88\xb5"
@@ -205,41 +203,8 @@ class BenchSimulation(Simulation):
         self.bench = BenchVmm(virt)
         return self.bench
 
-    def _serve(self) -> None:
-        devs, virt = self.devs, self._require_virt()
-        assert devs is not None and self._calls is not None
-        rx_fd, tx_fd = devs.doorbells["rx_fault"], devs.doorbells["tx_fault"]
-        ep = select.epoll()
-        handlers: dict[int, Any] = {}
-
-        def on_rx() -> None:
-            _drain(rx_fd)
-            if self.bench is not None:
-                self.bench.on_rx_doorbell()
-            else:
-                virt.on_rx_doorbell()
-
-        def on_tx() -> None:
-            _drain(tx_fd)
-            if self.bench is not None:
-                self.bench.on_tx_doorbell()
-            else:
-                virt.on_tx_doorbell()
-
-        handlers[rx_fd] = on_rx
-        handlers[tx_fd] = on_tx
-        for irq in devs.irqs.values():
-            handlers[irq.master] = irq.read_enables
-        handlers[self._calls.fd] = self._calls.run_pending
-        for fd in handlers:
-            ep.register(fd, select.EPOLLIN)
-        try:
-            while not self._stopping.is_set():
-                ready = ep.poll()
-                for fd, _ in sorted(ready, key=lambda e: e[0] != tx_fd):
-                    handlers[fd]()
-        finally:
-            ep.close()
+    def _doorbells(self) -> DoorbellHandler:
+        return self.bench if self.bench is not None else self._require_virt()
 
     def _final_drain(self) -> None:
         if self.bench is None:
