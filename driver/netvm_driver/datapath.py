@@ -552,6 +552,16 @@ class DataPath:
                 return
             active.ring.cancel_signal()
 
+    def _bad_tx(self, io: int, length: int | None) -> None:
+        """Count and log a tx_active descriptor that is no client's buffer (length None)
+        or whose length does not fit its buffer. Only the rare path calls this: the checks
+        themselves stay inline in the TX loops, which run once per frame."""
+        self.stats.tx_bad_descriptor += 1
+        if length is None:
+            self.ratelog.warn("tx_bad_addr", f"tx_active descriptor {io:#x} is in no client")
+        else:
+            self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
+
     def _tx_batch(self, n: int) -> int:
         active, free, stats = self.tx_active, self.tx_free, self.stats
         assert self.sock is not None
@@ -568,12 +578,10 @@ class DataPath:
                     break
             else:
                 consumed += 1
-                stats.tx_bad_descriptor += 1
-                self.ratelog.warn("tx_bad_addr", f"tx_active descriptor {io:#x} is in no client")
+                self._bad_tx(io, None)
                 continue
             if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
-                stats.tx_bad_descriptor += 1
-                self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
+                self._bad_tx(io, length)
             else:
                 try:
                     if self.fill_tx_checksums:
@@ -633,12 +641,10 @@ class DataPath:
             else:
                 unowned.append(k)
                 k += 2
-                stats.tx_bad_descriptor += 1
-                self.ratelog.warn("tx_bad_addr", f"tx_active descriptor {io:#x} is in no client")
+                self._bad_tx(io, None)
                 continue
             if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
-                stats.tx_bad_descriptor += 1
-                self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
+                self._bad_tx(io, length)
             else:
                 slot = slots[nxt]
                 if status[slot >> 2] & TX_BUSY:
