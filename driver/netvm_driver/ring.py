@@ -138,6 +138,17 @@ class _closing_on_error:
             self.sock.close()
 
 
+def _close_ring(sock: socket.socket, ring: mmap.mmap, views: tuple[memoryview, ...]) -> None:
+    """Release the views (casts first), unmap the ring, close its socket."""
+    for view in views:
+        view.release()
+    try:
+        ring.close()
+    except BufferError:  # a view someone else still holds: the mapping goes with it later
+        pass
+    sock.close()
+
+
 def _promiscuous(sock: socket.socket, interface: str) -> None:
     mreq = PACKET_MREQ.pack(socket.if_nametoindex(interface), PACKET_MR_PROMISC, 0, b"")
     _set(sock, PACKET_ADD_MEMBERSHIP, mreq)
@@ -207,13 +218,7 @@ class RxRing:
             self.left -= 1
 
     def close(self) -> None:
-        self.status.release()
-        self.view.release()
-        try:
-            self.map.close()
-        except BufferError:
-            pass
-        self.sock.close()
+        _close_ring(self.sock, self.map, (self.status, self.view))
 
 
 class TxRing:
@@ -243,14 +248,7 @@ class TxRing:
         self.pending: list[int] = []
 
     def close(self) -> None:
-        self.status.release()
-        self.half.release()
-        self.view.release()
-        try:
-            self.map.close()
-        except BufferError:
-            pass
-        self.sock.close()
+        _close_ring(self.sock, self.map, (self.status, self.half, self.view))
 
 
 def set_filter(
