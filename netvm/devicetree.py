@@ -15,7 +15,7 @@ from pathlib import Path
 
 from netvm.board import PAGE_SIZE, Board, Region
 from netvm.errors import Finding, UserError
-from netvm.fdt import cells, parse_dtb, strings, u64_pairs
+from netvm.fdt import cells, decompile, parse_dtb, strings, u64_pairs
 from netvm.kernelsrc import KernelSource, cache_dir
 from netvm.qemu_machine import dump_base_dts
 from netvm.render import uio_node_name
@@ -150,12 +150,7 @@ def build_guest_dtb(
             [Finding(str(source), "", f"dtc failed:\n{proc.stderr.strip()}")],
         )
     dts = out_dir / "guest.dts"
-    decompiled = subprocess.run(
-        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    decompiled = decompile(dtb)
     dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)
     findings = check_guest_dtb(board, dtb.read_bytes(), initrd)
     if findings:

@@ -7,6 +7,8 @@ what `dtc` produced without extra Python dependencies. Read-only; version 17 blo
 from __future__ import annotations
 
 import struct
+import subprocess
+from pathlib import Path
 
 FDT_MAGIC = 0xD00DFEED
 _BEGIN_NODE, _END_NODE, _PROP, _NOP, _END = 1, 2, 3, 4, 9
@@ -73,3 +75,13 @@ def u64_pairs(value: bytes) -> list[tuple[int, int]]:
     """A `reg` with 2 address and 2 size cells as (address, size) pairs."""
     c = cells(value)
     return [((c[i] << 32) | c[i + 1], (c[i + 2] << 32) | c[i + 3]) for i in range(0, len(c) - 3, 4)]
+
+
+def decompile(dtb: Path) -> str:
+    """The DTS text `dtc` makes of `dtb` (for reading and for diffing; raises on failure)."""
+    return subprocess.run(
+        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout

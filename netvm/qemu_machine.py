@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from netvm import fdt
 from netvm.board import Board, QemuBaseSpec
 from netvm.errors import Finding, UserError
 
@@ -106,12 +107,7 @@ def dump_base_dts(board: Board, cache: Path) -> str:
                     )
                 ]
             )
-        text = subprocess.run(
-            ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        text = fdt.decompile(dtb)
         header = f"/* QEMU's own device tree: {described} */\n"
         part = Path(tmp) / "base.dts"
         part.write_text(header + text)
