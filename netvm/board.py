@@ -218,7 +218,9 @@ class MicrokitSpec:
 
 
 ROOTFS_PROVIDERS = ("debian", "cpio", "buildroot")
-ROOTFS_COMPRESSIONS = ("gzip", "none")
+# rootfs.compression -> the initramfs file the rootfs step writes
+INITRAMFS_NAMES = {"gzip": "rootfs.cpio.gz", "none": "rootfs.cpio"}
+ROOTFS_COMPRESSIONS = tuple(INITRAMFS_NAMES)
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ class RootfsSpec:
 
     @property
     def initramfs_name(self) -> str:
-        return "rootfs.cpio.gz" if self.compression == "gzip" else "rootfs.cpio"
+        return INITRAMFS_NAMES[self.compression]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from netvm import cpio
+from netvm.board import INITRAMFS_NAMES
 from netvm.errors import UserError
 from netvm.pipeline import file_sha256
 
@@ -470,9 +471,9 @@ def pack(
     blob = cpio.gzip_deterministic(raw) if compress else raw
     out.parent.mkdir(parents=True, exist_ok=True)
     # The other compression's file from an earlier build would only mislead.
-    for stale in (out.parent / "rootfs.cpio.gz", out.parent / "rootfs.cpio"):
-        if stale != out:
-            stale.unlink(missing_ok=True)
+    for name in INITRAMFS_NAMES.values():
+        if name != out.name:
+            (out.parent / name).unlink(missing_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(blob)
     tmp.replace(out)
