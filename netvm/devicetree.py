@@ -17,7 +17,7 @@ from netvm.board import PAGE_SIZE, Board, Region
 from netvm.errors import Finding, UserError
 from netvm.fdt import cells, decompile, parse_dtb, strings, u64_pairs
 from netvm.kernelsrc import KernelSource, cache_dir
-from netvm.qemu_machine import dump_base_dts
+from netvm.qemu_machine import dump_base_dts, unused_virtio_transports
 from netvm.render import uio_node_name
 
 # The warnings the kernel's own dtbs build turns off (scripts/Makefile.dtbs): they
@@ -129,6 +129,9 @@ def build_guest_dtb(
         base_text = dump_base_dts(board, cache_dir() / "qemu-dtb")
         (out_dir / "base.qemu.dts").write_text(base_text)
         flags = DTC_FLAGS + QEMU_BASE_DTC_FLAGS
+        unused = unused_virtio_transports(base_text)
+        base_text += "\n/* ---- virtio-mmio transports netvm.qemu plugs nothing into ---- */\n"
+        base_text += "".join(f"/delete-node/ &{{{path}}};\n" for path in unused)
     else:
         assert board.devicetree.base is not None
         base_pp = preprocess_base(src, board.devicetree.base, out_dir / "base.pp.dts")

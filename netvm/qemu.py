@@ -35,7 +35,7 @@ from netvm.board import Board, Region
 from netvm.build import BuildOptions, build, build_dir, require_artifact
 from netvm.errors import Finding, UserError
 from netvm.fdt import parse_dtb
-from netvm.qemu_machine import machine_args, qemu_binary
+from netvm.qemu_machine import VIRTIO_CONSOLE, VIRTIO_NIC, machine_args, qemu_binary
 from netvm.qemu_vmm import DOORBELL_UIO, QemuVmm
 from netvm.render import sim_settings
 from netvm.sim import netns
@@ -186,9 +186,10 @@ def qemu_command(
         # put it; QEMU then leaves /chosen's initrd properties alone.
         "-device",
         f"loader,file={images.initramfs},addr={images.initrd.paddr:#x},force-raw=on",
-        # First virtio device = highest virtio-mmio transport: the board's console node.
+        # VIRTIO_DEVICES order: the console takes the highest transport (the board's console
+        # node), the NIC the one below; the guest DTB drops the transports left empty.
         "-device",
-        "virtio-serial-device",
+        VIRTIO_CONSOLE,
         "-device",
         "virtconsole,chardev=con0",
     ]
@@ -212,7 +213,7 @@ def qemu_command(
         cmd += ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no,vnet_hdr=off"]
     else:
         cmd += ["-netdev", "user,id=net0"]
-    cmd += ["-device", f"virtio-net-device,netdev=net0,mac={GUEST_MAC}"]
+    cmd += ["-device", f"{VIRTIO_NIC},netdev=net0,mac={GUEST_MAC}"]
     return cmd
 
 

@@ -19,7 +19,8 @@ from netvm.errors import UserError
 from netvm.fdt import cells, parse_dtb, strings, u64_pairs
 from netvm.kernelsrc import KernelSource
 from netvm.layout import check_board
-from netvm.qemu_machine import dump_base_dts, machine_args
+from netvm.qemu import GuestImages, RunPaths, qemu_command
+from netvm.qemu_machine import VIRTIO_DEVICES, dump_base_dts, machine_args
 from netvm.render import planned_files, render_all, uio_node_name
 from netvm.yamlio import load_yaml
 
@@ -78,7 +79,7 @@ def test_rendered_file_matches_golden(qemu_board: Board, rel: str) -> None:
 def test_board_model(qemu_board: Board) -> None:
     dt = qemu_board.devicetree
     assert dt.base is None
-    assert dt.base_qemu == QemuBaseSpec("virt,gic-version=2", "cortex-a53", 256 << 20, 1, ())
+    assert dt.base_qemu == QemuBaseSpec("virt,gic-version=2", "cortex-a53", 256 << 20, 2, ())
     assert qemu_board.guest.carveout == Region(0x4C000000, 0x1000000)
     # Every sDDF region is inside the carve-out; the doorbell is UART0.
     carve = qemu_board.guest.carveout
@@ -93,7 +94,7 @@ def test_machine_args_turn_off_dtb_randomness(qemu_board: Board) -> None:
     assert qemu_board.devicetree.base_qemu is not None
     args = machine_args(qemu_board.devicetree.base_qemu)
     machine = "virt,gic-version=2,dtb-randomness=off"
-    assert args[:8] == ["-M", machine, "-cpu", "cortex-a53", "-m", "256M", "-smp", "1"]
+    assert args[:8] == ["-M", machine, "-cpu", "cortex-a53", "-m", "256M", "-smp", "2"]
 
 
 @pytest.mark.parametrize(
@@ -177,6 +178,8 @@ def test_guest_dtb_is_qemus_tree_plus_overlay(guest, qemu_board: Board) -> None:
     assert strings(nodes["/"]["compatible"]) == ["linux,dummy-virt"]
     assert "/pl011@9000000" not in nodes and "/virtio_mmio@a003e00" not in nodes
     assert "/virtio_mmio@a003c00" in nodes  # the NIC's transport stays
+    # ...and the 30 transports QEMU plugs nothing into are gone (the kernel probes each).
+    assert [p for p in nodes if p.startswith("/virtio_mmio@")] == ["/virtio_mmio@a003c00"]
     carve = nodes["/reserved-memory/uio-carveout@4c000000"]
     assert u64_pairs(carve["reg"]) == [(0x4C000000, 0x1000000)] and "no-map" in carve
     doorbell = nodes["/" + uio_node_name(qemu_board.uio_device("doorbell"))]
@@ -190,3 +193,16 @@ def test_guest_dtb_check_notices_a_missing_carveout(guest, qemu_board: Board) ->
     moved = replace(qemu_board.guest, carveout=Region(0x4B000000, 0x2000000))
     findings = check_guest_dtb(replace(qemu_board, guest=moved), guest.dtb.read_bytes(), INITRD)
     assert [f.key for f in findings] == ["/reserved-memory/uio-carveout@4b000000"]
+
+
+def test_qemu_command_plugs_the_virtio_devices_the_guest_dtb_keeps(
+    qemu_board: Board, tmp_path: Path
+) -> None:
+    # The guest DTB keeps one transport per VIRTIO_DEVICES entry, the highest ones: QEMU
+    # must get exactly these devices, in this order, or one lands on a deleted transport.
+    images = GuestImages(tmp_path / "Image", tmp_path / "rootfs", tmp_path / "dtb", INITRD)
+    cmd = qemu_command(
+        qemu_board, images, RunPaths(tmp_path, tmp_path), interactive=False, tap=None
+    )
+    devices = [cmd[i + 1].split(",")[0] for i, arg in enumerate(cmd) if arg == "-device"]
+    assert tuple(d for d in devices if d.startswith("virtio-")) == VIRTIO_DEVICES
