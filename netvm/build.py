@@ -49,8 +49,9 @@ ARTIFACT_NAMES = (
     "rootfs_overlay",
     "loader_img",
 )
-# The code that shapes the initramfs: a change to it rebuilds the image.
-RECIPE_FILES = tuple(Path(__file__).parent / m for m in ("rootfs.py", "cpio.py"))
+# The code that shapes the initramfs and the guest DTB: a change to it rebuilds them.
+ROOTFS_RECIPE = tuple(Path(__file__).parent / m for m in ("rootfs.py", "cpio.py"))
+DTB_RECIPE = tuple(Path(__file__).parent / m for m in ("devicetree.py", "qemu_machine.py"))
 STEP_NAMES = ("render", "kernel", "rootfs", "dtb", "microkit")
 SKIPPABLE = STEP_NAMES[1:]  # everything else reads the rendered files
 
@@ -236,7 +237,7 @@ def _steps(
                 "python_modules": spec.python_modules,
                 "compression": spec.compression,
                 "epoch": epoch,
-                "recipe": tree_digest(RECIPE_FILES, Path(__file__).parent),
+                "recipe": tree_digest(ROOTFS_RECIPE, Path(__file__).parent),
             },
             make_rootfs,
         )
@@ -266,6 +267,7 @@ def _steps(
             "kernel_path": str(src.path),
             "initrd": str(initrd),
             "dtc": versions["dtc"],
+            "recipe": tree_digest(DTB_RECIPE, Path(__file__).parent),
         },
         make_dtb,
     )
