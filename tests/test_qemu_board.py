@@ -79,7 +79,7 @@ def test_rendered_file_matches_golden(qemu_board: Board, rel: str) -> None:
 def test_board_model(qemu_board: Board) -> None:
     dt = qemu_board.devicetree
     assert dt.base is None
-    assert dt.base_qemu == QemuBaseSpec("virt,gic-version=2", "cortex-a53", 256 << 20, 2, ())
+    assert dt.base_qemu == QemuBaseSpec("virt,gic-version=2", "cortex-a53", 256 << 20, 1, ())
     assert qemu_board.guest.carveout == Region(0x4C000000, 0x1000000)
     # Every sDDF region is inside the carve-out; the doorbell is UART0.
     carve = qemu_board.guest.carveout
@@ -94,7 +94,7 @@ def test_machine_args_turn_off_dtb_randomness(qemu_board: Board) -> None:
     assert qemu_board.devicetree.base_qemu is not None
     args = machine_args(qemu_board.devicetree.base_qemu)
     machine = "virt,gic-version=2,dtb-randomness=off"
-    assert args[:8] == ["-M", machine, "-cpu", "cortex-a53", "-m", "256M", "-smp", "2"]
+    assert args[:8] == ["-M", machine, "-cpu", "cortex-a53", "-m", "256M", "-smp", "1"]
 
 
 @pytest.mark.parametrize(
