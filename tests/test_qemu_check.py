@@ -1,22 +1,33 @@
-"""`invoke run --check` end to end: the library call behind it, on the shared build.
+"""`invoke run` end to end, on the shared build: `--check` through the library call behind
+it, and the interactive run as a user starts it, in a terminal.
 
-Boots its own guest (after tests/test_qemu_boot.py released the simulation lock) and
-checks the report the task prints. Markers qemu and slow; needs root.
+Each boots its own guest (after tests/test_qemu_boot.py released the simulation lock).
+Markers qemu and slow; needs root.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import shutil
+import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
 
 from netvm.board import load_board
-from netvm.qemu import RunOptions, run_check
+from netvm.qemu import RUN_PREFIX, RunOptions, run_check
+from netvm.render import sim_settings
+from netvm.sim.netns import NetnsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 pytestmark = [
     pytest.mark.qemu,
@@ -38,8 +49,77 @@ def test_check_boots_reaches_the_driver_and_reports() -> None:
     assert report.ended == "guest powered off"
     saved = json.loads((ROOT / "build" / board.name / "qemu" / "check.json").read_text())
     assert saved["boot_seconds"] == report.boot_seconds
-    if "pl011" in (ROOT / "driver" / "netvm_driver" / "device.py").read_text():
-        assert report.ok, report.reason
-        assert all(p["received"] == p["sent"] for p in report.ping)
-    else:
-        pytest.skip("traffic needs the driver's doorbell wiring (docs/qemu.md)")
+    assert report.ok, report.reason
+    assert all(p["received"] == p["sent"] for p in report.ping)
+
+
+class Terminal:
+    """The master side of a pseudo-terminal: what the program printed, and typing."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.text = ""
+
+    def read(self, timeout: float) -> bool:
+        """Take what arrives within `timeout`; False once the program closed the terminal."""
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return True
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: every process holding the terminal has exited
+            return False
+        self.text += chunk.decode(errors="replace")
+        return bool(chunk)
+
+    def expect(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while re.search(pattern, self.text) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {timeout:.0f} s:\n{self.text[-3000:]}"
+            assert self.read(left), f"the program ended before {pattern!r}:\n{self.text[-3000:]}"
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+
+def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c() -> None:
+    board = load_board("qemu_virt_aarch64", ROOT)
+    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
+    child, fd = pty.fork()
+    if child == 0:  # `invoke run` with the pseudo-terminal as its terminal, as from a shell
+        os.chdir(ROOT)
+        os.execv(INVOKE, [INVOKE, "run", "--board", board.name])
+    term = Terminal(fd)
+    status = None
+    try:
+        term.expect(r"entering event loop", 180)
+        # Traffic through the guest while its console is on the terminal.
+        ping = subprocess.run(
+            ["ip", "netns", "exec", peer_ns, "ping", "-c", "2", "-W", "5",
+             board.net.clients[0].ipv4],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        # What is typed reaches the guest's shell, and its answer the terminal.
+        term.type(b"\recho netvm-$((6 * 7))\r")
+        term.expect(r"netvm-42", 30)
+        term.type(b"\x03")  # Ctrl-C
+        deadline = time.monotonic() + 60
+        while status is None and time.monotonic() < deadline:
+            term.read(0.2)
+            done, raw = os.waitpid(child, os.WNOHANG)
+            status = os.waitstatus_to_exitcode(raw) if done else None
+        assert status == 0, f"exit status {status} after Ctrl-C:\n{term.text[-3000:]}"
+        assert "stopping" in term.text
+        # QEMU put the terminal in raw mode; the user's shell gets it back as it was.
+        lflag = termios.tcgetattr(fd)[3]
+        assert lflag & termios.ECHO and lflag & termios.ICANON
+    finally:
+        if status is None:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        os.close(fd)
+    # A clean shutdown leaves neither the namespace nor the run directory (RAM file).
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    assert peer_ns not in namespaces.stdout.split()
+    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{child}").exists()
