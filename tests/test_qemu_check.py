@@ -87,8 +87,11 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c() ->
     peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     child, fd = pty.fork()
     if child == 0:  # `invoke run` with the pseudo-terminal as its terminal, as from a shell
-        os.chdir(ROOT)
-        os.execv(INVOKE, [INVOKE, "run", "--board", board.name])
+        try:
+            os.chdir(ROOT)
+            os.execv(INVOKE, [INVOKE, "run", "--board", board.name])
+        finally:
+            os._exit(127)  # never return into pytest in the forked child
     term = Terminal(fd)
     status = None
     try:
