@@ -75,8 +75,8 @@ def render(c: Context, board: str = "odroidc4") -> None:
         "libvmm": "libvmm checkout with the eth_driver_vm example (else netvm.libvmm or"
         " $NETVM_LIBVMM)",
         "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
-        "fetch": "fetch inputs given nowhere at the board's pins into the cache (default;"
-        " --no-fetch: only use given paths)",
+        "fetch": "fetch inputs given nowhere at the board's pins into the cache (else only"
+        " given paths are used; invoke.yaml netvm.fetch: true makes it the default)",
     },
     iterable=["skip"],
 )
@@ -92,7 +92,7 @@ def build_(
     microkit_sdk: str | None = None,
     libvmm: str | None = None,
     sddf: str | None = None,
-    fetch: bool = True,
+    fetch: bool = False,
 ) -> None:
     """Build the guest (render, kernel, rootfs, DTB, Microkit image) and write the manifest."""
     b = load_board(board, ROOT)

@@ -196,6 +196,20 @@ class GitPin:
 
 
 @dataclass(frozen=True)
+class SdfgenPin:
+    """The system-description generator upstream's meta.py imports, pinned by commit.
+
+    `version` is what the installed package reports (importlib.metadata): an unreleased
+    branch build reports the release it branched from, so the commit is what identifies
+    it, read from the install record pip keeps for a git install.
+    """
+
+    repository: str | None
+    commit: str
+    version: str
+
+
+@dataclass(frozen=True)
 class MicrokitSpec:
     """The pinned inputs of the seL4 image build (netvm.microkit checks them before make).
 
@@ -207,7 +221,7 @@ class MicrokitSpec:
     board: str
     config: str
     sdk_version: str
-    sdfgen_version: str
+    sdfgen: SdfgenPin
     sdk_sha256: tuple[tuple[str, str | None], ...] = ()
     libvmm: GitPin | None = None
     example: str = "examples/eth_driver_vm"  # inside libvmm: the Makefile netvm drives
@@ -263,7 +277,8 @@ class Board:
     net: NetSpec
     uio: tuple[UioDevice, ...]  # in device-tree order; UIO_NAMES plus any board extras
     passthrough: tuple[Passthrough, ...]
-    microkit: MicrokitSpec
+    # None: no seL4 image build for this board (no upstream system to hand the guest to).
+    microkit: MicrokitSpec | None
     flash_load_address: int
     sim: SimSpec
     rootfs: RootfsSpec = RootfsSpec("debian")
@@ -683,8 +698,8 @@ def _read_passthrough(r: _Reader, node: Any) -> tuple[Passthrough, ...]:
 
 def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
     key = "microkit"
-    names = ("board", "config", "sdk_version", "sdfgen_version")
-    m = r.mapping(node, key, names, ("sdk_sha256", "libvmm", "sddf"))
+    names = ("board", "config", "sdk_version")
+    m = r.mapping(node, key, (*names, "sdfgen"), ("sdk_sha256", "libvmm", "sddf"))
     if m is None:
         return None
     values = [r.get(m, key, k, r.str_) for k in names]
@@ -696,10 +711,20 @@ def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
     if isinstance(m.get("libvmm"), dict) and "example" in m["libvmm"]:
         example = r.str_(m["libvmm"]["example"], f"{key}.libvmm.example") or example
     sddf = _read_git_pin(r, m["sddf"], f"{key}.sddf", ()) if "sddf" in m else None
-    if any(v is None for v in values) or sha is None:
+    sdfgen = _read_sdfgen_pin(r, m["sdfgen"])
+    if any(v is None for v in values) or sha is None or sdfgen is None:
         return None
-    board, config, sdk, sdfgen = (str(v) for v in values)
+    board, config, sdk = (str(v) for v in values)
     return MicrokitSpec(board, config, sdk, sdfgen, sha, libvmm, example, sddf)
+
+
+def _read_sdfgen_pin(r: _Reader, node: Any) -> SdfgenPin | None:
+    key = "microkit.sdfgen"
+    pin = _read_git_pin(r, node, key, ("version",), required=("commit", "version"))
+    version = r.get(node, key, "version", r.str_) if isinstance(node, dict) else None
+    if pin is None or version is None:
+        return None
+    return SdfgenPin(pin.repository, pin.commit, version)
 
 
 def _read_sdk_sha256(r: _Reader, node: Any) -> tuple[tuple[str, str | None], ...] | None:
@@ -724,8 +749,15 @@ def _read_sdk_sha256(r: _Reader, node: Any) -> tuple[tuple[str, str | None], ...
     return tuple(out)
 
 
-def _read_git_pin(r: _Reader, node: Any, key: str, extra: tuple[str, ...]) -> GitPin | None:
-    m = r.mapping(node, key, ("commit",), ("repository", *extra))
+def _read_git_pin(
+    r: _Reader,
+    node: Any,
+    key: str,
+    extra: tuple[str, ...],
+    required: tuple[str, ...] = ("commit",),
+) -> GitPin | None:
+    optional = tuple(k for k in ("repository", *extra) if k not in required)
+    m = r.mapping(node, key, required, optional)
     if m is None:
         return None
     commit = r.get(m, key, "commit", r.str_)
@@ -826,7 +858,6 @@ _REQUIRED_TOP = (
     "guest",
     "net",
     "uio",
-    "microkit",
     "flash",
     "sim",
 )
@@ -835,7 +866,7 @@ _REQUIRED_TOP = (
 def parse_board(data: Any, file: Path, display: str) -> Board:
     """Build a `Board` from parsed YAML; raise one UserError with every finding."""
     r = _Reader(display)
-    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs"))
+    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs", "microkit"))
     if top is None:
         raise UserError(r.findings)
     version = top.get("schema_version")
@@ -872,7 +903,8 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
     if r.findings:
         raise UserError(r.findings)
     assert name and description and arch and cross and kernel and dt and guest and net and uio
-    assert microkit and flash_addr is not None and sim and rootfs
+    assert flash_addr is not None and sim and rootfs
+    assert microkit is not None or "microkit" not in top
     board = Board(
         name=name,
         description=description,

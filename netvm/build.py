@@ -20,7 +20,7 @@ from netvm import __version__, microkit
 from netvm.board import Board, display_path
 from netvm.buildroot import export_external_tree
 from netvm.devicetree import build_guest_dtb, initrd_window
-from netvm.errors import UserError
+from netvm.errors import Finding, UserError
 from netvm.kernel import build_image, configure
 from netvm.kernelsrc import (
     KernelSource,
@@ -110,6 +110,17 @@ def build(
 
     A failing step is recorded as failed in the manifest before its error propagates.
     """
+    if options.require_image and board.microkit is None:
+        raise UserError(
+            [
+                Finding(
+                    display_path(board.file, root),
+                    "microkit",
+                    "this board has no microkit section, so there is no loader.img to build",
+                    "drop --require-image, or give the board a microkit section (docs/microkit.md)",
+                )
+            ]
+        )
     out = build_dir(root, board, options.build_root)
     out.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(out, force=options.force, progress=progress)
@@ -271,7 +282,9 @@ def _steps(
         },
         make_dtb,
     )
-    if "microkit" in options.skip:
+    if board.microkit is None:
+        pass  # no handoff for this board: no step, and no note about loader.img
+    elif "microkit" in options.skip:
         runner.skip("microkit", "not run: --skip microkit")
     else:
         microkit.run_step(

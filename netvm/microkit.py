@@ -20,10 +20,13 @@ pinned key it concerns; all findings of a check are raised together.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -46,6 +49,18 @@ PYTHON_ENV = "NETVM_MICROKIT_PYTHON"
 # Where a missing SDK is fetched from: a template with {version} and {platform}, for a
 # mirror of upstream's release assets. Config/env only: rarely set.
 SDK_URL_ENV = "NETVM_MICROKIT_SDK_URL"
+# Host commands upstream's make runs, by name, with the Debian package holding each.
+# Checked before make so a missing one is one clear error, not a failure minutes in.
+HOST_TOOLS: dict[str, str] = {
+    "make": "make",
+    "clang": "clang",
+    "ld.lld": "lld",
+    "llvm-ar": "llvm",
+    "llvm-ranlib": "llvm",
+    "llvm-objcopy": "llvm",
+    "dtc": "device-tree-compiler",
+    "shasum": "perl",
+}
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
 LOG_TAIL_LINES = 30
 
@@ -118,9 +133,11 @@ def resolve_inputs(
 
     Relative paths are taken from where the user typed them: flags and environment
     from `cwd`, invoke.yaml from the directory holding it (`config_dir`). With `fetch`
-    the build step fetches whatever is still missing (see `fetch_missing`).
+    (`--fetch`, or `netvm.fetch: true` in invoke.yaml) the build step fetches whatever
+    is still missing (see `fetch_missing`); without it nothing touches the network.
     """
     section = dict(config or {})
+    fetch = fetch or section.get("fetch") is True
     found: dict[str, InputPath | None] = {}
     for name, (flag, var, _what) in INPUTS.items():
         found[name] = None
@@ -138,7 +155,9 @@ def resolve_inputs(
         sub = libvmm.path / "dep" / "sddf"
         if sub.is_dir() and any(sub.iterdir()):
             found["sddf"] = InputPath(sub, f"{libvmm.origin} dep/sddf submodule")
-    python = str(section.get("python") or env.get(PYTHON_ENV) or "python3")
+    # meta.py imports sdfgen: by default the interpreter running netvm, whose venv is where
+    # the docs install it (make's own default, python3, rarely has it).
+    python = str(section.get("python") or env.get(PYTHON_ENV) or sys.executable)
     url = str(section.get("microkit_sdk_url") or env.get(SDK_URL_ENV) or SDK_URL)
     return MicrokitInputs(found["microkit_sdk"], libvmm, found["sddf"], python, fetch, url)
 
@@ -146,6 +165,12 @@ def resolve_inputs(
 def _abs(text: str, base: Path) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else (base / path).absolute()
+
+
+def _pins(board: Board) -> MicrokitSpec:
+    """The board's Microkit pins; callers run only for boards that have them."""
+    assert board.microkit is not None, f"board {board.name} has no microkit section"
+    return board.microkit
 
 
 def how_to_supply(name: str, spec: MicrokitSpec) -> str:
@@ -158,26 +183,16 @@ def how_to_supply(name: str, spec: MicrokitSpec) -> str:
     return f"pass {flag} {form}, set ${var}, or set {CONFIG_SECTION}.{name} in invoke.yaml"
 
 
-def missing_note(
-    board: Board, inputs: MicrokitInputs, failures: Mapping[str, Finding] | None = None
-) -> str:
-    """The one-line note of a build that stops before loader.img.
+def missing_note(inputs: MicrokitInputs, failures: Mapping[str, Finding] | None = None) -> str:
+    """The one short line of a build that stops before loader.img.
 
-    `failures` are the fetch attempts that failed, by input name; without any the note
-    says whether fetching was off.
+    The reasons in full (what failed, how to supply each input) are what
+    `--require-image` prints; the note only says which inputs and where to look.
     """
-    whats = [INPUTS[n][2].split(" (")[0] for n in inputs.missing]
-    flags = " ".join(f"{INPUTS[n][0]} DIR" for n in inputs.missing)
+    names = ", ".join(INPUTS[n][0].lstrip("-") for n in inputs.missing)
     if failures:
-        why = "not given, and fetching failed: " + "; ".join(f.message for f in failures.values())
-    elif inputs.fetch:
-        why = "not given"
-    else:
-        why = "not given; fetching is off (--no-fetch)"
-    return (
-        f"loader.img not built: it needs {', '.join(whats)} ({why}). Pass {flags} to "
-        "`invoke build`, or see docs/microkit.md"
-    )
+        return f"loader.img not built: fetching {names} failed (--require-image says why)"
+    return f"loader.img not built: no {names} given (docs/microkit.md)"
 
 
 def missing_findings(
@@ -187,7 +202,7 @@ def missing_findings(
     failures: Mapping[str, Finding] | None = None,
 ) -> list[Finding]:
     """One finding per missing input: why its fetch failed, else that none was given."""
-    spec = board.microkit
+    spec = _pins(board)
     keys = {
         "microkit_sdk": "microkit.sdk_version",
         "libvmm": "microkit.libvmm",
@@ -231,7 +246,7 @@ def fetch_missing(
     fetched libvmm's dep/sddf submodule, which is then the only submodule initialised.
     A libvmm the user gave is never touched: sDDF then has to be given or fetched.
     """
-    spec = board.microkit
+    spec = _pins(board)
     cache = cache or microkit_cache()
     failures: dict[str, Finding] = {}
     provenance: dict[str, str] = {}
@@ -314,7 +329,7 @@ def check_inputs(
 
     An SDK archive is unpacked under `work_dir` only after its sha256 matched the pin.
     """
-    spec = board.microkit
+    spec = _pins(board)
     findings = missing_findings(board, display, inputs)
     provenance: dict[str, str] = {}
 
@@ -336,6 +351,15 @@ def check_inputs(
             "sddf", inputs.sddf, spec.sddf, "microkit.sddf.commit", "include/sddf", add, provenance
         )
     sdfgen_version = _check_sdfgen(spec, inputs.python, add, provenance)
+    missing_tools = missing_host_tools()
+    if missing_tools:
+        packages = sorted({HOST_TOOLS[t] for t in missing_tools})
+        add(
+            "microkit",
+            "upstream's make needs these host commands, not found on PATH: "
+            + ", ".join(missing_tools),
+            f"apt-get install {' '.join(packages)} (./bootstrap installs them)",
+        )
     if findings:
         raise UserError(findings)
     assert sdk_dir and libvmm_dir and example and sddf_dir
@@ -349,6 +373,11 @@ def check_inputs(
         sdfgen_version,
         provenance,
     )
+
+
+def missing_host_tools(path: str | None = None) -> list[str]:
+    """The commands of HOST_TOOLS that `path` (default: $PATH) does not have."""
+    return [tool for tool in HOST_TOOLS if shutil.which(tool, path=path) is None]
 
 
 def _check_sdk(
@@ -502,43 +531,99 @@ def git_head(path: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+# Run under the python make will use: what sdfgen it has, at which commit (pip's install
+# record of a git install), and whether it has the keyword upstream's example passes.
+_SDFGEN_PROBE = """
+import importlib.metadata as m, inspect, json
+out = {"version": None, "commit": None, "driver_vm": None, "error": None}
+try:
+    dist = m.distribution("sdfgen")
+except m.PackageNotFoundError:
+    dist = None
+if dist is not None:
+    out["version"] = dist.version
+    record = json.loads(dist.read_text("direct_url.json") or "{}")
+    out["commit"] = record.get("vcs_info", {}).get("commit_id")
+    try:
+        import sdfgen
+        params = inspect.signature(sdfgen.Sddf.Net.__init__).parameters
+        out["driver_vm"] = "driver_vm_system" in params
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def sdfgen_install_hint(spec: MicrokitSpec, python: str) -> str:
+    """One line saying how to get the pinned sdfgen for `python`."""
+    pin = spec.sdfgen
+    source = f"git+{pin.repository}@{pin.commit}" if pin.repository else pin.commit
+    return (
+        f"{python} -m pip install 'sdfgen @ {source}' (it builds with Zig 0.15; "
+        "docs/microkit.md, 'sdfgen')"
+    )
+
+
 def _check_sdfgen(
     spec: MicrokitSpec,
     python: str,
     add: Callable[[str, str, str], None],
     provenance: dict[str, str],
 ) -> str:
-    """The sdfgen version upstream's meta.py will import when make runs `python`."""
-    code = "import importlib.metadata as m; print(m.version('sdfgen'))"
+    """The sdfgen upstream's meta.py will import when make runs `python`, against the pin.
+
+    Returns its version, plus the commit when pip recorded one.
+    """
+    pin, key = spec.sdfgen, "microkit.sdfgen"
+    hint = sdfgen_install_hint(spec, python)
     try:
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
+        proc = subprocess.run(
+            [python, "-c", _SDFGEN_PROBE], capture_output=True, text=True, check=False
+        )
+    except (FileNotFoundError, PermissionError):
         add(
-            "microkit.sdfgen_version",
+            key,
             f"python {python!r} (runs upstream's meta.py) not found",
             f"set {PYTHON_ENV} or {CONFIG_SECTION}.python in invoke.yaml",
         )
         return ""
     if proc.returncode != 0:
-        add(
-            "microkit.sdfgen_version",
-            f"sdfgen is not installed for {python}, which runs upstream's meta.py",
-            f"{python} -m pip install sdfgen=={spec.sdfgen_version}, or point {PYTHON_ENV} "
-            "at a python that has it (.venv/bin/python does)",
-        )
+        add(key, f"{python} cannot run netvm's sdfgen probe: {proc.stderr.strip()[-300:]}", "")
         return ""
-    version = proc.stdout.strip()
-    if version != spec.sdfgen_version:
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    version, commit = found["version"], found["commit"]
+    if version is None:
+        add(key, f"sdfgen is not installed for {python}, which runs upstream's meta.py", hint)
+        return ""
+    described = f"{version} (commit {commit[:12]})" if commit else version
+    if commit and not commit.startswith(pin.commit):
+        add(key, f"{python} has sdfgen {described}, the board pins commit {pin.commit[:12]}", hint)
+    elif version != pin.version:
         add(
-            "microkit.sdfgen_version",
-            f"{python} has sdfgen {version}, the board pins {spec.sdfgen_version}; sdfgen "
-            "serialises the sDDF/libvmm config structs, so other versions overflow their "
-            "sections at objcopy time",
-            f"{python} -m pip install sdfgen=={spec.sdfgen_version}",
+            key,
+            f"{python} has sdfgen {described}, the board pins {pin.version} at commit "
+            f"{pin.commit[:12]}; sdfgen serialises the sDDF/libvmm config structs, so another "
+            "version does not fit the pinned sDDF",
+            hint,
         )
-        return version
-    provenance["sdfgen"] = f"verified: {python} has sdfgen {version}"
-    return version
+    elif found["error"]:
+        add(key, f"sdfgen {described} does not import under {python}: {found['error']}", hint)
+    elif not found["driver_vm"]:
+        add(
+            key,
+            f"{python} has sdfgen {described} without driver-VM support (its Sddf.Net takes "
+            "no driver_vm_system): a release, not the pinned branch commit "
+            f"{pin.commit[:12]}",
+            hint,
+        )
+    elif commit:
+        provenance["sdfgen"] = f"verified: {python} has sdfgen {version}, git commit {commit}"
+    else:
+        provenance["sdfgen"] = (
+            f"unverified: {python} has sdfgen {version} with driver-VM support, installed "
+            f"from a local tree (pip recorded no commit; pinned {pin.commit[:12]})"
+        )
+    return described
 
 
 # ---------------------------------------------------------------------------------------
@@ -552,9 +637,14 @@ def make_command(
 
     Command-line variables override the example's own assignments and reach its
     sub-make in BUILD_DIR, which is why each is absolute.
+
+    The guest's extras upstream would add are handed over empty: netvm's guest.dts
+    already holds the driver-VM overlay (dtscat then only copies it), and netvm's
+    initramfs already starts the driver. Its copy as NET_DRIVER_VM_INITRD_FINAL (see
+    `stage_initrd`) is what goes into the image, so packrootfs, which stamps the time
+    into every cpio entry, never runs and loader.img is reproducible.
     """
-    overlay, init, userlevel = _handoff_files(work_dir)
-    spec = board.microkit
+    spec = _pins(board)
     return [
         "make",
         "-C",
@@ -568,34 +658,28 @@ def make_command(
         f"PYTHON={checked.python}",
         f"LINUX={guest.kernel_image.absolute()}",
         f"INITRD={guest.initramfs.absolute()}",
+        f"NET_DRIVER_VM_INITRD_FINAL={staged_initrd(work_dir, guest)}",
         f"NET_DRIVER_VM_DTS={guest.guest_dts.absolute()}",
-        f"NET_DRIVER_VM_DTS_OVERLAY={overlay}",
-        f"NET_DRIVER_VM_USERLEVEL={userlevel}",
-        f"NET_DRIVER_VM_USERLEVEL_INIT={init}",
+        "NET_DRIVER_VM_DTS_OVERLAY=",
+        "NET_DRIVER_VM_USERLEVEL=",
+        "NET_DRIVER_VM_USERLEVEL_INIT=",
     ]
 
 
-def _handoff_files(work_dir: Path) -> tuple[Path, Path, Path]:
-    """Stand-ins for the example's own guest extras, which netvm's initramfs already has.
+def staged_initrd(work_dir: Path, guest: GuestArtifacts) -> Path:
+    return work_dir / "guest" / guest.initramfs.name
 
-    netvm's guest.dts already contains the overlay, so the overlay upstream concatenates
-    is empty. Upstream's packrootfs insists on a start-up script and a program for
-    /root; netvm's init starts the driver, so the script does nothing.
+
+def stage_initrd(work_dir: Path, guest: GuestArtifacts) -> Path:
+    """Copy netvm's initramfs to where make expects its packed initrd.
+
+    The fresh copy is newer than its only prerequisite (INITRD, the same bytes), so
+    make considers upstream's packrootfs rule done and packages this file unchanged.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    overlay = work_dir / "netvm-empty-overlay.dts"
-    overlay.write_text("/* netvm: guest.dts already carries the driver-VM overlay */\n")
-    init = work_dir / "netvm_init_noop"
-    init.write_text(
-        "#!/bin/sh\n# netvm's own init starts the driver; nothing to do here.\nexit 0\n"
-    )
-    init.chmod(0o755)
-    userlevel = work_dir / "netvm_guest_info"
-    userlevel.write_text(
-        "#!/bin/sh\necho 'netvm guest: driver in /usr/lib/netvm, config in /etc/netvm'\n"
-    )
-    userlevel.chmod(0o755)
-    return overlay, init, userlevel
+    staged = staged_initrd(work_dir, guest)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(guest.initramfs, staged)  # a new mtime: now
+    return staged
 
 
 def build_image(
@@ -609,6 +693,7 @@ def build_image(
     """Run upstream's make; on failure raise a UserError quoting the end of the log."""
     work_dir.mkdir(parents=True, exist_ok=True)
     cmd = make_command(board, checked, guest, work_dir)
+    stage_initrd(work_dir, guest)
     log = work_dir / "make.log"
     start = time.monotonic()
     with log.open("w") as f:
@@ -663,7 +748,7 @@ def run_step(
     note saying what loader.img needs; `require_image` turns that into a UserError.
     Inputs that are given but do not match the board's pins are always an error.
     """
-    inputs = inputs or MicrokitInputs(None, None, None, "python3")
+    inputs = inputs or MicrokitInputs(None, None, None, sys.executable)
     work_dir = runner.build_dir / "microkit"
     guest_names = {"kernel_image": "kernel Image", "initramfs": "initramfs", "dts": "guest DTS"}
     absent = [what for name, what in guest_names.items() if name not in runner.artifacts]
@@ -687,7 +772,7 @@ def run_step(
                 )
             )
         note = (
-            missing_note(board, inputs, failures)
+            missing_note(inputs, failures)
             if inputs.missing
             else f"loader.img not built: the build produced no {', '.join(absent)}"
         )
@@ -716,7 +801,7 @@ def run_step(
         "sdk_version": checked.sdk_version,
         "sdfgen": checked.sdfgen_version,
         "provenance": checked.provenance,
-        "pins": repr(board.microkit),
+        "pins": repr(_pins(board)),
     }
 
     def make_image() -> StepOutput:

@@ -98,8 +98,8 @@ class StepRunner:
         self.artifacts: dict[str, Artifact] = {}
 
     def skip(self, name: str, note: str) -> None:
+        # Not echoed as progress: the step table (or the JSON manifest) shows the note once.
         self.records.append(StepRecord(name, "skipped", 0.0, note))
-        self.progress(f"[{name}] skipped: {note}")
 
     def run(
         self, name: str, inputs: Mapping[str, Any], run: Callable[[], StepOutput]

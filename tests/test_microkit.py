@@ -22,14 +22,15 @@ from pathlib import Path
 import pytest
 from invoke import Config
 
-from netvm.board import Board, GitPin, load_board
+from netvm.board import Board, GitPin, SdfgenPin, load_board
 from netvm.build import BuildOptions, build
-from netvm.errors import USER_ERROR_EXIT, UserError
+from netvm.errors import USER_ERROR_EXIT, Finding, UserError
 from netvm.microkit import (
     GuestArtifacts,
     MicrokitInputs,
     check_inputs,
     make_command,
+    missing_host_tools,
     resolve_inputs,
     run_step,
 )
@@ -39,6 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
 STANDIN_SDK = FIXTURES / "standin-microkit-sdk"
 STANDIN_LIBVMM = FIXTURES / "standin-libvmm"
+# python3 with the stand-in of the driver-VM sdfgen on its path (standin-sdfgen/)
+STANDIN_PYTHON = str(FIXTURES / "standin-sdfgen" / "python")
+LIBVMM_PIN = "ecd3666a836bb4d1094a64af81ef11b482302d73"
+SDDF_PIN = "5febd61c5be1e719d3c51bddba63e258a433ac05"
+SDFGEN_PIN = "9912db6275621f1691d2149ce6f063ca7bbb488e"
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 DISPLAY = "boards/odroidc4/board.yaml"
 
@@ -47,7 +53,7 @@ def inputs(**kw: object) -> MicrokitInputs:
     flags = {"microkit_sdk": str(STANDIN_SDK), "libvmm": str(STANDIN_LIBVMM), "sddf": None}
     flags.update({k: str(v) if v is not None else None for k, v in kw.items()})
     got = resolve_inputs(flags, None, {}, cwd=ROOT, config_dir=ROOT)
-    return dataclasses.replace(got, python=sys.executable)
+    return dataclasses.replace(got, python=STANDIN_PYTHON)
 
 
 def runner_with_guest(tmp_path: Path) -> StepRunner:
@@ -75,14 +81,11 @@ def record(runner: StepRunner) -> dict[str, str]:
 
 def test_odroidc4_pins_the_upstream_inputs(odroidc4: Board) -> None:
     mk = odroidc4.microkit
-    assert (mk.board, mk.config, mk.sdk_version, mk.sdfgen_version) == (
-        "odroidc4",
-        "release",
-        "2.0.1",
-        "0.35.1",
-    )
-    assert mk.libvmm == GitPin("https://github.com/au-ts/libvmm", "ecd3666a")
-    assert mk.sddf == GitPin("https://github.com/au-ts/sddf", "5febd61c")
+    assert mk is not None
+    assert (mk.board, mk.config, mk.sdk_version) == ("odroidc4", "release", "2.0.1")
+    assert mk.sdfgen == SdfgenPin("https://github.com/au-ts/microkit_sdf_gen", SDFGEN_PIN, "0.27.0")
+    assert mk.libvmm == GitPin("https://github.com/au-ts/libvmm", LIBVMM_PIN)
+    assert mk.sddf == GitPin("https://github.com/au-ts/sddf", SDDF_PIN)
     assert mk.example == "examples/eth_driver_vm"
     # No SDK archive hash is known: every platform is present and explicitly unknown.
     assert dict(mk.sdk_sha256) == dict.fromkeys(
@@ -92,7 +95,7 @@ def test_odroidc4_pins_the_upstream_inputs(odroidc4: Board) -> None:
 
 def test_bad_pins_are_reported_with_their_keys(tmp_path: Path) -> None:
     text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
-    text = text.replace("commit: ecd3666a", "commit: main").replace(
+    text = text.replace(f"commit: {LIBVMM_PIN}", "commit: main").replace(
         "linux-x86-64: null", "linux-x86-64: abc"
     )
     (tmp_path / "board.yaml").write_text(text)
@@ -151,9 +154,8 @@ def test_build_without_inputs_skips_loader_with_a_note(odroidc4: Board, tmp_path
     manifest = build(odroidc4, ROOT, options)
     step = manifest["steps"][-1]
     assert step["name"] == "microkit" and step["status"] == "skipped"
-    assert step["note"].startswith(
-        "loader.img not built: it needs the Microkit SDK, libvmm, sDDF (not given; fetching "
-        "is off (--no-fetch)). Pass --microkit-sdk DIR --libvmm DIR --sddf DIR"
+    assert step["note"] == (
+        "loader.img not built: no microkit-sdk, libvmm, sddf given (docs/microkit.md)"
     )
     assert manifest["artifacts"]["loader_img"] is None
 
@@ -208,7 +210,12 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
     ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "microkit  skipped" in ok.stdout and "loader.img not built" in ok.stdout
+    assert "microkit  skipped" in ok.stdout
+    # The skip is said once, in one short line; the build never touched the network.
+    assert (ok.stdout + ok.stderr).count("loader.img not built") == 1
+    (line,) = [ln for ln in ok.stdout.splitlines() if "loader.img not built" in ln]
+    assert len(line) < 120 and "docs/microkit.md" in line
+    assert "fetching" not in ok.stderr
     strict = subprocess.run(
         [*base, "--require-image"], cwd=ROOT, capture_output=True, text=True, env=env
     )
@@ -223,14 +230,15 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
 
 def test_standin_inputs_pass_with_provenance(odroidc4: Board, tmp_path: Path) -> None:
     checked = check_inputs(odroidc4, DISPLAY, inputs(), tmp_path)
-    assert checked.sdk_version == "2.0.1" and checked.sdfgen_version == "0.35.1"
+    assert checked.sdk_version == "2.0.1"
+    assert checked.sdfgen_version == f"0.27.0 (commit {SDFGEN_PIN[:12]})"
     assert checked.example == STANDIN_LIBVMM / "examples" / "eth_driver_vm"
     assert checked.provenance == {
         "microkit_sdk": "unverified: a directory (only an archive has a pinned hash)",
-        "libvmm": f"unverified: {STANDIN_LIBVMM} is not a git checkout (pinned ecd3666a)",
+        "libvmm": f"unverified: {STANDIN_LIBVMM} is not a git checkout (pinned {LIBVMM_PIN})",
         "sddf": f"unverified: {STANDIN_LIBVMM / 'dep/sddf'} is not a git checkout "
-        "(pinned 5febd61c)",
-        "sdfgen": f"verified: {sys.executable} has sdfgen 0.35.1",
+        f"(pinned {SDDF_PIN})",
+        "sdfgen": f"verified: {STANDIN_PYTHON} has sdfgen 0.27.0, git commit {SDFGEN_PIN}",
     }
 
 
@@ -334,9 +342,9 @@ def test_libvmm_commit_is_checked_against_the_pin(odroidc4: Board, tmp_path: Pat
     (finding,) = err.value.findings
     assert finding.key == "microkit.libvmm.commit"
     assert finding.message == (
-        f"libvmm at {libvmm} (--libvmm) is at commit {head[:12]}, the board pins ecd3666a"
+        f"libvmm at {libvmm} (--libvmm) is at commit {head[:12]}, the board pins {LIBVMM_PIN}"
     )
-    assert finding.hint.startswith(f"git -C {libvmm} checkout ecd3666a")
+    assert finding.hint.startswith(f"git -C {libvmm} checkout {LIBVMM_PIN}")
     pinned = dataclasses.replace(
         odroidc4, microkit=dataclasses.replace(odroidc4.microkit, libvmm=GitPin(None, head[:10]))
     )
@@ -344,20 +352,113 @@ def test_libvmm_commit_is_checked_against_the_pin(odroidc4: Board, tmp_path: Pat
     assert checked.provenance["libvmm"] == f"verified: git commit {head}"
 
 
-def test_sdfgen_missing_and_wrong_version(odroidc4: Board, tmp_path: Path) -> None:
+def standin_sdfgen_copy(
+    tmp_path: Path, *, version: str, commit: str | None, driver_vm: bool
+) -> str:
+    """A copy of the stand-in sdfgen with another version, install record or API."""
+    root = tmp_path / "sdfgen-variant"
+    shutil.copytree(FIXTURES / "standin-sdfgen", root)
+    info = root / "sdfgen-0.27.0.dist-info"
+    meta = info / "METADATA"
+    meta.write_text(meta.read_text().replace("Version: 0.27.0", f"Version: {version}"))
+    record = info / "direct_url.json"
+    if commit is None:  # installed from a local tree: pip records a directory, no commit
+        record.write_text('{"url": "file:///src/microkit_sdf_gen", "dir_info": {}}\n')
+    else:
+        record.write_text(record.read_text().replace(SDFGEN_PIN, commit))
+    if not driver_vm:
+        init = root / "sdfgen" / "__init__.py"
+        init.write_text(init.read_text().replace("driver_vm_system: Any = None", "vswitch=None"))
+    return str(root / "python")
+
+
+def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str) -> Finding:
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path)
+    (finding,) = err.value.findings
+    assert finding.key == "microkit.sdfgen"
+    # Every sdfgen problem says in one line how to get the pinned one.
+    assert finding.hint == (
+        f"{python} -m pip install 'sdfgen @ git+https://github.com/au-ts/microkit_sdf_gen@"
+        f"{SDFGEN_PIN}' (it builds with Zig 0.15; docs/microkit.md, 'sdfgen')"
+    )
+    return finding
+
+
+def test_sdfgen_missing(odroidc4: Board, tmp_path: Path) -> None:
     bare = shutil.which("python3", path="/usr/bin")
     assert bare is not None
-    with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, dataclasses.replace(inputs(), python=bare), tmp_path / "w")
-    (finding,) = err.value.findings
-    assert finding.key == "microkit.sdfgen_version"
+    finding = sdfgen_finding(odroidc4, tmp_path, bare)
     assert finding.message == f"sdfgen is not installed for {bare}, which runs upstream's meta.py"
-    newer = dataclasses.replace(
-        odroidc4, microkit=dataclasses.replace(odroidc4.microkit, sdfgen_version="0.36.0")
+
+
+def test_sdfgen_at_another_commit(odroidc4: Board, tmp_path: Path) -> None:
+    python = standin_sdfgen_copy(tmp_path, version="0.27.0", commit="f" * 40, driver_vm=True)
+    finding = sdfgen_finding(odroidc4, tmp_path, python)
+    assert finding.message == (
+        f"{python} has sdfgen 0.27.0 (commit ffffffffffff), the board pins commit 9912db627562"
     )
-    with pytest.raises(UserError) as err2:
-        check_inputs(newer, DISPLAY, inputs(), tmp_path / "w")
-    assert "has sdfgen 0.35.1, the board pins 0.36.0" in str(err2.value)
+
+
+def test_sdfgen_release_of_another_version(odroidc4: Board, tmp_path: Path) -> None:
+    python = standin_sdfgen_copy(tmp_path, version="0.35.1", commit=None, driver_vm=False)
+    finding = sdfgen_finding(odroidc4, tmp_path, python)
+    assert finding.message.startswith(
+        f"{python} has sdfgen 0.35.1, the board pins 0.27.0 at commit 9912db627562"
+    )
+
+
+def test_sdfgen_release_without_driver_vm_support(odroidc4: Board, tmp_path: Path) -> None:
+    # The released 0.27.0 reports the same version as the branch: its API tells them apart.
+    python = standin_sdfgen_copy(tmp_path, version="0.27.0", commit=None, driver_vm=False)
+    finding = sdfgen_finding(odroidc4, tmp_path, python)
+    assert finding.message == (
+        f"{python} has sdfgen 0.27.0 without driver-VM support (its Sddf.Net takes no "
+        "driver_vm_system): a release, not the pinned branch commit 9912db627562"
+    )
+
+
+def test_sdfgen_from_a_local_tree_is_accepted_unverified(odroidc4: Board, tmp_path: Path) -> None:
+    python = standin_sdfgen_copy(tmp_path, version="0.27.0", commit=None, driver_vm=True)
+    checked = check_inputs(
+        odroidc4, DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path
+    )
+    assert checked.sdfgen_version == "0.27.0"
+    assert checked.provenance["sdfgen"] == (
+        f"unverified: {python} has sdfgen 0.27.0 with driver-VM support, installed from a "
+        "local tree (pip recorded no commit; pinned 9912db627562)"
+    )
+
+
+def test_missing_host_tools_are_one_error(
+    odroidc4: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PATH holding make, dtc and what the stand-in python needs: the LLVM tools and
+    # shasum are missing.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("make", "dtc", "python3", "dirname", "readlink"):
+        found = sys.executable if tool == "python3" else shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    assert missing_host_tools(str(bin_dir)) == [
+        "clang",
+        "ld.lld",
+        "llvm-ar",
+        "llvm-ranlib",
+        "llvm-objcopy",
+        "shasum",
+    ]
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(UserError) as err:
+        check_inputs(odroidc4, DISPLAY, inputs(), tmp_path)
+    (tools,) = err.value.findings  # everything else passes
+    assert tools.key == "microkit"
+    assert tools.message == (
+        "upstream's make needs these host commands, not found on PATH: clang, ld.lld, "
+        "llvm-ar, llvm-ranlib, llvm-objcopy, shasum"
+    )
+    assert tools.hint == "apt-get install clang lld llvm perl (./bootstrap installs them)"
 
 
 def test_all_problems_come_in_one_error(odroidc4: Board, tmp_path: Path) -> None:
@@ -391,13 +492,14 @@ def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
         f"BUILD_DIR={work}/build",
         f"LIBVMM={STANDIN_LIBVMM}",
         f"SDDF={STANDIN_LIBVMM}/dep/sddf",
-        f"PYTHON={sys.executable}",
+        f"PYTHON={STANDIN_PYTHON}",
         "LINUX=/g/Image",
         "INITRD=/g/initramfs.cpio.gz",
+        f"NET_DRIVER_VM_INITRD_FINAL={work}/guest/initramfs.cpio.gz",
         "NET_DRIVER_VM_DTS=/g/guest.dts",
-        f"NET_DRIVER_VM_DTS_OVERLAY={work}/netvm-empty-overlay.dts",
-        f"NET_DRIVER_VM_USERLEVEL={work}/netvm_guest_info",
-        f"NET_DRIVER_VM_USERLEVEL_INIT={work}/netvm_init_noop",
+        "NET_DRIVER_VM_DTS_OVERLAY=",
+        "NET_DRIVER_VM_USERLEVEL=",
+        "NET_DRIVER_VM_USERLEVEL_INIT=",
     ]
 
 
