@@ -18,9 +18,10 @@ from invoke import Collection, Context, Exit, task
 
 from netvm import flash as flash_lib
 from netvm import kernel as kernel_lib
+from netvm import lock as lock_lib
 from netvm import sdfcheck
-from netvm.board import load_board
-from netvm.build import BuildOptions, build, build_dir, kernel_source
+from netvm.board import display_path, load_board
+from netvm.build import BuildOptions, build, build_dir, kernel_source, lock_inputs
 from netvm.errors import USER_ERROR_EXIT, UserError
 from netvm.microkit import resolve_inputs
 from netvm.render import render_all
@@ -75,6 +76,7 @@ def render(c: Context, board: str = "odroidc4") -> None:
         "libvmm": "libvmm checkout with the eth_driver_vm example (else netvm.libvmm or"
         " $NETVM_LIBVMM)",
         "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
+        "locked": "fail before building if any input differs from boards/B/netvm.lock",
         "fetch": "fetch inputs given nowhere at the board's pins into the cache (else only"
         " given paths are used; invoke.yaml netvm.fetch: true makes it the default)",
     },
@@ -93,6 +95,7 @@ def build_(
     libvmm: str | None = None,
     sddf: str | None = None,
     fetch: bool = False,
+    locked: bool = False,
 ) -> None:
     """Build the guest (render, kernel, rootfs, DTB, Microkit image) and write the manifest."""
     b = load_board(board, ROOT)
@@ -109,6 +112,7 @@ def build_(
             fetch=fetch,
         ),
         require_image=require_image,
+        locked=locked,
     )
     manifest = build(b, ROOT, options, progress=_progress)
     if json_:
@@ -335,6 +339,41 @@ def run(
 
 
 ns.add_task(run)
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "kernel-src": KERNEL_SRC_HELP,
+        "microkit-sdk": "the Microkit SDK archive (or directory) whose hash to record: every"
+        " later --locked build must be given the same",
+    }
+)
+@user_errors
+def lock(
+    c: Context,
+    board: str = "odroidc4",
+    kernel_src: str | None = None,
+    microkit_sdk: str | None = None,
+) -> None:
+    """Write boards/B/netvm.lock: the resolved commits, hashes and package versions."""
+    b = load_board(board, ROOT)
+    options = BuildOptions(
+        kernel_src=Path(kernel_src) if kernel_src else None,
+        microkit=resolve_inputs(
+            {"microkit_sdk": microkit_sdk},
+            c.config.get("netvm"),
+            os.environ,
+            cwd=Path.cwd(),
+            config_dir=ROOT,
+        ),
+    )
+    content = lock_lib.resolve(b, lock_inputs(b, options))
+    path = lock_lib.write_lock(b, content)
+    print(f"wrote {display_path(path, ROOT)}: {lock_lib.summary(content)}")
+
+
+ns.add_task(lock)
 
 
 @task(

@@ -29,6 +29,7 @@ from netvm.kernelsrc import (
     local_source,
     tarball_source,
 )
+from netvm.lock import LockInputs, check_locked
 from netvm.microkit import MicrokitInputs
 from netvm.pipeline import Artifact, StepOutput, StepRunner, file_sha256, tree_digest
 from netvm.qemu_machine import base_description
@@ -64,6 +65,7 @@ class BuildOptions:
     skip: frozenset[str] = frozenset()  # steps not to run (e.g. iterate on the DTB alone)
     microkit: MicrokitInputs | None = None  # SDK/libvmm/sDDF; None: loader.img is skipped
     require_image: bool = False  # a build that cannot make loader.img is an error (CI)
+    locked: bool = False  # fail before any step if an input differs from netvm.lock
 
     def __post_init__(self) -> None:
         unknown = sorted(self.skip - set(SKIPPABLE))
@@ -90,6 +92,11 @@ def kernel_source(board: Board, override: Path | None) -> KernelSource:
     if spec.provider == "local" and spec.path:
         return local_source(spec.path)
     raise AssertionError(f"unvalidated kernel source {spec}")
+
+
+def lock_inputs(board: Board, options: BuildOptions) -> LockInputs:
+    """What `netvm.lock` resolves for this build: its kernel tree and Microkit inputs."""
+    return LockInputs(kernel_source(board, options.kernel_src), options.microkit, cache_dir())
 
 
 def tool_version(cmd: list[str]) -> str:
@@ -121,6 +128,8 @@ def build(
                 )
             ]
         )
+    if options.locked:
+        check_locked(board, root, lock_inputs(board, options))
     out = build_dir(root, board, options.build_root)
     out.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(out, force=options.force, progress=progress)
