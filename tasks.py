@@ -131,6 +131,7 @@ def build_(
         "dtb": "guest DTB to check (default: build/B/dtb/guest.dtb)",
         "vm": "name of the driver VM's <virtual_machine> if the file has several",
         "strict": "treat warnings (enabled DT nodes nothing maps) as errors",
+        "verbose": "list every warning (default: one line per kind of warning)",
     }
 )
 @user_errors
@@ -141,6 +142,7 @@ def check(
     dtb: str | None = None,
     vm: str | None = None,
     strict: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Cross-check the guest DTB against the Microkit system description (UIO, RAM, devices)."""
     b = load_board(board, ROOT)
@@ -152,7 +154,7 @@ def check(
         vm_name=vm,
         strict=strict,
     )
-    print(sdfcheck.format_report(report))
+    print(sdfcheck.format_report(report, verbose=verbose))
 
 
 @task(

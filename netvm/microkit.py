@@ -61,6 +61,7 @@ HOST_TOOLS: dict[str, str] = {
     "dtc": "device-tree-compiler",
     "shasum": "perl",
 }
+METAPROGRAM = Path(__file__).with_name("metaprogram.py")
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
 LOG_TAIL_LINES = 30
 
@@ -655,7 +656,7 @@ def make_command(
         f"BUILD_DIR={work_dir / 'build'}",
         f"LIBVMM={checked.libvmm}",
         f"SDDF={checked.sddf}",
-        f"PYTHON={checked.python}",
+        f"PYTHON={meta_python(board, checked.python)}",
         f"LINUX={guest.kernel_image.absolute()}",
         f"INITRD={guest.initramfs.absolute()}",
         f"NET_DRIVER_VM_INITRD_FINAL={staged_initrd(work_dir, guest)}",
@@ -664,6 +665,13 @@ def make_command(
         "NET_DRIVER_VM_USERLEVEL=",
         "NET_DRIVER_VM_USERLEVEL_INIT=",
     ]
+
+
+def meta_python(board: Board, python: str) -> str:
+    """make's PYTHON: `python` running upstream's meta.py through netvm's metaprogram.py,
+    which gives the sDDF clients the board's MAC addresses (see that module)."""
+    macs = ",".join(f"{c.name}={c.mac}" for c in board.net.clients)
+    return f"{python} {METAPROGRAM} {macs}"
 
 
 def staged_initrd(work_dir: Path, guest: GuestArtifacts) -> Path:

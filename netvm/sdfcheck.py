@@ -79,7 +79,12 @@ class CheckReport:
     vm: str
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    warning_kinds: list[str] = field(default_factory=list)  # WARNING_KINDS key of each warning
     checked: list[str] = field(default_factory=list)  # one line per check that passed
+
+    def warn(self, kind: str, finding: Finding) -> None:
+        self.warnings.append(finding)
+        self.warning_kinds.append(kind)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -463,8 +468,9 @@ def _check_devices(
             error(path, f"passthrough device {pt.name} is not in the guest DT (or has no reg)")
             continue
         if not tree.enabled(path):
-            report.warnings.append(
-                Finding(report.system, path, f"passthrough device {pt.name} is disabled")
+            report.warn(
+                "disabled-passthrough",
+                Finding(report.system, path, f"passthrough device {pt.name} is disabled"),
             )
             continue
         unmapped = _unmapped_pages(regs, vm)
@@ -502,14 +508,15 @@ def _check_devices(
             continue  # libvmm's virtio console, emulated by the VMM
         unmapped = _unmapped_pages(regs, vm)
         if unmapped:
-            report.warnings.append(
+            report.warn(
+                "unmapped-device",
                 Finding(
                     report.system,
                     path,
                     f"enabled in the guest DT but {_span(unmapped)} has no <map>: will fault "
                     "at boot if a driver binds to it",
                     "disable it in the board's devicetree.disable, or pass it through",
-                )
+                ),
             )
 
 
@@ -606,8 +613,34 @@ def check_files(
     )
 
 
-def format_report(report: CheckReport) -> str:
-    lines = [f"warning: {w}" for w in report.warnings]
+# Each kind of warning as one summary line, for reports that are read rather than parsed.
+WARNING_KINDS = {
+    "unmapped-device": (
+        "enabled DT nodes whose MMIO no <map> covers: each faults at boot if a driver binds "
+        "to it (devicetree.disable, or pass it through)"
+    ),
+    "disabled-passthrough": "passthrough devices disabled in the guest DT",
+}
+SHOWN_PER_KIND = 3  # node paths named in a summary line
+
+
+def format_report(report: CheckReport, *, verbose: bool = False) -> str:
+    """The check's text: one line per kind of warning (each warning with `verbose`),
+    then the summary line."""
+    if verbose:
+        lines = [f"warning: {w}" for w in report.warnings]
+    else:
+        lines = []
+        for kind, summary in WARNING_KINDS.items():
+            paths = [w.key for w, k in zip(report.warnings, report.warning_kinds, strict=True)
+                     if k == kind]  # fmt: skip
+            if not paths:
+                continue
+            named = ", ".join(paths[:SHOWN_PER_KIND])
+            more = f" and {len(paths) - SHOWN_PER_KIND} more" if len(paths) > SHOWN_PER_KIND else ""
+            lines.append(f"warning: {len(paths)} {summary}: {named}{more}")
+        if report.warnings:
+            lines.append("(--verbose lists every warning with its addresses)")
     lines.append(
         f"{report.system}: virtual machine {report.vm!r}: {len(report.checked)} checks passed, "
         f"{len(report.warnings)} warnings"

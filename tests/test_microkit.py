@@ -492,7 +492,8 @@ def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
         f"BUILD_DIR={work}/build",
         f"LIBVMM={STANDIN_LIBVMM}",
         f"SDDF={STANDIN_LIBVMM}/dep/sddf",
-        f"PYTHON={STANDIN_PYTHON}",
+        f"PYTHON={STANDIN_PYTHON} {ROOT}/netvm/metaprogram.py "
+        "client0=02:00:00:00:00:10,client1=02:00:00:00:00:11",
         "LINUX=/g/Image",
         "INITRD=/g/initramfs.cpio.gz",
         f"NET_DRIVER_VM_INITRD_FINAL={work}/guest/initramfs.cpio.gz",
@@ -512,7 +513,11 @@ def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) 
     expected = b"".join(
         runner.artifacts[n].path.read_bytes() for n in ("kernel_image", "initramfs", "dts")
     )
-    assert loader.path.read_bytes() == expected  # the stand-in got exactly our files
+    # The stand-in got exactly netvm's files: its time-stamping repack did not run.
+    assert loader.path.read_bytes() == expected
+    # meta.py's clients reached sdfgen with the board's MACs, not without any.
+    clients = runner.build_dir / "microkit" / "build" / "standin-clients.txt"
+    assert clients.read_text() == "client0=02:00:00:00:00:10\nclient1=02:00:00:00:00:11\n"
     seen = record(runner)
     guest_dir = tmp_path / "guest"
     assert seen["LINUX"] == f"{guest_dir}/kernel_image [command line]"
@@ -527,6 +532,33 @@ def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) 
 
     run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
     assert runner.records[-1].status == "cached"
+
+
+def test_loader_img_is_the_same_when_built_again(odroidc4: Board, tmp_path: Path) -> None:
+    runner = runner_with_guest(tmp_path)
+    images = []
+    for _ in range(2):
+        shutil.rmtree(runner.build_dir / "microkit", ignore_errors=True)
+        run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+        assert runner.records[-1].status == "built"
+        images.append(runner.artifacts["loader_img"])
+    assert images[0].sha256 == images[1].sha256
+    # The same stand-in make, left to pack the initrd itself, stamps the time each run.
+    packed = []
+    for i in range(2):
+        work = tmp_path / f"upstream-packing-{i}"
+        subprocess.run(
+            ["make", "-s", "-C", str(STANDIN_LIBVMM / "examples" / "eth_driver_vm"),
+             f"MICROKIT_SDK={STANDIN_SDK}", "MICROKIT_BOARD=odroidc4", f"BUILD_DIR={work}",
+             f"PYTHON={STANDIN_PYTHON}", f"SDDF={STANDIN_LIBVMM}/dep/sddf",
+             f"LINUX={runner.artifacts['kernel_image'].path}",
+             f"INITRD={runner.artifacts['initramfs'].path}",
+             f"NET_DRIVER_VM_DTS={runner.artifacts['dts'].path}",
+             "NET_DRIVER_VM_USERLEVEL=", "NET_DRIVER_VM_USERLEVEL_INIT="],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        packed.append((work / "loader.img").read_bytes())
+    assert packed[0] != packed[1]
 
 
 def test_failing_make_reports_the_log_tail(
@@ -557,3 +589,30 @@ def test_wrong_inputs_fail_the_step_even_without_require_image(
             require_image=False,
         )
     assert runner.records[-1].status == "failed"
+
+
+def test_metaprogram_fills_only_missing_macs() -> None:
+    from netvm.metaprogram import parse_macs, with_board_macs
+
+    calls: list[tuple[str, str | None]] = []
+
+    class Client:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Net:
+        def add_client_with_copier(
+            self, client: Client, copier: object = None, *, mac_addr: str | None = None
+        ) -> None:
+            calls.append((client.name, mac_addr))
+
+    with_board_macs(Net, parse_macs("client0=02:00:00:00:00:10"))
+    net = Net()
+    net.add_client_with_copier(Client("client0"))  # as upstream's meta.py: no MAC
+    net.add_client_with_copier(Client("client0"), mac_addr="02:aa:00:00:00:01")  # kept
+    net.add_client_with_copier(Client("other"))  # not the board's: sdfgen picks one
+    assert calls == [
+        ("client0", "02:00:00:00:00:10"),
+        ("client0", "02:aa:00:00:00:01"),
+        ("other", None),
+    ]
