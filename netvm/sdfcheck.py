@@ -8,7 +8,10 @@ edits either. Parsing uses `netvm.fdt` and the standard library's XML parser.
 What is checked, and why:
 - every UIO window except the fault pages and the IRQ placeholder pages is fully backed
   by `<map>`s at the same guest-physical address, uncached (the guest maps UIO memory
-  uncached, and the native side shares these pages);
+  uncached, and the native side shares these pages). In the real system they are the
+  sDDF regions themselves: the virt_rx/virt_tx queues, the RX data region, each TX
+  client's data region (tx_data is backed by one map per client) and the data-passing
+  page, which the guest may only read;
 - the fault pages are NOT mapped: the guest's doorbell store must trap to the VMM;
 - guest RAM in the DT is the RAM the VM maps, and the initrd window and the DTB slot
   after it (where sdfgen places the DTB) lie inside it;
@@ -33,6 +36,7 @@ from netvm.errors import Finding, UserError
 from netvm.fdt import FdtError, cells, parse_dtb, strings
 
 GIC_SPI_BASE = 32  # INTID of SPI 0
+READ_ONLY_UIO = "data_passing"  # the guest's map of it is read-only in the real system
 # Interrupt controllers libvmm's vGIC emulates: guest accesses trap to the VMM by design.
 EMULATED_COMPATIBLES = ("arm,gic-400", "arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-v3")
 
@@ -57,6 +61,8 @@ class VmMap:
 
     def __str__(self) -> str:
         cache = "cached" if self.cached else "uncached"
+        if "w" not in self.perms:
+            cache += ", read-only"
         return (
             f'<map mr="{self.mr}" vaddr="{self.vaddr:#x}"> ({self.vaddr:#x}-{self.end:#x}, {cache})'
         )
@@ -77,6 +83,7 @@ class SystemVm:
 class CheckReport:
     system: str
     vm: str
+    vmm: str  # the protection domain holding the VM
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     warning_kinds: list[str] = field(default_factory=list)  # WARNING_KINDS key of each warning
@@ -90,6 +97,7 @@ class CheckReport:
         return {
             "system": self.system,
             "vm": self.vm,
+            "vmm": self.vmm,
             "errors": [f.as_dict() for f in self.errors],
             "warnings": [f.as_dict() for f in self.warnings],
             "checked": self.checked,
@@ -340,7 +348,7 @@ def check_system(
 ) -> CheckReport:
     """Relate the guest DT to the driver VM of a system description; collect findings."""
     vm = select_vm(vms, board, display, vm_name)
-    report = CheckReport(display, vm.name)
+    report = CheckReport(display, vm.name, vm.vmm)
 
     def error(node: str, message: str, hint: str = "") -> None:
         report.errors.append(Finding(display, node, message, hint))
@@ -381,6 +389,15 @@ def _check_uio(
                 f"{where} is {backed}; unbacked: {_span(gaps)}",
                 f"map {w.size:#x} bytes at vaddr {w.paddr:#x} (the same guest-physical "
                 'address) with cached="false"',
+            )
+            continue
+        writable = [m for m in maps if "w" in m.perms]
+        if w.name == READ_ONLY_UIO and writable:
+            error(
+                w.path,
+                f"{where} is mapped writable by {_maps_text(writable)}",
+                'map it perms="r": the VMM writes the data-passing page before the guest '
+                "boots and the guest only reads it",
             )
             continue
         cached = [m for m in maps if m.cached]
@@ -642,7 +659,8 @@ def format_report(report: CheckReport, *, verbose: bool = False) -> str:
         if report.warnings:
             lines.append("(--verbose lists every warning with its addresses)")
     lines.append(
-        f"{report.system}: virtual machine {report.vm!r}: {len(report.checked)} checks passed, "
+        f"{report.system}: virtual machine {report.vm!r} of {report.vmm!r}: "
+        f"{len(report.checked)} checks passed, "
         f"{len(report.warnings)} warnings"
     )
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """`invoke check`: the guest DTB against Microkit system descriptions.
 
 The guest DTB is built for real (kernel's C4 DTS + netvm's overlay, dtc). The good
-system file is what the pinned sdfgen renders for it (tests/fixtures/system/
-render_with_sdfgen.py); each broken fixture is that file with one defect, and its
-`.expected` file holds the exact error text.
+system file is what the real Microkit build's system-description step (upstream's
+meta.py with the pinned driver-VM sdfgen, tests/fixtures/system/render_real.py) writes
+for it; each broken fixture is that file with one defect, and its `.expected` file
+holds the exact error text. The test that renders it again needs that real toolchain
+and runs when its paths are given (REAL_TOOLCHAIN below).
 """
 
 from __future__ import annotations
@@ -50,13 +52,31 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-def test_good_fixture_is_what_sdfgen_renders(odroidc4: Board, guest: DtbResult) -> None:
+# The real toolchain's inputs, as `invoke build` takes them from the environment.
+REAL_TOOLCHAIN = ("NETVM_MICROKIT_PYTHON", "NETVM_LIBVMM", "NETVM_SDDF")
+
+
+@pytest.mark.skipif(
+    not all(os.environ.get(v) for v in REAL_TOOLCHAIN),
+    reason="needs the real toolchain: set " + ", ".join(REAL_TOOLCHAIN) + " (docs/microkit.md)",
+)
+def test_good_fixture_is_what_the_real_toolchain_renders(
+    odroidc4: Board, guest: DtbResult, tmp_path: Path
+) -> None:
     sys.path.insert(0, str(SYSTEMS))
     try:
-        from render_with_sdfgen import render_system
+        from render_real import render_real_system
     finally:
         sys.path.remove(str(SYSTEMS))
-    rendered = render_system(odroidc4, guest.dtb.read_bytes())
+    rendered = render_real_system(
+        odroidc4,
+        guest.dtb,
+        python=os.environ["NETVM_MICROKIT_PYTHON"],
+        libvmm=Path(os.environ["NETVM_LIBVMM"]),
+        sddf=Path(os.environ["NETVM_SDDF"]),
+        out=tmp_path,
+    )
+    print("real toolchain: rendered the system description with upstream's meta.py")
     if os.environ.get("NETVM_UPDATE_GOLDEN"):
         GOOD.write_text(rendered)  # then re-derive the broken fixtures' defects by hand
     assert rendered == GOOD.read_text()
@@ -66,10 +86,27 @@ def test_good_system_passes_every_check(odroidc4: Board, guest: DtbResult) -> No
     report = run_check(
         odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display=rel(GOOD)
     )
-    assert report.errors == [] and report.vm == "net_driver_vm"
+    assert report.errors == []
+    assert (report.vm, report.vmm) == ("linux", "net_driver_vm")
     checked = "\n".join(report.checked)
-    for name in ("data_passing", "rx_free", "tx_free", "rx_active", "tx_active", "rx_data"):
-        assert f': {name} backed by <map mr="uio_{name}"' in checked
+    # The UIO windows are backed by the sDDF regions themselves.
+    net = "ethernet@ff3f0000/net"
+    for name, mr in (
+        ("data_passing", f"{net}/driver_vm_data_passing"),
+        ("rx_free", f"{net}/queue/net_driver_vm/net_virt_rx/free"),
+        ("tx_free", f"{net}/queue/net_driver_vm/net_virt_tx/free"),
+        ("rx_active", f"{net}/queue/net_driver_vm/net_virt_rx/active"),
+        ("tx_active", f"{net}/queue/net_driver_vm/net_virt_tx/active"),
+        ("rx_data", f"{net}/rx/data/device"),
+    ):
+        assert f': {name} backed by <map mr="{mr}"' in checked
+    # tx_data: one region per client, back to back.
+    assert (
+        f'tx_data backed by <map mr="{net}/tx/data/client/client0" vaddr="0x600000"> '
+        f'(0x600000-0x700000, uncached); <map mr="{net}/tx/data/client/client1" '
+        'vaddr="0x700000"> (0x700000-0x800000, uncached)'
+    ) in checked
+    assert "(0xf04000-0xf05000, uncached, read-only)" in checked
     assert "fault page rx_fault is unmapped" in checked
     assert "fault page tx_fault is unmapped" in checked
     assert "/memory@20000000: guest RAM 0x20000000-0x30000000 mapped" in checked
@@ -173,9 +210,16 @@ def test_cli_exit_status(guest: DtbResult) -> None:
         [*base, "--system", rel(GOOD)], cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert good.returncode == 0, good.stderr
-    assert good.stdout.splitlines()[-1].startswith(
-        "tests/fixtures/system/odroidc4-good.system: virtual machine 'net_driver_vm': 16 checks"
+    assert good.stdout.splitlines()[-1] == (
+        "tests/fixtures/system/odroidc4-good.system: virtual machine 'linux' of "
+        "'net_driver_vm': 16 checks passed, 19 warnings"
     )
+    # The warnings come as one line per kind; --verbose gives each.
+    assert len(good.stdout.splitlines()) == 3
+    verbose = subprocess.run(
+        [*base, "--system", rel(GOOD), "--verbose"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert len(verbose.stdout.splitlines()) == 19 + 1
     bad_system = SYSTEMS / "partial-uio.system"
     bad = subprocess.run(
         [*base, "--system", rel(bad_system)], cwd=ROOT, capture_output=True, text=True, env=env
@@ -185,12 +229,25 @@ def test_cli_exit_status(guest: DtbResult) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_format_report_counts(odroidc4: Board, guest: DtbResult) -> None:
+def test_format_report_groups_warnings_by_kind(odroidc4: Board, guest: DtbResult) -> None:
     report = run_check(
         odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display="g"
     )
-    last = format_report(report).splitlines()[-1]
-    assert (
-        last
-        == f"g: virtual machine 'net_driver_vm': 16 checks passed, {len(report.warnings)} warnings"
+    lines = format_report(report).splitlines()
+    assert lines[0] == (
+        "warning: 19 enabled DT nodes whose MMIO no <map> covers: each faults at boot if a "
+        "driver binds to it (devicetree.disable, or pass it through): "
+        "/soc/bus@ff600000/hdmi-tx@0, /soc/bus@ff600000/bus@30000/rng@218, "
+        "/soc/bus@ff600000/phy@36000 and 16 more"
     )
+    assert lines[1] == "(--verbose lists every warning with its addresses)"
+    assert (
+        lines[2] == "g: virtual machine 'linux' of 'net_driver_vm': 16 checks passed, 19 warnings"
+    )
+    # A second kind gets a line of its own.
+    report.warn("disabled-passthrough", report.warnings[0])
+    assert format_report(report).splitlines()[1] == (
+        "warning: 1 passthrough devices disabled in the guest DT: /soc/bus@ff600000/hdmi-tx@0"
+    )
+    verbose = format_report(report, verbose=True).splitlines()
+    assert len(verbose) == 20 + 1 and verbose[0].startswith("warning: g: /soc/")
