@@ -145,7 +145,7 @@ def plan_for_board(
                     "artifacts.loader_img",
                     "no loader.img to flash",
                     f"build it: `invoke build --board {board.name} --microkit-sdk DIR --libvmm "
-                    "DIR --require-image` (see docs/microkit.md), or pass --image FILE",
+                    "DIR --sddf DIR --require-image` (see docs/microkit.md), or pass --image FILE",
                 )
             ]
         )
