@@ -659,3 +659,17 @@ def test_real_toolchain_builds_the_same_loader_img_twice(odroidc4: Board, tmp_pa
         system_display="echo_server.system",
     )
     assert (report.vm, report.vmm, report.errors) == ("linux", "net_driver_vm", [])
+
+
+def test_a_board_without_microkit_pins_has_no_handoff(tmp_path: Path) -> None:
+    qemu = load_board("qemu_virt_aarch64", ROOT)
+    assert qemu.microkit is None
+    options = BuildOptions(build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}))
+    manifest = build(qemu, ROOT, options)
+    assert [s["name"] for s in manifest["steps"]] == ["render", "kernel", "rootfs", "dtb"]
+    assert "loader.img" not in json.dumps(manifest["steps"])
+    with pytest.raises(UserError) as err:
+        build(qemu, ROOT, dataclasses.replace(options, require_image=True))
+    assert err.value.findings[0].message == (
+        "this board has no microkit section, so there is no loader.img to build"
+    )
