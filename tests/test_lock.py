@@ -170,31 +170,27 @@ def test_drift_of_plain_data() -> None:
 def test_cli_lock_and_locked_build(board_copy: Board) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
     board = str(board_copy.file)
-    made = subprocess.run(
-        [INVOKE, "lock", "--board", board], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    skip = ["--skip", "kernel", "--skip", "rootfs", "--skip", "dtb", "--skip", "microkit"]
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [INVOKE, *args, "--board", board], cwd=ROOT, capture_output=True, text=True, env=env
+        )
+
+    made = invoke("lock")
     assert made.returncode == 0, made.stderr
     assert "8 Debian packages" in made.stdout and "libvmm ecd3666a836b" in made.stdout
-    skip = ["--skip", "kernel", "--skip", "rootfs", "--skip", "dtb", "--skip", "microkit"]
-    ok = subprocess.run(
-        [INVOKE, "build", "--board", board, "--locked", *skip],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    ok = invoke("build", "--locked", *skip)
     assert ok.returncode == 0, ok.stderr
     # Moving a pin in the board file without re-locking is drift, caught before any step.
     text = board_copy.file.read_text()
-    board_copy.file.write_text(text.replace("commit: 9912db62", "commit: 8567f12a", 1))
-    bad = subprocess.run(
-        [INVOKE, "build", "--board", board, "--locked", *skip],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    moved = "8567f12d35e887775b8481ffa69d4274ab81e3c9"  # the sdfgen 0.27.0 release commit
+    board_copy.file.write_text(text.replace("9912db6275621f1691d2149ce6f063ca7bbb488e", moved))
+    bad = invoke("build", "--locked", *skip)
     assert bad.returncode == USER_ERROR_EXIT
     assert "Traceback" not in bad.stderr
-    assert "netvm.lock: microkit.sdfgen.commit: locked '9912db62" in bad.stderr
+    assert (
+        "netvm.lock: microkit.sdfgen.commit: locked '9912db6275621f1691d2149ce6f063ca7bbb488e', "
+        f"now '{moved}'"
+    ) in bad.stderr
     shutil.rmtree(ROOT / "build" / board_copy.name, ignore_errors=True)
