@@ -1,16 +1,18 @@
 """The Microkit handoff: from netvm's guest artifacts to the seL4 system image `loader.img`.
 
-Owns finding the three external inputs of the image build (Microkit SDK, libvmm with its
-Ethernet driver VM example, sDDF), checking them against the board's pins before anything
-runs, and running upstream's example Makefile with netvm's kernel, initramfs and guest
-DTS substituted on the command line. It must not edit the upstream trees: everything it
-writes goes under the build directory it is given.
+Owns finding the external inputs of the image build (Microkit SDK, libvmm with its
+Ethernet driver VM example, sDDF, and the python whose sdfgen runs the example's meta.py),
+checking them and the host tools against the board's pins before anything runs, and
+running upstream's example Makefile with netvm's kernel, initramfs and guest DTS
+substituted on the command line, so that loader.img is the same on every build. It must
+not edit the upstream trees: everything it writes goes under the build directory it is
+given.
 
 Inputs come from, in order: the task's flags (`--microkit-sdk`, `--libvmm`, `--sddf`),
 `invoke.yaml` (`netvm: {microkit_sdk: …, libvmm: …, sddf: …}`) and the environment
 (`NETVM_MICROKIT_SDK`, `NETVM_LIBVMM`, `NETVM_SDDF`). sDDF defaults to libvmm's own
-`dep/sddf` submodule. An input given nowhere is fetched at its pin into netvm's cache
-(`netvm.fetch`; `invoke build --no-fetch` turns that off); when that fails (offline, no
+`dep/sddf` submodule. Only when asked (`invoke build --fetch`) is an input given nowhere
+fetched at its pin into netvm's cache (`netvm.fetch`); when that fails (offline, no
 sha256 pinned for the SDK archive, a commit the repository lacks) the missing input is
 reported with why and exactly how to supply it.
 
@@ -810,6 +812,7 @@ def run_step(
         "sdfgen": checked.sdfgen_version,
         "provenance": checked.provenance,
         "pins": repr(_pins(board)),
+        "metaprogram": file_sha256(METAPROGRAM),  # netvm's own part of the make
     }
 
     def make_image() -> StepOutput:
