@@ -596,7 +596,11 @@ def _check_sdfgen(
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     version, commit = found["version"], found["commit"]
     if version is None:
-        add(key, f"sdfgen is not installed for {python}, which runs upstream's meta.py", hint)
+        add(
+            key,
+            f"sdfgen is not installed for {python}, which runs upstream's meta.py",
+            f"{hint}; or set {PYTHON_ENV} to a python that has it",
+        )
         return ""
     described = f"{version} (commit {commit[:12]})" if commit else version
     if commit and not commit.startswith(pin.commit):

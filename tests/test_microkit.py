@@ -373,7 +373,7 @@ def standin_sdfgen_copy(
     return str(root / "python")
 
 
-def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str) -> Finding:
+def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str, also: str = "") -> Finding:
     with pytest.raises(UserError) as err:
         check_inputs(odroidc4, DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path)
     (finding,) = err.value.findings
@@ -381,7 +381,7 @@ def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str) -> Finding:
     # Every sdfgen problem says in one line how to get the pinned one.
     assert finding.hint == (
         f"{python} -m pip install 'sdfgen @ git+https://github.com/au-ts/microkit_sdf_gen@"
-        f"{SDFGEN_PIN}' (it builds with Zig 0.15; docs/microkit.md, 'sdfgen')"
+        f"{SDFGEN_PIN}' (it builds with Zig 0.15; docs/microkit.md, 'sdfgen')" + also
     )
     return finding
 
@@ -389,7 +389,9 @@ def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str) -> Finding:
 def test_sdfgen_missing(odroidc4: Board, tmp_path: Path) -> None:
     bare = shutil.which("python3", path="/usr/bin")
     assert bare is not None
-    finding = sdfgen_finding(odroidc4, tmp_path, bare)
+    finding = sdfgen_finding(
+        odroidc4, tmp_path, bare, also="; or set NETVM_MICROKIT_PYTHON to a python that has it"
+    )
     assert finding.message == f"sdfgen is not installed for {bare}, which runs upstream's meta.py"
 
 
