@@ -22,7 +22,7 @@ from netvm import lock as lock_lib
 from netvm import sdfcheck
 from netvm.board import display_path, load_board
 from netvm.build import BuildOptions, build, build_dir, kernel_source, lock_inputs
-from netvm.errors import USER_ERROR_EXIT, UserError
+from netvm.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
 from netvm.microkit import resolve_inputs
 from netvm.render import render_all
 
@@ -34,7 +34,8 @@ KERNEL_SRC_HELP = "use this local kernel tree instead of the board's kernel sour
 
 
 def user_errors(fn: F) -> F:
-    """Turn a UserError into its findings on stderr and exit status 2."""
+    """Turn a UserError into its findings on stderr and exit status 2, and an interrupt
+    into one line saying what it stopped, exit status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,6 +43,8 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as exc:
             raise Exit(exc.render(), code=USER_ERROR_EXIT) from None
+        except Interrupted as exc:
+            raise Exit(str(exc), code=INTERRUPT_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
 

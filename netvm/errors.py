@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 USER_ERROR_EXIT = 2
+INTERRUPT_EXIT = 130  # as a shell reports a command ended by SIGINT
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,13 @@ class UserError(Exception):
         if len(self.findings) > 1:
             lines.append(f"{len(self.findings)} errors")
         return "\n".join(lines)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM ended a long-running task: printed as what it stopped and in which
+    phase, exit status `INTERRUPT_EXIT`, no traceback; clean-up has already run."""
+
+    def __init__(self, what: str, phase: str) -> None:
+        self.what = what
+        self.phase = phase
+        super().__init__(f"{what} stopped by interrupt during {phase}")

@@ -33,7 +33,7 @@ from typing import Any
 
 from netvm.board import Board, Region
 from netvm.build import BuildOptions, build, build_dir, require_artifact
-from netvm.errors import Finding, UserError
+from netvm.errors import Finding, Interrupted, UserError
 from netvm.fdt import parse_dtb
 from netvm.qemu_machine import VIRTIO_CONSOLE, VIRTIO_NIC, machine_args, qemu_binary
 from netvm.qemu_vmm import DOORBELL_UIO, QemuVmm
@@ -645,11 +645,13 @@ def run_check(
         report.milestone = "driver data-passing check (no VMM)"
     run = QemuRun(board, root, images, options, progress=say)
     report.console_log = str(run.paths.console_log)
+    phase = "boot"  # then "traffic", "power-off": an interrupt names the one it came in
     try:
-        with run:
+        with sigterm_as_interrupt(), run:
             say(f"booting {board.name} under QEMU (TCG)")
             _, line = run.wait_ready()
             report.boot_seconds = round(line.seconds, 3)
+            phase = "traffic"
             console = run.require_console()
             report.driver_log = console.driver_log()
             report.uio = run.uio_devices()
@@ -659,7 +661,10 @@ def run_check(
                     report.ping.append(run.ping(client.ipv4, options.ping_count))
                     report.udp_echo.append(run.udp_echo(client.ipv4))
                 report.vmm = run.vmm.stats()
+            phase = "power-off"
             report.ended = run.poweroff()
+    except KeyboardInterrupt:
+        raise Interrupted("invoke run --check", phase) from None
     except (TimeoutError, ConnectionError, RuntimeError) as exc:
         report.reason = str(exc)
         if run.proc is not None and run.proc.returncode not in (None, 0):

@@ -126,3 +126,31 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c() ->
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     assert peer_ns not in namespaces.stdout.split()
     assert not (Path("/dev/shm") / f"{RUN_PREFIX}{child}").exists()
+
+
+def test_interrupted_check_says_in_which_phase_and_cleans_up() -> None:
+    board = load_board("qemu_virt_aarch64", ROOT)
+    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
+    proc = subprocess.Popen(
+        [INVOKE, "run", "--board", board.name, "--check"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Its progress says when QEMU is booting: the phase, not a guessed sleep.
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith(f"booting {board.name}"):
+                break
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "invoke run --check stopped by interrupt during boot" in err
+    assert "Traceback" not in err
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    assert peer_ns not in namespaces.stdout.split()
+    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{proc.pid}").exists()

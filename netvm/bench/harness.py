@@ -32,8 +32,10 @@ from typing import Any
 from netvm.bench.tools import Tools, build_tools
 from netvm.bench.vmm import BenchSimulation, BenchVmm
 from netvm.board import load_board
+from netvm.errors import Interrupted
 from netvm.sim import SimOptions
 from netvm.sim.netns import require_root
+from netvm.sim.runner import sigterm_as_interrupt
 
 LINE_RATE_1514 = 81274.0  # 1 GbE, 1514-byte frames (1538 bytes on the wire)
 SIZES = {"64": 60, "1514": 1514}  # label (frame with FCS) -> bytes the driver handles
@@ -518,16 +520,28 @@ def run_bench(opts: BenchOptions, root: Path, say: Say | None = None) -> dict[st
     require_root()
     if (os.cpu_count() or 1) < 2:
         raise RuntimeError("the benchmark needs two CPUs (driver and generator)")
-    tools = build_tools(root)
-    raise_priority(os.getpid())
-    machine = machine_info(tools)
-    started = time.time()
+    phase = ["building the tools"]  # what the bench is doing: an interrupt names it
+
+    def step(msg: str) -> None:
+        phase[0] = msg.strip()
+        say(msg)
+
     rounds: list[dict[str, dict[str, Any]]] = []
-    with pinned(PEER_CPU):
-        for r in range(opts.rounds):
-            order = DRIVERS if r % 2 == 0 else DRIVERS[::-1]
-            say(f"round {r + 1}/{opts.rounds}")
-            rounds.append({which: one_round(which, tools, opts, root, say) for which in order})
+    with sigterm_as_interrupt():
+        try:
+            tools = build_tools(root)
+            raise_priority(os.getpid())
+            machine = machine_info(tools)
+            started = time.time()
+            with pinned(PEER_CPU):
+                for r in range(opts.rounds):
+                    order = DRIVERS if r % 2 == 0 else DRIVERS[::-1]
+                    step(f"round {r + 1}/{opts.rounds}")
+                    rounds.append(
+                        {which: one_round(which, tools, opts, root, step) for which in order}
+                    )
+        except KeyboardInterrupt:
+            raise Interrupted("invoke bench", phase[0]) from None
     summary = summarize(rounds)
     doc: dict[str, Any] = {
         "command": " ".join(["invoke", "bench", *(["--quick"] if opts.quick else [])]),

@@ -3,10 +3,15 @@
 Owns: the life cycle of one simulation run and its clean-up. Start-up order: remove
 leftovers of an earlier run, create the namespaces and veth pair, create the simulated
 devices and queues, start the driver inside the driver namespace, start the VMM loop.
-Whatever ends the run (its duration, Ctrl-C/SIGTERM, the driver exiting, an error in the
-simulator), `Simulation.stop` stops the driver (SIGTERM, then SIGKILL for its process
-group), lets the VMM side take back what the driver returned, checks buffer conservation,
-and removes the namespaces (killing anything left in them) and the shared files.
+A run is in one of two phases, start-up (until the driver reaches its event loop) and
+running; `<run dir>/state.json` says which, with the driver's pid, so that whoever
+watches a run (a test, a script) waits on it rather than on a guessed sleep. Whatever
+ends the run (its duration, Ctrl-C/SIGTERM, the driver exiting, an error in the
+simulator) is reported with the phase it came in (`stopped_by`, e.g. "interrupt during
+start-up", "driver exited while running"). `Simulation.stop` stops the driver (SIGTERM,
+then SIGKILL for its process group), lets the VMM side take back what the driver
+returned, checks buffer conservation, and removes the namespaces (killing anything left
+in them) and the shared files.
 
 The VMM side runs on one thread; tests reach it through `Simulation.call`, which runs a
 function on that thread, so shared-memory indices always have a single writer.
@@ -43,6 +48,8 @@ from netvm.sim.vmm import SimDevices, create_devices
 T = TypeVar("T")
 RUN_PREFIX = "netvm-sim-"
 READY_LINE = "entering event loop"
+# The phases of a run, as they read in its `stopped_by`.
+IN_PHASE = {"start-up": "during start-up", "running": "while running"}
 LOCK_FILE = Path("/run/lock/netvm-sim.lock")
 PR_SET_PDEATHSIG = 1
 
@@ -83,7 +90,14 @@ class SimResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.conservation.get("ok")) and self.driver_exit == 0
+        """Buffers conserved and the driver ended cleanly. A driver interrupted during its
+        start-up may not have its SIGTERM handler yet: its death by that signal is the
+        interrupt's, not a failure."""
+        clean = self.driver_exit == 0 or (
+            self.stopped_by == f"interrupt {IN_PHASE['start-up']}"
+            and self.driver_exit == -signal.SIGTERM
+        )
+        return bool(self.conservation.get("ok")) and clean
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +135,11 @@ class SimResult:
         if self.driver_exit not in (0, None):
             lines += ["driver log:", *(f"  {line}" for line in self.driver_log_tail)]
         return "\n".join(lines)
+
+
+class DriverExitedDuringStartup(UserError):
+    """The driver ended before it reached its event loop (its status and log are in the
+    message)."""
 
 
 def _set_pdeathsig() -> None:
@@ -186,6 +205,7 @@ class Simulation:
     _started: float = 0.0
     _result: SimResult | None = None
     _lock_fd: int | None = None
+    phase: str = "start-up"  # a key of IN_PHASE
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 
     def __post_init__(self) -> None:
@@ -206,6 +226,18 @@ class Simulation:
     @property
     def log_file(self) -> Path:
         return self.run_dir / "driver.log"
+
+    @property
+    def state_file(self) -> Path:
+        """{"phase": "start-up" | "running", "driver_pid": N}, rewritten at each change."""
+        return self.run_dir / "state.json"
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        pid = self.driver.pid if self.driver is not None else None
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"phase": phase, "driver_pid": pid}) + "\n")
+        tmp.rename(self.state_file)  # whole or not at all for a reader
 
     def driver_command(self) -> list[str]:
         assert self.devs is not None
@@ -255,6 +287,7 @@ class Simulation:
             self.config_file.write_text(json.dumps(self.layout.driver_config, indent=2) + "\n")
             self._calls = LoopCalls()
             self._start_driver()
+            self._set_phase("start-up")
             self._started = time.monotonic()
             self._thread = threading.Thread(target=self._loop, name="netvm-sim-vmm", daemon=True)
             self._thread.start()
@@ -262,6 +295,13 @@ class Simulation:
             # once at start-up, so this is only for fidelity).
             self.call(lambda: self._require_virt().devs.irqs["rx_irq"].inject())
             self._wait_ready()
+            self._set_phase("running")
+        except KeyboardInterrupt:
+            self.stop(f"interrupt {IN_PHASE['start-up']}")
+            raise
+        except DriverExitedDuringStartup:
+            self.stop(f"driver exited {IN_PHASE['start-up']}")
+            raise
         except BaseException:
             self.stop("start-up failed")
             raise
@@ -289,7 +329,7 @@ class Simulation:
             if READY_LINE in self.driver_log():
                 return
             if self.driver is not None and self.driver.poll() is not None:
-                raise UserError(
+                raise DriverExitedDuringStartup(
                     f"the driver exited with {self.driver.returncode} during start-up:\n"
                     + self.driver_log().rstrip()
                 )
@@ -540,14 +580,16 @@ def run_sim(
             deadline = None if options.duration is None else time.monotonic() + options.duration
             while deadline is None or time.monotonic() < deadline:
                 if not sim.driver_running():
-                    stopped_by = "driver exited"
+                    stopped_by = f"driver exited {IN_PHASE['running']}"
                     break
                 if sim.error is not None:
                     stopped_by = "simulator error"
                     break
                 time.sleep(0.1)
         except KeyboardInterrupt:
-            stopped_by = "interrupt"
+            stopped_by = f"interrupt {IN_PHASE[sim.phase]}"
+        except DriverExitedDuringStartup:
+            stopped_by = f"driver exited {IN_PHASE['start-up']}"
         finally:
             result = sim.stop(stopped_by)
     if options.stats_json:
