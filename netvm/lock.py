@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netvm.board import Board, display_path
+from netvm.board import Board, GitPin, display_path
 from netvm.errors import Finding, UserError
 from netvm.kernelsrc import KernelSource
 from netvm.microkit import MicrokitInputs, host_platform, sdk_version
@@ -72,7 +72,7 @@ def resolve(board: Board, inputs: LockInputs) -> dict[str, Any]:
     return out
 
 
-def _git(pin: Any) -> dict[str, Any] | None:
+def _git(pin: GitPin | None) -> dict[str, Any] | None:
     return None if pin is None else {"repository": pin.repository, "commit": pin.commit}
 
 
