@@ -29,7 +29,7 @@ MAX_UIO_MAPS = 5  # Linux MAX_UIO_MAPS
 MAX_UIO_NAME = 31  # sdfgen: names live in char[32]
 MAX_UIO_DEVICES = 15  # sdfgen: MAX_LINUX_UIO_REGIONS (16) is already an error
 
-# The UIO devices of the sDDF/libvmm contract (DESIGN.md §3), in upstream's DT order.
+# The UIO devices of the sDDF/libvmm contract (docs/contract.md), in upstream's DT order.
 # The VMM looks them up by these exact names, so every board has all of them; a board
 # may add devices of its own (e.g. a doorbell under QEMU).
 UIO_NAMES: tuple[str, ...] = (

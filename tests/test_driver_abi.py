@@ -1,4 +1,4 @@
-"""The binary contract: data-passing page, queue header and descriptor layouts (DESIGN.md §3)."""
+"""The binary contract (docs/contract.md): data-passing page, queue header and descriptors."""
 
 from __future__ import annotations
 

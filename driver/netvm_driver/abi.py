@@ -1,4 +1,4 @@
-"""The binary contract with sDDF and libvmm: offsets and struct formats (DESIGN.md §3).
+"""The binary contract with sDDF and libvmm: offsets and struct formats (docs/contract.md).
 
 Owns: the layout of the data-passing page, the queue header and the buffer descriptor,
 and the decoding of the data-passing page from its words. Must not touch shared memory

@@ -1,4 +1,4 @@
-"""RX and TX between the packet socket and the sDDF queues (DESIGN.md §3).
+"""RX and TX between the packet socket and the sDDF queues (docs/contract.md).
 
 Owns: the per-batch data path, descriptor validation, the signal handshake and the
 doorbell decisions. Must not touch shared memory except through devmem/queue, and must

@@ -1,4 +1,4 @@
-"""sDDF net queue logic: indices, slots, batches and the signal flag (DESIGN.md §3).
+"""sDDF net queue logic: indices, slots, batches and the signal flag (docs/contract.md).
 
 Owns: the ring arithmetic and its validation. The driver keeps its own copy of the index
 it owns (the head of a ring it consumes, the tail of a ring it produces) and only ever

@@ -1,4 +1,4 @@
-"""Finding and opening the UIO devices by name (DESIGN.md §3, Linux drivers/uio).
+"""Finding and opening the UIO devices by name (docs/contract.md, Linux drivers/uio).
 
 Owns: the sysfs scan, name matching, mmap of UIO maps and opening of IRQ fds. Must not
 read or write the mapped memory (devmem.py does).

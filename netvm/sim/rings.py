@@ -2,7 +2,7 @@
 
 Owns: reading and writing the queue header and descriptors from the host side. Written
 independently of the driver's queue.py on purpose: the simulation checks the driver
-against the contract (DESIGN.md §3), not against the driver's own reading of it.
+against the contract (docs/contract.md), not against the driver's own reading of it.
 
 Indices and the signal flag are read and written with one 16/32-bit access through
 ``memoryview.cast``: ``struct`` with an explicit byte order moves one byte at a time, and
