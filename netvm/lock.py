@@ -205,11 +205,11 @@ def check_locked(board: Board, root: Path, inputs: LockInputs) -> None:
     display = display_path(lock_path(board), root)
     findings = drift(locked, resolve(board, inputs), display)
     if findings:
-        summary = Finding(
+        total = Finding(
             display,
             "",
             f"the build's inputs differ from the lock in {len(findings)} places",
             f"if that is intended: `invoke lock --board {board.name}`, review the diff of "
             f"{display} and commit it (docs/lock.md)",
         )
-        raise UserError([*findings, summary])
+        raise UserError([*findings, total])
