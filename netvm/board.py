@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,6 +119,9 @@ class QemuBaseSpec:
     memory: int  # bytes; equals guest.ram.size
     smp: int = 1
     extra_args: tuple[str, ...] = ()  # more QEMU options that shape the machine
+    # How many virtio-mmio transports the boot plugs devices into (the highest ones); the
+    # guest DTB drops the rest. netvm's simulation boot: console and NIC.
+    virtio_transports: int = 2
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,28 @@ class SdfgenPin:
 
 
 @dataclass(frozen=True)
+class MicrokitSystem:
+    """The seL4 system netvm supplies for a board upstream's example has no entry for.
+
+    Upstream's system program (the example's meta.py) and VMM are generic; what is
+    board-specific is this: the native device-tree nodes of the devices the system drives
+    (paths as sdfgen's DeviceTree.node takes them, in sDDF's DTS for the board), the sDDF
+    driver directories for them, the CPU to compile for, and where physical memory ends.
+    netvm renders its own make file and board entry from it (netvm.sel4_system).
+    """
+
+    cpu: str  # -mcpu for the seL4 components, e.g. cortex-a53
+    paddr_top: int  # sdfgen's SystemDescription paddr_top
+    serial: str  # native DT node of the seL4 serial driver's UART
+    serial_driver: str  # sDDF drivers/serial/<dir>
+    timer: str
+    timer_driver: str  # sDDF drivers/timer/<dir>
+    ethernet: str  # native DT node of the NIC passed through to the driver VM
+    passthrough: tuple[str, ...] = ()  # more native nodes handed to the driver VM
+    passthrough_irqs: int = 1  # IRQs the VMM passes through (the NIC's, and passthrough's)
+
+
+@dataclass(frozen=True)
 class MicrokitSpec:
     """The pinned inputs of the seL4 image build (netvm.microkit checks them before make).
 
@@ -226,6 +251,9 @@ class MicrokitSpec:
     libvmm: GitPin | None = None
     example: str = "examples/eth_driver_vm"  # inside libvmm: the Makefile netvm drives
     sddf: GitPin | None = None
+    # None: upstream's example make builds the image (it knows the board); else netvm
+    # builds it with its own make file from upstream's generic parts (netvm.sel4_system).
+    system: MicrokitSystem | None = None
 
     def sdk_archive_sha256(self, platform: str) -> str | None:
         return dict(self.sdk_sha256).get(platform)
@@ -282,6 +310,11 @@ class Board:
     flash_load_address: int
     sim: SimSpec
     rootfs: RootfsSpec = RootfsSpec("debian")
+    # The guest as the board's seL4 system runs it, when that differs from this one (QEMU:
+    # netvm's simulation boot vs the whole seL4 system): the board with the `sel4:`
+    # section's keys in place of its own. Built beside this guest, booted by `run --sel4`.
+    sel4: Board | None = None
+    variant: str = ""  # "sel4" for the Board held in `sel4`
 
     @property
     def dir(self) -> Path:
@@ -515,7 +548,9 @@ _SIZE_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30}
 
 def _read_base_qemu(r: _Reader, node: Any) -> QemuBaseSpec | None:
     key = "devicetree.base_qemu"
-    m = r.mapping(node, key, ("machine", "cpu", "memory"), ("smp", "extra_args"))
+    m = r.mapping(
+        node, key, ("machine", "cpu", "memory"), ("smp", "extra_args", "virtio_transports")
+    )
     if m is None:
         return None
     machine = r.get(m, key, "machine", r.str_)
@@ -539,9 +574,10 @@ def _read_base_qemu(r: _Reader, node: Any) -> QemuBaseSpec | None:
             extra.append(arg)
     if machine is not None and "dumpdtb" in machine:
         r.add(f"{key}.machine", "dumpdtb is added by netvm", "give only the machine options")
-    if machine is None or cpu is None or memory is None or not smp:
+    transports = r.get(m, key, "virtio_transports", r.int_) if "virtio_transports" in m else 2
+    if machine is None or cpu is None or memory is None or not smp or transports is None:
         return None
-    return QemuBaseSpec(machine, cpu, memory, smp, tuple(extra))
+    return QemuBaseSpec(machine, cpu, memory, smp, tuple(extra), transports)
 
 
 def _check_node_path(r: _Reader, key: str, path: str) -> None:
@@ -699,7 +735,7 @@ def _read_passthrough(r: _Reader, node: Any) -> tuple[Passthrough, ...]:
 def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
     key = "microkit"
     names = ("board", "config", "sdk_version")
-    m = r.mapping(node, key, (*names, "sdfgen"), ("sdk_sha256", "libvmm", "sddf"))
+    m = r.mapping(node, key, (*names, "sdfgen"), ("sdk_sha256", "libvmm", "sddf", "system"))
     if m is None:
         return None
     values = [r.get(m, key, k, r.str_) for k in names]
@@ -712,10 +748,65 @@ def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
         example = r.str_(m["libvmm"]["example"], f"{key}.libvmm.example") or example
     sddf = _read_git_pin(r, m["sddf"], f"{key}.sddf", ()) if "sddf" in m else None
     sdfgen = _read_sdfgen_pin(r, m["sdfgen"])
+    system = _read_microkit_system(r, m["system"]) if "system" in m else None
     if any(v is None for v in values) or sha is None or sdfgen is None:
         return None
+    if "system" in m and system is None:
+        return None
     board, config, sdk = (str(v) for v in values)
-    return MicrokitSpec(board, config, sdk, sdfgen, sha, libvmm, example, sddf)
+    return MicrokitSpec(board, config, sdk, sdfgen, sha, libvmm, example, sddf, system)
+
+
+_SYSTEM_NODES = ("serial", "timer", "ethernet")
+
+
+def _read_microkit_system(r: _Reader, node: Any) -> MicrokitSystem | None:
+    key = "microkit.system"
+    names = ("cpu", "serial_driver", "timer_driver", *_SYSTEM_NODES)
+    m = r.mapping(node, key, (*names, "paddr_top"), ("passthrough", "passthrough_irqs"))
+    if m is None:
+        return None
+    values = {k: r.get(m, key, k, r.str_) for k in names}
+    for k in _SYSTEM_NODES:
+        path = values[k]
+        if path is not None and (path.startswith("/") or path.endswith("/")):
+            # sdfgen's DeviceTree.node() takes paths relative to the root, no leading '/'.
+            r.add(
+                f"{key}.{k}",
+                f"expected a node path without a leading '/', got {path!r}",
+                "e.g. pl011@9000000 or soc/serial@3000",
+            )
+            values[k] = None
+    for k in ("serial_driver", "timer_driver"):
+        d = values[k]
+        if d is not None and not re.fullmatch(r"[a-z0-9_]+", d):
+            r.add(
+                f"{key}.{k}",
+                f"expected an sDDF driver directory name, got {d!r}",
+                "e.g. arm (drivers/serial/arm in sDDF)",
+            )
+            values[k] = None
+    paddr_top = r.get(m, key, "paddr_top", r.int_)
+    passthrough = tuple(
+        p
+        for i, item in enumerate(r.items(m, key, "passthrough"))
+        if (p := r.str_(item, f"{key}.passthrough[{i}]")) is not None
+    )
+    irqs = r.get(m, key, "passthrough_irqs", r.int_) if "passthrough_irqs" in m else 1
+    if any(v is None for v in values.values()) or paddr_top is None or irqs is None:
+        return None
+    v = {k: str(x) for k, x in values.items()}
+    return MicrokitSystem(
+        v["cpu"],
+        paddr_top,
+        v["serial"],
+        v["serial_driver"],
+        v["timer"],
+        v["timer_driver"],
+        v["ethernet"],
+        passthrough,
+        irqs,
+    )
 
 
 def _read_sdfgen_pin(r: _Reader, node: Any) -> SdfgenPin | None:
@@ -866,7 +957,7 @@ _REQUIRED_TOP = (
 def parse_board(data: Any, file: Path, display: str) -> Board:
     """Build a `Board` from parsed YAML; raise one UserError with every finding."""
     r = _Reader(display)
-    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs", "microkit"))
+    top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs", "microkit", "sel4"))
     if top is None:
         raise UserError(r.findings)
     version = top.get("schema_version")
@@ -928,7 +1019,34 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
     findings = check_board(board, display)
     if findings:
         raise UserError(findings)
+    if "sel4" in top:
+        board = replace(board, sel4=_read_sel4_variant(top, file, display))
     return board
+
+
+SEL4_KEYS = ("devicetree", "guest", "uio", "microkit")
+
+
+def _read_sel4_variant(top: dict[str, Any], file: Path, display: str) -> Board:
+    """The board as its seL4 system runs it: the `sel4:` keys in place of the board's.
+
+    Parsed (and checked) as a whole board of its own, so every rule holds for it too;
+    findings about the keys it replaces are reported under `sel4.`.
+    """
+    r = _Reader(display)
+    section = r.mapping(top["sel4"], "sel4", ("microkit",), SEL4_KEYS)
+    if section is None or r.findings:
+        raise UserError(r.findings)
+    merged = {k: v for k, v in top.items() if k != "sel4"}
+    merged.update(section)
+    try:
+        variant = parse_board(merged, file, display)
+    except UserError as exc:
+        raise UserError(
+            replace(f, key=f"sel4.{f.key}") if f.key.split(".")[0].split("[")[0] in section else f
+            for f in exc.findings
+        ) from None
+    return replace(variant, variant="sel4")
 
 
 def boards_dir(root: Path) -> Path:

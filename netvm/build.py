@@ -40,6 +40,7 @@ from netvm.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
 # date the kernel build stamps into its version string).
 DEFAULT_SOURCE_DATE_EPOCH = 1704067200
 
+KERNEL_ARTIFACTS = ("kernel_config", "kernel_image", "kernel_audit")
 ARTIFACT_NAMES = (
     "kernel_config",
     "kernel_image",
@@ -117,7 +118,7 @@ def build(
 
     A failing step is recorded as failed in the manifest before its error propagates.
     """
-    if options.require_image and board.microkit is None:
+    if options.require_image and image_board(board) is None:
         raise UserError(
             [
                 Finding(
@@ -135,12 +136,30 @@ def build(
     runner = StepRunner(out, force=options.force, progress=progress)
     header = header_text(board, root)
     versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
+    sel4_runner = None
     try:
         _steps(board, root, options, runner, header, versions)
+        if board.sel4 is not None:
+            # The seL4 system's guest: its own render, rootfs, DTB and loader.img under
+            # sel4/, on the kernel just built (the variant cannot change the kernel).
+            sel4_runner = StepRunner(
+                out / "sel4", force=options.force, progress=progress, label="sel4 "
+            )
+            kernel = {k: v for k, v in runner.artifacts.items() if k in KERNEL_ARTIFACTS}
+            _steps(board.sel4, root, options, sel4_runner, header, versions, kernel=kernel)
     finally:
-        manifest = _manifest(board, root, runner, versions)
+        manifest = _manifest(board, root, runner, versions, sel4_runner)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def image_board(board: Board) -> Board | None:
+    """The board (or its seL4 variant) whose build makes loader.img, if any."""
+    if board.microkit is not None:
+        return board
+    if board.sel4 is not None and board.sel4.microkit is not None:
+        return board.sel4
+    return None
 
 
 def _steps(
@@ -150,7 +169,10 @@ def _steps(
     runner: StepRunner,
     header: str,
     versions: dict[str, str],
+    *,
+    kernel: dict[str, Artifact] | None = None,
 ) -> None:
+    """The steps for one guest; `kernel` given: use those kernel artifacts, no kernel step."""
     out = runner.build_dir
 
     # render: cheap, so it always runs; it reports "cached" when no file changed.
@@ -204,19 +226,22 @@ def _steps(
         files = {"kernel_config": cfg.config, "kernel_image": image.image}
         return StepOutput(dict(files, kernel_audit=cfg.audit_json), details)
 
-    _run(
-        runner,
-        options,
-        "kernel",
-        {
-            "fragments": tree_digest(rendered.kernel_fragments, rendered.root),
-            "kernel_source": versions["kernel_source"],
-            "kernel_path": str(src.path),
-            "cross_gcc": versions["cross_gcc"],
-            "allowed": sorted(board.kernel.allow_mismatch),
-        },
-        make_kernel,
-    )
+    if kernel is not None:
+        runner.artifacts.update(kernel)
+    else:
+        _run(
+            runner,
+            options,
+            "kernel",
+            {
+                "fragments": tree_digest(rendered.kernel_fragments, rendered.root),
+                "kernel_source": versions["kernel_source"],
+                "kernel_path": str(src.path),
+                "cross_gcc": versions["cross_gcc"],
+                "allowed": sorted(board.kernel.allow_mismatch),
+            },
+            make_kernel,
+        )
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
     spec = board.rootfs
 
@@ -302,6 +327,8 @@ def _steps(
             runner,
             options.microkit,
             require_image=options.require_image,
+            root=root,
+            header=header,
         )
 
 
@@ -319,19 +346,32 @@ def _run(
 
 
 def _manifest(
-    board: Board, root: Path, runner: StepRunner, versions: dict[str, str]
+    board: Board,
+    root: Path,
+    runner: StepRunner,
+    versions: dict[str, str],
+    sel4_runner: StepRunner | None = None,
 ) -> dict[str, Any]:
     artifacts: dict[str, Any] = {name: None for name in ARTIFACT_NAMES}
     for name, art in runner.artifacts.items():
         artifacts[name] = art.as_dict(root)
-    return {
+    records = list(runner.records)
+    manifest: dict[str, Any] = {
         "board": board.name,
         "board_file": display_path(board.file, root),
         "schema_version": board.schema_version,
         "versions": dict(sorted(versions.items())),
-        "steps": [r.as_dict() for r in runner.records],
-        "artifacts": artifacts,
     }
+    if sel4_runner is not None:
+        records += sel4_runner.records
+        own = {n: a for n, a in sel4_runner.artifacts.items() if n not in KERNEL_ARTIFACTS}
+        # The seL4 system's guest files; its loader.img is the board's image.
+        manifest["sel4"] = {n: a.as_dict(root) for n, a in sorted(own.items())}
+        if "loader_img" in own:
+            artifacts["loader_img"] = own["loader_img"].as_dict(root)
+    manifest["steps"] = [r.as_dict() for r in records]
+    manifest["artifacts"] = artifacts
+    return manifest
 
 
 def require_artifact(manifest: dict[str, Any], name: str) -> None:

@@ -129,7 +129,7 @@ def build_guest_dtb(
         base_text = dump_base_dts(board, cache_dir() / "qemu-dtb")
         (out_dir / "base.qemu.dts").write_text(base_text)
         flags = DTC_FLAGS + QEMU_BASE_DTC_FLAGS
-        unused = unused_virtio_transports(base_text)
+        unused = unused_virtio_transports(base_text, board.devicetree.base_qemu.virtio_transports)
         base_text += "\n/* ---- virtio-mmio transports netvm.qemu plugs nothing into ---- */\n"
         base_text += "".join(f"/delete-node/ &{{{path}}};\n" for path in unused)
     else:

@@ -11,12 +11,21 @@ It gives `Sddf.Net.add_client_with_copier` the board's MAC for every client whos
 the table has and that the program added without one, then runs meta.py unchanged.
 Nothing of upstream's is edited or copied.
 
+For a board meta.py's table lacks (netvm.sel4_system), netvm's make file adds
+
+    ... metaprogram.py MACS --board-entry board-entry.json <meta.py> <its args>
+
+and the board's row is added to the table: meta.py is loaded without running its
+command line, and what that command line does (pick the board, make the
+SystemDescription and Sddf, read both DTBs, call `generate`) is done here with the row.
+
 This file runs under the python that has sdfgen (the one make would use), not netvm's:
 it imports only the standard library and sdfgen, and nothing of netvm.
 """
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from typing import Any
@@ -41,14 +50,51 @@ def with_board_macs(net: Any, macs: dict[str, str]) -> None:
     net.add_client_with_copier = add_client_with_copier
 
 
+def run_with_board_entry(meta_py: str, entry: dict[str, Any], args: list[str]) -> None:
+    """Run meta.py's `generate` for the board `entry` describes (meta.py's own options)."""
+    import argparse
+
+    import sdfgen
+
+    meta = runpy.run_path(meta_py, run_name="netvm_metaprogram")  # defines; no command line
+    generate = meta["generate"]
+    module = generate.__globals__  # generate() reads `board` and `sdf` from here
+    fields = dict(entry, arch=getattr(sdfgen.SystemDescription.Arch, entry["arch"]))
+    board = meta["Board"](**fields)
+    meta["BOARDS"].append(board)
+    parser = argparse.ArgumentParser(prog=meta_py)
+    for name in ("--dtb_native", "--dtb_guest", "--sddf", "--board", "--output", "--sdf"):
+        parser.add_argument(name, required=True)
+    opts = parser.parse_args(args)
+    if opts.board != board.name:
+        sys.exit(f"metaprogram.py: --board {opts.board}, but the board entry is {board.name}")
+    module["board"] = board
+    module["sdf"] = sdfgen.SystemDescription(board.arch, board.paddr_top)
+    module["sddf"] = sdfgen.Sddf(opts.sddf)
+    with open(opts.dtb_native, "rb") as f:
+        native = sdfgen.DeviceTree(f.read())
+    with open(opts.dtb_guest, "rb") as f:
+        guest = sdfgen.DeviceTree(f.read())
+    generate(opts.sdf, opts.output, native, guest)
+
+
 def main(argv: list[str]) -> None:
+    usage = "usage: metaprogram.py CLIENT=MAC[,...] [--board-entry JSON] META_PY [ARGS...]"
     if len(argv) < 3:
-        sys.exit("usage: metaprogram.py CLIENT=MAC[,CLIENT=MAC...] META_PY [ARGS...]")
+        sys.exit(usage)
     import sdfgen  # the sdfgen of the python make runs (not netvm's)
 
     with_board_macs(sdfgen.Sddf.Net, parse_macs(argv[1]))
-    sys.argv = argv[2:]
-    runpy.run_path(argv[2], run_name="__main__")
+    rest = argv[2:]
+    if rest[0] == "--board-entry":
+        if len(rest) < 3:
+            sys.exit(usage)
+        with open(rest[1]) as f:
+            entry = json.load(f)
+        run_with_board_entry(rest[2], entry, rest[3:])
+        return
+    sys.argv = rest
+    runpy.run_path(rest[0], run_name="__main__")
 
 
 if __name__ == "__main__":

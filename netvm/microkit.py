@@ -39,6 +39,7 @@ from netvm.board import Board, MicrokitSpec
 from netvm.errors import Finding, UserError
 from netvm.fetch import SDK_URL, fetch_git, fetch_sdk, microkit_cache, unpack_sdk
 from netvm.pipeline import StepOutput, StepRecord, StepRunner, file_sha256
+from netvm.sel4_system import render_system
 
 # name -> (task flag, environment variable, what it is)
 INPUTS: dict[str, tuple[str, str, str]] = {
@@ -64,6 +65,8 @@ HOST_TOOLS: dict[str, str] = {
     "shasum": "perl",
 }
 METAPROGRAM = Path(__file__).with_name("metaprogram.py")
+SYSTEM_MAKEFILE = "system.mk"  # netvm's own make file (boards with microkit.system)
+BOARD_ENTRY = "board-entry.json"
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
 LOG_TAIL_LINES = 30
 
@@ -112,6 +115,7 @@ class GuestArtifacts:
     kernel_image: Path
     initramfs: Path
     guest_dts: Path  # the merged base + overlay DTS (has /dts-v1/)
+    guest_dtb: Path  # it compiled, as netvm checked it
 
 
 @dataclass(frozen=True)
@@ -652,6 +656,8 @@ def make_command(
     into every cpio entry, never runs and loader.img is reproducible.
     """
     spec = _pins(board)
+    if spec.system is not None:
+        return system_make_command(board, checked, guest, work_dir)
     return [
         "make",
         "-C",
@@ -670,6 +676,33 @@ def make_command(
         "NET_DRIVER_VM_DTS_OVERLAY=",
         "NET_DRIVER_VM_USERLEVEL=",
         "NET_DRIVER_VM_USERLEVEL_INIT=",
+    ]
+
+
+def system_make_command(
+    board: Board, checked: CheckedInputs, guest: GuestArtifacts, work_dir: Path
+) -> list[str]:
+    """The make invocation of netvm's own system make file (netvm.sel4_system), for a
+    board upstream's example does not know. netvm's guest files go in as they are."""
+    spec = _pins(board)
+    entry = work_dir / BOARD_ENTRY
+    return [
+        "make",
+        "-f",
+        str(work_dir / SYSTEM_MAKEFILE),
+        "-C",
+        str(work_dir / "build"),
+        f"MICROKIT_SDK={checked.sdk}",
+        f"MICROKIT_BOARD={spec.board}",
+        f"MICROKIT_CONFIG={spec.config}",
+        f"LIBVMM={checked.libvmm}",
+        f"SDDF={checked.sddf}",
+        f"EXAMPLE_DIR={checked.example}",
+        f"PYTHON={meta_python(board, checked.python)} --board-entry {entry}",
+        f"LINUX={guest.kernel_image.absolute()}",
+        f"INITRD={guest.initramfs.absolute()}",
+        f"GUEST_DTB={guest.guest_dtb.absolute()}",
+        f"NETVM_INCLUDE={work_dir / 'include'}",
     ]
 
 
@@ -705,9 +738,10 @@ def build_image(
     progress: Callable[[str], None] | None = None,
 ) -> ImageResult:
     """Run upstream's make; on failure raise a UserError quoting the end of the log."""
-    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "build").mkdir(parents=True, exist_ok=True)
     cmd = make_command(board, checked, guest, work_dir)
-    stage_initrd(work_dir, guest)
+    if _pins(board).system is None:
+        stage_initrd(work_dir, guest)
     log = work_dir / "make.log"
     start = time.monotonic()
     with log.open("w") as f:
@@ -733,8 +767,7 @@ def build_image(
                 Finding(
                     display,
                     "microkit",
-                    f"upstream make in {checked.example} {what}; last lines of {log}:\n  "
-                    + "\n  ".join(tail),
+                    f"make ({cmd[2]}) {what}; last lines of {log}:\n  " + "\n  ".join(tail),
                     "the full log is in that file; an objcopy 'section too small' error "
                     "means sdfgen and sDDF are from different releases",
                 )
@@ -755,6 +788,8 @@ def run_step(
     inputs: MicrokitInputs | None,
     *,
     require_image: bool,
+    root: Path | None = None,
+    header: str = "",
 ) -> None:
     """The `microkit` build step: `loader.img` from the guest artifacts, or a clear skip.
 
@@ -764,7 +799,12 @@ def run_step(
     """
     inputs = inputs or MicrokitInputs(None, None, None, sys.executable)
     work_dir = runner.build_dir / "microkit"
-    guest_names = {"kernel_image": "kernel Image", "initramfs": "initramfs", "dts": "guest DTS"}
+    guest_names = {
+        "kernel_image": "kernel Image",
+        "initramfs": "initramfs",
+        "dts": "guest DTS",
+        "dtb": "guest DTB",
+    }
     absent = [what for name, what in guest_names.items() if name not in runner.artifacts]
     failures: dict[str, Finding] = {}
     fetched: dict[str, str] = {}
@@ -799,7 +839,12 @@ def run_step(
         checked = check_inputs(board, display, inputs, work_dir)
     except UserError:
         runner.records.append(
-            StepRecord("microkit", "failed", time.monotonic() - start, "inputs do not match pins")
+            StepRecord(
+                runner.label + "microkit",
+                "failed",
+                time.monotonic() - start,
+                "inputs do not match pins",
+            )
         )
         raise
     if fetched:
@@ -808,7 +853,12 @@ def run_step(
         runner.artifacts["kernel_image"].path,
         runner.artifacts["initramfs"].path,
         runner.artifacts["dts"].path,
+        runner.artifacts["dtb"].path,
     )
+    own: tuple[Path, ...] = (METAPROGRAM,)
+    if _pins(board).system is not None:
+        root = root or Path(__file__).resolve().parent.parent  # the templates' checkout
+        own += render_system(board, work_dir, root, header or "Generated by netvm").files
     step_inputs = {
         "command": make_command(board, checked, guest, work_dir),
         "guest": {n: runner.artifacts[n].sha256 for n in guest_names},
@@ -816,7 +866,8 @@ def run_step(
         "sdfgen": checked.sdfgen_version,
         "provenance": checked.provenance,
         "pins": repr(_pins(board)),
-        "metaprogram": file_sha256(METAPROGRAM),  # netvm's own part of the make
+        # netvm's own part of the make: metaprogram.py, and the rendered system files
+        "netvm_files": {p.name: file_sha256(p) for p in own},
     }
 
     def make_image() -> StepOutput:

@@ -88,9 +88,15 @@ class StepRunner:
     """Runs steps in order for one build directory and collects their records."""
 
     def __init__(
-        self, build_dir: Path, *, force: bool, progress: Callable[[str], None] | None
+        self,
+        build_dir: Path,
+        *,
+        force: bool,
+        progress: Callable[[str], None] | None,
+        label: str = "",
     ) -> None:
         self.build_dir = build_dir
+        self.label = label  # prefixed to step names in records and progress, e.g. "sel4 "
         self.state_dir = build_dir / "state"
         self.force = force
         self.progress = progress or (lambda _msg: None)
@@ -99,7 +105,7 @@ class StepRunner:
 
     def skip(self, name: str, note: str) -> None:
         # Not echoed as progress: the step table (or the JSON manifest) shows the note once.
-        self.records.append(StepRecord(name, "skipped", 0.0, note))
+        self.records.append(StepRecord(self.label + name, "skipped", 0.0, note))
 
     def run(
         self, name: str, inputs: Mapping[str, Any], run: Callable[[], StepOutput]
@@ -107,25 +113,26 @@ class StepRunner:
         """Run `run` unless a previous run had the same inputs and its outputs are intact."""
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         state_file = self.state_dir / f"{name}.json"
+        label = self.label + name
         start = time.monotonic()
         cached = None if self.force else self._load_cached(state_file, key)
         if cached is not None:
             arts, details = cached
-            record = StepRecord(name, "cached", time.monotonic() - start, details=details)
+            record = StepRecord(label, "cached", time.monotonic() - start, details=details)
         else:
-            self.progress(f"[{name}] running")
+            self.progress(f"[{label}] running")
             try:
                 output = run()
             except BaseException:
-                self.records.append(StepRecord(name, "failed", time.monotonic() - start))
+                self.records.append(StepRecord(label, "failed", time.monotonic() - start))
                 raise
             arts = {k: Artifact.of(p) for k, p in output.files.items()}
             details = dict(output.details)
             self._save(state_file, key, arts, details)
-            record = StepRecord(name, "built", time.monotonic() - start, details=details)
+            record = StepRecord(label, "built", time.monotonic() - start, details=details)
         self.artifacts.update(arts)
         self.records.append(record)
-        self.progress(f"[{name}] {record.status} ({record.seconds:.2f} s)")
+        self.progress(f"[{label}] {record.status} ({record.seconds:.2f} s)")
         return record
 
     def _load_cached(

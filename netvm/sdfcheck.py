@@ -591,10 +591,16 @@ def check_files(
     vm_name: str | None = None,
     strict: bool = False,
 ) -> CheckReport:
-    """`invoke check`: defaults are the build's guest DTB and the `.system` its make wrote."""
+    """`invoke check`: defaults are the build's guest DTB and the `.system` its make wrote.
+
+    A board whose seL4 system runs a variant of its guest (QEMU) is checked as that
+    variant, against the files its build wrote under sel4/.
+    """
     from netvm.board import display_path
 
     build = root / "build" / board.name
+    if board.microkit is None and board.sel4 is not None:
+        board, build = board.sel4, build / "sel4"
     dtb = dtb or build / "dtb" / "guest.dtb"
     if not dtb.is_file():
         raise UserError(

@@ -281,7 +281,7 @@ def test_unreachable_sdk_host_is_a_clear_finding(odroidc4: Board, tmp_path: Path
 def runner_with_guest(tmp_path: Path) -> StepRunner:
     runner = StepRunner(tmp_path / "build", force=False, progress=None)
     (tmp_path / "guest").mkdir(parents=True)
-    for name in ("kernel_image", "initramfs", "dts"):
+    for name in ("kernel_image", "initramfs", "dts", "dtb"):
         path = tmp_path / "guest" / name
         path.write_text(f"placeholder {name}\n")
         runner.artifacts[name] = Artifact.of(path)
