@@ -57,7 +57,7 @@ LIB_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 BUSYBOX_APPLETS = (
     "cat", "chmod", "cp", "cttyhack", "date", "dmesg", "echo", "free", "grep", "head",
     "hostname", "ifconfig", "ip", "kill", "ln", "ls", "mkdir", "mount", "mv",
-    "ping", "poweroff", "ps", "reboot", "renice", "rm", "sed", "setsid", "sh", "sleep", "tail",
+    "pidof", "ping", "poweroff", "ps", "reboot", "renice", "rm", "sed", "setsid", "sh", "sleep", "tail",
     "top", "true", "umount", "uname", "vi", "wc",
 )  # fmt: skip
 SBIN_APPLETS = frozenset({"ifconfig", "poweroff", "reboot"})

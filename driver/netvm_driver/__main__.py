@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             "*** You won't see any output from UIO Net anymore. Unless there is a warning or error."
         )
         loop.run()
+        # One line an operator (and `invoke run --sel4 --check`) reads after a stop: what
+        # went through, and where every buffer is (at rest, all RX buffers in rx_free).
+        counters = " ".join(f"{k}={v}" for k, v in stats.as_dict().items() if v)
+        queues = " ".join(f"{k}={v}" for k, v in datapath.census().items())
+        log.info(f"*** Stopped: {counters or 'no traffic'}; queues {queues}")
         return 0
     except (UioError, DeviceError, DataPassingError, FatalDeviceError) as exc:
         log.error(str(exc))

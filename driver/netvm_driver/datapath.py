@@ -35,7 +35,7 @@ from .checksum import fill_checksums
 from .config import DriverConfig
 from .device import DeviceError, Devices
 from .log import RateLimitedLog
-from .queue import Consumer, Producer, Ring, with_len
+from .queue import Consumer, Producer, Ring, ring_length, with_len
 from .ring import (
     BLOCK_PKTS,
     BLOCK_PKTS_AT,
@@ -290,6 +290,22 @@ class DataPath:
         self.tx_blocked = False  # the socket said EAGAIN: wait for it to become writable
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
         self.rx_free.ring.cancel_signal()
+
+    def census(self) -> dict[str, int]:
+        """Entries in each of the four queues now, as their indices in shared memory say.
+
+        At rest (no frame in flight anywhere) every RX buffer is back in rx_free and the
+        TX queues are empty: a buffer lost on either side of the driver shows up here.
+        """
+        return {
+            name: ring_length(q.ring.load_tail(), q.ring.load_head())
+            for name, q in (
+                ("rx_free", self.rx_free),
+                ("rx_active", self.rx_active),
+                ("tx_active", self.tx_active),
+                ("tx_free", self.tx_free),
+            )
+        }
 
     # ------------------------------------------------------------------ RX
 

@@ -3,13 +3,16 @@
 ``python -m netvm.sim.peer udp-echo --target 10.0.0.2 --sizes 1-1472`` sends one datagram
 of every size and checks each echo byte for byte; ``udp-load`` keeps a window of
 datagrams in flight to one or more clients for a count or a time and reports echoes,
-losses, corruption, rate and round-trip times. Both print one JSON object. Owns no state
+losses, corruption, rate and round-trip times; ``first-echo`` probes until each target
+has echoed once; ``tcp-echo`` streams bytes through a TCP echo server and compares them.
+Each prints one JSON object. Owns no state
 beyond one run; stdlib only, so it runs in a bare namespace.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -81,6 +84,77 @@ def udp_echo(target: str, port: int, sizes: list[int], timeout: float) -> dict[s
         "lost": lost[:50],
         "mismatched": mismatched[:50],
         "rtt_us": percentiles(rtts),
+    }
+
+
+def first_echo(targets: list[str], port: int, interval: float, deadline: float) -> dict[str, Any]:
+    """Probe every target's UDP echo until each has answered once (or `deadline` seconds
+    pass): the wall-clock time of each first echo, for "boot -> first echo"."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    first: dict[str, float] = {}
+    probes = 0
+    end = time.monotonic() + deadline
+    while len(first) < len(targets) and time.monotonic() < end:
+        for t in targets:
+            if t not in first:
+                # No ARP entry yet is EHOSTUNREACH on a later send: keep probing.
+                with contextlib.suppress(OSError):
+                    sock.sendto(b"netvm-first-echo", (t, port))
+                    probes += 1
+        until = time.monotonic() + interval
+        while (left := until - time.monotonic()) > 0:
+            for _key, _ev in sel.select(left):
+                with contextlib.suppress(OSError):
+                    data, (addr, _port) = sock.recvfrom(2048)
+                    if data == b"netvm-first-echo" and addr in targets:
+                        first.setdefault(addr, time.time())
+    sock.close()
+    return {"first_echo_epoch": first, "probes": probes, "answered": sorted(first)}
+
+
+def tcp_echo(target: str, port: int, size: int, timeout: float) -> dict[str, Any]:
+    """Send `size` bytes over one TCP connection while reading the echo; compare."""
+    data = (PATTERN * (size // len(PATTERN) + 1))[:size]
+    t0 = time.perf_counter()
+    got = bytearray()
+    try:
+        with socket.create_connection((target, port), timeout=timeout) as sock:
+            sock.setblocking(False)
+            sel = selectors.DefaultSelector()
+            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            sent = 0
+            last = time.monotonic()
+            while len(got) < size:
+                if time.monotonic() - last > timeout:
+                    raise TimeoutError(f"no progress for {timeout:.0f} s")
+                for key, ev in sel.select(0.2):
+                    if ev & selectors.EVENT_READ:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise ConnectionError("closed by the echo server")
+                        got += chunk
+                        last = time.monotonic()
+                    if ev & selectors.EVENT_WRITE and sent < size:
+                        sent += sock.send(data[sent : sent + 16384])
+                        last = time.monotonic()
+                        if sent == size:
+                            sel.modify(key.fileobj, selectors.EVENT_READ)
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = ""
+    seconds = time.perf_counter() - t0
+    return {
+        "target": target,
+        "port": port,
+        "sent": size,
+        "echoed": len(got),
+        "exact": bytes(got) == data,
+        "seconds": round(seconds, 3),
+        "error": error,
     }
 
 
@@ -199,9 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--seconds", type=float)
     ld.add_argument("--window", type=int, default=32)
     ld.add_argument("--timeout", type=float, default=1.0)
+    fe = sub.add_parser("first-echo", help="probe UDP echo until every target answered")
+    fe.add_argument("--target", action="append", required=True)
+    fe.add_argument("--port", type=int, default=1235)
+    fe.add_argument("--interval", type=float, default=0.2)
+    fe.add_argument("--deadline", type=float, default=300.0)
+    te = sub.add_parser("tcp-echo", help="stream bytes to a TCP echo server, compare")
+    te.add_argument("--target", required=True)
+    te.add_argument("--port", type=int, default=1237)
+    te.add_argument("--size", type=int, default=100 * 1024)
+    te.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args(argv)
     if args.cmd == "udp-echo":
         report = udp_echo(args.target, args.port, args.sizes, args.timeout)
+    elif args.cmd == "first-echo":
+        report = first_echo(args.target, args.port, args.interval, args.deadline)
+    elif args.cmd == "tcp-echo":
+        report = tcp_echo(args.target, args.port, args.size, args.timeout)
     else:
         if args.count is None and args.seconds is None:
             p.error("udp-load needs --count or --seconds")
