@@ -56,8 +56,8 @@ LIB_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 # applets, so the links are fixed.
 BUSYBOX_APPLETS = (
     "cat", "chmod", "cp", "cttyhack", "date", "dmesg", "echo", "free", "grep", "head",
-    "hostname", "ifconfig", "ip", "kill", "ln", "ls", "mkdir", "mount", "mv",
-    "pidof", "ping", "poweroff", "ps", "reboot", "renice", "rm", "sed", "setsid", "sh", "sleep", "tail",
+    "hostname", "ifconfig", "ip", "kill", "ln", "ls", "mkdir", "mount", "mv", "pidof",
+    "ping", "poweroff", "ps", "reboot", "renice", "rm", "sed", "setsid", "sh", "sleep", "tail",
     "top", "true", "umount", "uname", "vi", "wc",
 )  # fmt: skip
 SBIN_APPLETS = frozenset({"ifconfig", "poweroff", "reboot"})
