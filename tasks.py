@@ -335,25 +335,22 @@ def run(
     except ValueError:
         raise UserError(f"--boot-timeout {boot_timeout!r}", hint="give seconds, e.g. 60") from None
     b = load_board(board, ROOT)
-    report: qemu.CheckReport | sel4_run.Sel4Report
+    interactive: Callable[..., int]
+    checked: Callable[..., qemu.CheckReport | sel4_run.Sel4Report]
     if sel4:
         if no_vmm:
             raise UserError("--no-vmm is for the simulation", hint="drop it with --sel4")
-        sel4_options = sel4_run.Sel4Options(check=check, boot_timeout=timeout)
-        if not check:
-            code = sel4_run.run_interactive(b, ROOT, sel4_options, progress=_progress)
-            if code:
-                raise Exit(code=code)
-            return
-        report = sel4_run.run_check(b, ROOT, sel4_options, progress=_progress)
+        options: Any = sel4_run.Sel4Options(check=check, boot_timeout=timeout)
+        interactive, checked = sel4_run.run_interactive, sel4_run.run_check
     else:
         options = qemu.RunOptions(check=check, vmm=not no_vmm, boot_timeout=timeout)
-        if not check:
-            code = qemu.run_interactive(b, ROOT, options, progress=_progress)
-            if code:
-                raise Exit(code=code)
-            return
-        report = qemu.run_check(b, ROOT, options, progress=_progress)
+        interactive, checked = qemu.run_interactive, qemu.run_check
+    if not check:
+        code = interactive(b, ROOT, options, progress=_progress)
+        if code:
+            raise Exit(code=code)
+        return
+    report = checked(b, ROOT, options, progress=_progress)
     print(report.summary())
     if json_:
         Path(json_).write_text(json.dumps(report.as_dict(), indent=2) + "\n")

@@ -360,6 +360,21 @@ def _udp_sizes(spec: str) -> str:
     return ",".join(str(n) for n in range(int(lo), int(hi or lo) + 1, int(step or 1)))
 
 
+def prepare(
+    board: Board,
+    root: Path,
+    options: Sel4Options,
+    *,
+    interactive: bool,
+    progress: Callable[[str], None],
+) -> Sel4Run:
+    """The (not yet started) boot of `board`'s whole system, from its build's loader.img."""
+    variant = sel4_board(board)
+    loader = loader_image(board, root, options.build_root)
+    paths = Sel4Paths(loader.parent.parent.parent / "run")
+    return Sel4Run(variant, loader, paths, options, interactive=interactive, progress=progress)
+
+
 def run_check(
     board: Board,
     root: Path,
@@ -368,11 +383,9 @@ def run_check(
 ) -> Sel4Report:
     """Boot the whole system and check it end to end; see the module docstring."""
     say = progress or (lambda _msg: None)
-    variant = sel4_board(board)
-    loader = loader_image(board, root, options.build_root)
-    paths = Sel4Paths(loader.parent.parent.parent / "run")
+    run = prepare(board, root, options, interactive=False, progress=say)
+    variant, paths = run.board, run.paths
     report = Sel4Report(board.name, console_log=str(paths.console_log))
-    run = Sel4Run(variant, loader, paths, options, progress=say)
     phase = "boot"
     try:
         with sigterm_as_interrupt(), run:
@@ -499,10 +512,8 @@ def run_interactive(
 ) -> int:
     """The system's console on this terminal (Ctrl-A X quits QEMU); QEMU's exit code."""
     say = progress or (lambda _msg: None)
-    variant = sel4_board(board)
-    loader = loader_image(board, root, options.build_root)
-    paths = Sel4Paths(loader.parent.parent.parent / "run")
-    run = Sel4Run(variant, loader, paths, options, interactive=True, progress=say)
+    run = prepare(board, root, options, interactive=True, progress=say)
+    variant = run.board
     with sigterm_as_interrupt(), run:
         clients = ", ".join(f"{c.name} {c.ipv4}" for c in variant.net.clients)
         say(
