@@ -340,7 +340,7 @@ def run(
     if sel4:
         if no_vmm:
             raise UserError("--no-vmm is for the simulation", hint="drop it with --sel4")
-        options: Any = sel4_run.Sel4Options(check=check, boot_timeout=timeout)
+        options: Any = sel4_run.Sel4Options(boot_timeout=timeout)
         interactive, checked = sel4_run.run_interactive, sel4_run.run_check
     else:
         options = qemu.RunOptions(check=check, vmm=not no_vmm, boot_timeout=timeout)

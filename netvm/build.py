@@ -78,7 +78,9 @@ class BuildOptions:
 
 
 def build_dir(root: Path, board: Board, build_root: Path | None = None) -> Path:
-    return (build_root or root / "build") / board.name
+    """The board's build directory; a variant's (Board.sel4) is a subdirectory of it."""
+    out = (build_root or root / "build") / board.name
+    return out / board.variant if board.variant else out
 
 
 def kernel_source(board: Board, override: Path | None) -> KernelSource:
@@ -143,7 +145,10 @@ def build(
             # The seL4 system's guest: its own render, rootfs, DTB and loader.img under
             # sel4/, on the kernel just built (the variant cannot change the kernel).
             sel4_runner = StepRunner(
-                out / "sel4", force=options.force, progress=progress, label="sel4 "
+                build_dir(root, board.sel4, options.build_root),
+                force=options.force,
+                progress=progress,
+                label="sel4 ",
             )
             kernel = {k: v for k, v in runner.artifacts.items() if k in KERNEL_ARTIFACTS}
             _steps(board.sel4, root, options, sel4_runner, header, versions, kernel=kernel)

@@ -39,7 +39,7 @@ from netvm.board import Board, MicrokitSpec
 from netvm.errors import Finding, UserError
 from netvm.fetch import SDK_URL, fetch_git, fetch_sdk, microkit_cache, unpack_sdk
 from netvm.pipeline import StepOutput, StepRecord, StepRunner, file_sha256
-from netvm.sel4_system import render_system
+from netvm.sel4_system import render_system, system_files
 
 # name -> (task flag, environment variable, what it is)
 INPUTS: dict[str, tuple[str, str, str]] = {
@@ -65,8 +65,6 @@ HOST_TOOLS: dict[str, str] = {
     "shasum": "perl",
 }
 METAPROGRAM = Path(__file__).with_name("metaprogram.py")
-SYSTEM_MAKEFILE = "system.mk"  # netvm's own make file (boards with microkit.system)
-BOARD_ENTRY = "board-entry.json"
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
 LOG_TAIL_LINES = 30
 
@@ -685,11 +683,11 @@ def system_make_command(
     """The make invocation of netvm's own system make file (netvm.sel4_system), for a
     board upstream's example does not know. netvm's guest files go in as they are."""
     spec = _pins(board)
-    entry = work_dir / BOARD_ENTRY
+    files = system_files(work_dir)
     return [
         "make",
         "-f",
-        str(work_dir / SYSTEM_MAKEFILE),
+        str(files.makefile),
         "-C",
         str(work_dir / "build"),
         f"MICROKIT_SDK={checked.sdk}",
@@ -698,11 +696,11 @@ def system_make_command(
         f"LIBVMM={checked.libvmm}",
         f"SDDF={checked.sddf}",
         f"EXAMPLE_DIR={checked.example}",
-        f"PYTHON={meta_python(board, checked.python)} --board-entry {entry}",
+        f"PYTHON={meta_python(board, checked.python)} --board-entry {files.board_entry}",
         f"LINUX={guest.kernel_image.absolute()}",
         f"INITRD={guest.initramfs.absolute()}",
         f"GUEST_DTB={guest.guest_dtb.absolute()}",
-        f"NETVM_INCLUDE={work_dir / 'include'}",
+        f"NETVM_INCLUDE={files.include_dir}",
     ]
 
 

@@ -597,10 +597,11 @@ def check_files(
     variant, against the files its build wrote under sel4/.
     """
     from netvm.board import display_path
+    from netvm.build import build_dir
 
-    build = root / "build" / board.name
     if board.microkit is None and board.sel4 is not None:
-        board, build = board.sel4, build / "sel4"
+        board = board.sel4
+    build = build_dir(root, board)
     dtb = dtb or build / "dtb" / "guest.dtb"
     if not dtb.is_file():
         raise UserError(

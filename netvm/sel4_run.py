@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from netvm.board import Board, display_path
+from netvm.build import build_dir
 from netvm.errors import Finding, Interrupted, UserError
 from netvm.qemu import READY_LINE, Console, connect_unix, create_peer_namespace
 from netvm.qemu import remove_peer_namespace as remove_namespace
@@ -58,7 +59,6 @@ STOP_DRIVER = "kill $(pidof netvm-driver)"  # SIGTERM: the driver finishes its b
 
 @dataclass(frozen=True)
 class Sel4Options:
-    check: bool = False
     boot_timeout: float = 240.0  # QEMU start -> the driver's event loop, and -> the leases
     ping_count: int = 20
     udp_sizes: str = "1-1472:29"  # start-stop:step, see _sizes
@@ -107,8 +107,7 @@ def sel4_board(board: Board) -> Board:
 
 def loader_image(board: Board, root: Path, build_root: Path | None = None) -> Path:
     """The loader.img `invoke build` made for the board's seL4 system."""
-    path = (build_root or root / "build") / board.name / "sel4" / "microkit" / "build"
-    image = path / "loader.img"
+    image = build_dir(root, sel4_board(board), build_root) / "microkit" / "build" / "loader.img"
     if not image.is_file():
         raise UserError(
             [
@@ -178,6 +177,11 @@ def dnsmasq_command(variant: Board, paths: Sel4Paths) -> list[str]:
     return cmd
 
 
+def _env() -> dict[str, str]:
+    """The peer's tools are netvm's: run them from this checkout in any namespace."""
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+
 @dataclass
 class Sel4Run:
     """One whole-system boot: namespace, tap, DHCP server and QEMU; torn down on exit."""
@@ -187,7 +191,6 @@ class Sel4Run:
     paths: Sel4Paths
     options: Sel4Options
     interactive: bool = False
-    progress: Callable[[str], None] = field(default=lambda _msg: None)
     proc: subprocess.Popen[bytes] | None = None
     dhcp: subprocess.Popen[bytes] | None = None
     console: Console | None = None
@@ -247,13 +250,18 @@ class Sel4Run:
             self.console = Console(sock, self.t0, self.paths.console_log, echo=False)
 
     def peer(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        root = Path(__file__).resolve().parent.parent
         return subprocess.run(
-            netns.in_ns(NAMESPACE, cmd),
-            capture_output=True,
+            netns.in_ns(NAMESPACE, cmd), capture_output=True, text=True, timeout=timeout, env=_env()
+        )
+
+    def peer_tool(self, args: list[str]) -> subprocess.Popen[str]:
+        """netvm.sim.peer `args` in the peer namespace, started (its JSON on stdout)."""
+        return subprocess.Popen(
+            netns.in_ns(NAMESPACE, [sys.executable, "-m", "netvm.sim.peer", *args]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            env=dict(os.environ, PYTHONPATH=str(root)),
+            env=_env(),
         )
 
     def peer_json(self, args: list[str], timeout: float) -> dict[str, Any]:
@@ -366,13 +374,12 @@ def prepare(
     options: Sel4Options,
     *,
     interactive: bool,
-    progress: Callable[[str], None],
 ) -> Sel4Run:
     """The (not yet started) boot of `board`'s whole system, from its build's loader.img."""
     variant = sel4_board(board)
     loader = loader_image(board, root, options.build_root)
-    paths = Sel4Paths(loader.parent.parent.parent / "run")
-    return Sel4Run(variant, loader, paths, options, interactive=interactive, progress=progress)
+    paths = Sel4Paths(build_dir(root, variant, options.build_root) / "run")
+    return Sel4Run(variant, loader, paths, options, interactive=interactive)
 
 
 def run_check(
@@ -383,7 +390,7 @@ def run_check(
 ) -> Sel4Report:
     """Boot the whole system and check it end to end; see the module docstring."""
     say = progress or (lambda _msg: None)
-    run = prepare(board, root, options, interactive=False, progress=say)
+    run = prepare(board, root, options, interactive=False)
     variant, paths = run.board, run.paths
     report = Sel4Report(board.name, console_log=str(paths.console_log))
     phase = "boot"
@@ -398,13 +405,7 @@ def run_check(
             fe_args = ["first-echo", "--port", port, "--deadline", str(options.boot_timeout)]
             for t in targets:
                 fe_args += ["--target", t]
-            prober = subprocess.Popen(
-                netns.in_ns(NAMESPACE, [sys.executable, "-m", "netvm.sim.peer", *fe_args]),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
-            )
+            prober = run.peer_tool(fe_args)
             _, line = console.wait_for(READY_LINE, options.boot_timeout, what="the driver")
             report.driver_ready_s = round(line.seconds, 2)
             say(f"driver in its event loop {line.seconds:.1f} s after QEMU start")
@@ -512,7 +513,7 @@ def run_interactive(
 ) -> int:
     """The system's console on this terminal (Ctrl-A X quits QEMU); QEMU's exit code."""
     say = progress or (lambda _msg: None)
-    run = prepare(board, root, options, interactive=True, progress=say)
+    run = prepare(board, root, options, interactive=True)
     variant = run.board
     with sigterm_as_interrupt(), run:
         clients = ", ".join(f"{c.name} {c.ipv4}" for c in variant.net.clients)

@@ -72,6 +72,11 @@ class SystemFiles:
         return (self.makefile, self.include_dir / "expect.h", self.board_entry)
 
 
+def system_files(out: Path) -> SystemFiles:
+    """Where `render_system` writes under `out` (and the system make reads them)."""
+    return SystemFiles(out / "system.mk", out / "include", out / "board-entry.json")
+
+
 def _system(board: Board) -> tuple[MicrokitSpec, MicrokitSystem]:
     spec = board.microkit
     assert spec is not None and spec.system is not None, f"{board.name}: no microkit.system"
@@ -104,7 +109,7 @@ def render_system(board: Board, out: Path, root: Path, header: str) -> SystemFil
         "sections": SECTIONS,
         "uio_count": len(board.uio),
     }
-    files = SystemFiles(out / "system.mk", out / "include", out / "board-entry.json")
+    files = system_files(out)
     files.include_dir.mkdir(parents=True, exist_ok=True)
     _write(files.makefile, env.get_template("microkit/system.mk.j2").render(values))
     _write(files.include_dir / "expect.h", env.get_template("microkit/expect.h.j2").render(values))
