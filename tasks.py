@@ -1,7 +1,7 @@
 """netvm tasks: a thin invoke layer over the `netvm` package.
 
 Each task parses its flags, calls one library function and prints the result. User
-errors (`netvm.errors.UserError`) are printed without a traceback and exit with 2.
+errors (`netvm.core.errors.UserError`) are printed without a traceback and exit with 2.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 
 from invoke import Collection, Context, Exit, task
 
-from netvm import flash as flash_lib
-from netvm import kernel as kernel_lib
-from netvm import lock as lock_lib
-from netvm import sdfcheck
-from netvm.board import display_path, load_board
-from netvm.build import BuildOptions, build, build_dir, kernel_source, lock_inputs
-from netvm.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
-from netvm.microkit import resolve_inputs
-from netvm.render import render_all
+from netvm.board import load_board
+from netvm.builder import lock as lock_lib
+from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
+from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
+from netvm.core.workspace import Workspace, display_path
+from netvm.guest import kernel as kernel_lib
+from netvm.guest.render import render_all
+from netvm.microkit import checks as sdfcheck
+from netvm.microkit.handoff import resolve_inputs
+from netvm.target import flash as flash_lib
 
 ROOT = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,6 +50,20 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _workspace() -> Workspace:
+    """This checkout, building into build/ (or $NETVM_BUILD_DIR)."""
+    return Workspace.at(ROOT)
+
+
+def _write_json(dest: str, doc: Any) -> None:
+    """`--json PATH` in every task: the document to PATH, or to stdout for "-"."""
+    text = json.dumps(doc, indent=2) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        Path(dest).write_text(text)
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -58,10 +73,11 @@ def _progress(msg: str) -> None:
 def render(c: Context, board: str = "odroidc4") -> None:
     """Render kernel fragments, overlay DTS, driver config and rootfs overlay."""
     b = load_board(board, ROOT)
-    out = ROOT / "build" / b.name / "render"
+    ws = _workspace()
+    out = ws.build_dir(b) / "render"
     result = render_all(b, out, ROOT)
     print(
-        f"rendered {len(result.files)} files under {out.relative_to(ROOT)} "
+        f"rendered {len(result.files)} files under {ws.display(out)} "
         f"({len(result.changed)} changed)"
     )
 
@@ -71,7 +87,7 @@ def render(c: Context, board: str = "odroidc4") -> None:
         "board": BOARD_HELP,
         "force": "re-run every step even if its inputs are unchanged",
         "kernel-src": KERNEL_SRC_HELP,
-        "json": "print the manifest as JSON on stdout",
+        "json": "also write the manifest as JSON to this file (- : on stdout, no summary)",
         "skip": "do not run this step (kernel, rootfs, dtb, microkit); repeatable",
         "require-image": "fail (exit 2) when loader.img cannot be built, e.g. inputs missing",
         "microkit-sdk": "Microkit SDK directory or archive (else invoke.yaml netvm.microkit_sdk"
@@ -81,7 +97,7 @@ def render(c: Context, board: str = "odroidc4") -> None:
         "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
         "locked": "fail before building if any input differs from boards/B/netvm.lock",
         "fetch": "fetch inputs given nowhere at the board's pins into the cache (else only"
-        " given paths are used; invoke.yaml netvm.fetch: true makes it the default)",
+        " given paths are used; invoke.yaml netvm.microkit.fetch: true makes it the default)",
     },
     iterable=["skip"],
 )
@@ -91,7 +107,7 @@ def build_(
     board: str = "odroidc4",
     force: bool = False,
     kernel_src: str | None = None,
-    json_: bool = False,
+    json_: str | None = None,
     skip: list[str] | None = None,
     require_image: bool = False,
     microkit_sdk: str | None = None,
@@ -117,14 +133,16 @@ def build_(
         require_image=require_image,
         locked=locked,
     )
-    manifest = build(b, ROOT, options, progress=_progress)
+    ws = _workspace()
+    manifest = build(b, ws, options, progress=_progress)
     if json_:
-        print(json.dumps(manifest, indent=2))
-        return
+        _write_json(json_, manifest)
+        if json_ == "-":
+            return
     for step in manifest["steps"]:
         note = f"  {step['note']}" if step.get("note") else ""
         print(f"{step['name']:<9} {step['status']:<8} {step['seconds']:7.2f} s{note}")
-    print(f"manifest: build/{b.name}/manifest.json")
+    print(f"manifest: {ws.display(ws.build_dir(b) / 'manifest.json')}")
 
 
 @task(
@@ -151,7 +169,7 @@ def check(
     b = load_board(board, ROOT)
     report = sdfcheck.check_files(
         b,
-        ROOT,
+        _workspace(),
         system=Path(system) if system else None,
         dtb=Path(dtb) if dtb else None,
         vm_name=vm,
@@ -227,7 +245,7 @@ def flash(
         dry_run=dry_run,
         log=Path(log) if log else None,
     )
-    print(flash_lib.flash_board(b, ROOT, options))
+    print(flash_lib.flash_board(b, _workspace(), options))
 
 
 @task(help={"board": BOARD_HELP})
@@ -244,7 +262,7 @@ def menuconfig(c: Context, board: str = "odroidc4", kernel_src: str | None = Non
     """Edit the built guest kernel's .config interactively; then run kernel.diffconfig."""
     b = load_board(board, ROOT)
     src = kernel_source(b, Path(kernel_src) if kernel_src else None)
-    kdir = build_dir(ROOT, b) / "kernel"
+    kdir = _workspace().build_dir(b) / "kernel"
     kernel_lib.menuconfig(src.path, kdir, arch=b.arch, cross_compile=b.cross_compile)
 
 
@@ -253,7 +271,7 @@ def menuconfig(c: Context, board: str = "odroidc4", kernel_src: str | None = Non
 def diffconfig(c: Context, board: str = "odroidc4") -> None:
     """Print what a hand-edited kernel .config changed, as a fragment to paste."""
     b = load_board(board, ROOT)
-    print(kernel_lib.diffconfig(build_dir(ROOT, b) / "kernel"), end="")
+    print(kernel_lib.diffconfig(_workspace().build_dir(b) / "kernel"), end="")
 
 
 kernel_ns = Collection("kernel")
@@ -313,7 +331,7 @@ ns.add_task(sim)
         " inputs) instead of netvm's simulation; Ctrl-A X quits",
         "boot-timeout": "seconds from QEMU start to the driver's event loop (default 60;"
         " with --sel4 also to the first echo, default 240)",
-        "json": "also write the --check report as JSON to this file",
+        "json": "also write the --check report as JSON to this file (- for stdout)",
     }
 )
 @user_errors
@@ -328,7 +346,7 @@ def run(
 ) -> None:
     """Boot the guest under QEMU (TCG): with netvm's simulated VMM, or (--sel4) the whole
     seL4 system."""
-    from netvm import qemu, sel4_run
+    from netvm.target import qemu, sel4_run
 
     try:
         timeout = float(boot_timeout or (240 if sel4 else 60))
@@ -336,24 +354,24 @@ def run(
         raise UserError(f"--boot-timeout {boot_timeout!r}", hint="give seconds, e.g. 60") from None
     b = load_board(board, ROOT)
     interactive: Callable[..., int]
-    checked: Callable[..., qemu.CheckReport | sel4_run.Sel4Report]
+    checked: Callable[..., qemu.QemuReport | sel4_run.Sel4Report]
     if sel4:
         if no_vmm:
             raise UserError("--no-vmm is for the simulation", hint="drop it with --sel4")
         options: Any = sel4_run.Sel4Options(boot_timeout=timeout)
-        interactive, checked = sel4_run.run_interactive, sel4_run.run_check
+        interactive, checked = sel4_run.run_sel4_interactive, sel4_run.run_sel4_check
     else:
         options = qemu.RunOptions(check=check, vmm=not no_vmm, boot_timeout=timeout)
-        interactive, checked = qemu.run_interactive, qemu.run_check
+        interactive, checked = qemu.run_qemu_interactive, qemu.run_qemu_check
     if not check:
-        code = interactive(b, ROOT, options, progress=_progress)
+        code = interactive(b, _workspace(), options, progress=_progress)
         if code:
             raise Exit(code=code)
         return
-    report = checked(b, ROOT, options, progress=_progress)
+    report = checked(b, _workspace(), options, progress=_progress)
     print(report.summary())
     if json_:
-        Path(json_).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        _write_json(json_, report.as_dict())
     if not report.ok:
         raise Exit(code=1)
 
@@ -429,7 +447,7 @@ def bench(
     if rounds:
         kw["rounds"] = rounds
     opts = BenchOptions.quick_options(**kw) if quick else BenchOptions(**kw)
-    doc = run_bench(opts, ROOT, say=_progress)
+    doc = run_bench(opts, ROOT, progress=_progress)
     print(report(doc))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board
-from netvm.kernelsrc import KernelSource, debian_source
+from netvm.guest.kernelsrc import KernelSource, debian_source
 
 ROOT = Path(__file__).resolve().parent.parent
 

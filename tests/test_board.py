@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board, queue_region_size
-from netvm.errors import USER_ERROR_EXIT, UserError
+from netvm.core.errors import USER_ERROR_EXIT, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "boards").glob("*/board.yaml"))

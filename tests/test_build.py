@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from netvm import build as build_module
 from netvm.board import Board, load_board
-from netvm.build import ARTIFACT_NAMES, BuildOptions, build
+from netvm.builder import build as build_module
+from netvm.builder.build import ARTIFACT_NAMES, BuildOptions, build
+from netvm.core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -28,8 +29,8 @@ def statuses(manifest: dict) -> dict[str, str]:
 
 
 def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
-    opts = BuildOptions(build_root=tmp_path, skip=FAST)
-    first = build(odroidc4, ROOT, opts)
+    opts = BuildOptions(skip=FAST)
+    first = build(odroidc4, Workspace(ROOT, tmp_path), opts)
     assert list(statuses(first)) == ["render", "kernel", "rootfs", "dtb", "microkit"]
     assert statuses(first)["dtb"] == "built"
     assert set(first["artifacts"]) == set(ARTIFACT_NAMES)
@@ -41,12 +42,12 @@ def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
     assert on_disk == first
 
     start = time.monotonic()
-    second = build(odroidc4, ROOT, opts)
+    second = build(odroidc4, Workspace(ROOT, tmp_path), opts)
     print(f"no-op build: {time.monotonic() - start:.3f} s")
     assert {s for n, s in statuses(second).items() if s != "skipped"} == {"cached"}
     assert second["artifacts"] == first["artifacts"]
 
-    forced = build(odroidc4, ROOT, BuildOptions(build_root=tmp_path, force=True, skip=FAST))
+    forced = build(odroidc4, Workspace(ROOT, tmp_path), BuildOptions(force=True, skip=FAST))
     assert statuses(forced)["dtb"] == "built"
     assert forced["artifacts"]["dtb"]["sha256"] == dtb["sha256"]  # byte-identical rebuild
 
@@ -57,10 +58,11 @@ def test_a_board_change_rebuilds_the_dtb(odroidc4: Board, tmp_path: Path) -> Non
     text = odroidc4.file.read_text()
     (board_dir / "kernel.config").write_text((odroidc4.dir / "kernel.config").read_text())
     (board_dir / "board.yaml").write_text(text)
-    opts = BuildOptions(build_root=tmp_path / "build", skip=FAST)
-    build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
+    ws = Workspace(ROOT, tmp_path / "build")
+    opts = BuildOptions(skip=FAST)
+    build(load_board(str(board_dir / "board.yaml"), ROOT), ws, opts)
     (board_dir / "board.yaml").write_text(text.replace("maxcpus=1 nosmp", "maxcpus=1"))
-    changed = build(load_board(str(board_dir / "board.yaml"), ROOT), ROOT, opts)
+    changed = build(load_board(str(board_dir / "board.yaml"), ROOT), ws, opts)
     assert statuses(changed)["render"] == "built" and statuses(changed)["dtb"] == "built"
 
 
@@ -70,25 +72,26 @@ def test_a_change_to_the_code_that_shapes_the_dtb_rebuilds_it(
     # The guest DTB depends on netvm's own code too (e.g. which QEMU nodes it deletes):
     # the step's key holds a digest of that code, so an upgraded netvm never reuses a
     # DTB the old code made. A different file set stands in for edited code here.
-    opts = BuildOptions(build_root=tmp_path, skip=FAST)
-    build(odroidc4, ROOT, opts)
+    opts = BuildOptions(skip=FAST)
+    build(odroidc4, Workspace(ROOT, tmp_path), opts)
     recipe = build_module.DTB_RECIPE
     monkeypatch.setattr(build_module, "DTB_RECIPE", (*recipe, recipe[0].with_name("fdt.py")))
-    assert statuses(build(odroidc4, ROOT, opts))["dtb"] == "built"
+    assert statuses(build(odroidc4, Workspace(ROOT, tmp_path), opts))["dtb"] == "built"
 
 
 def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None:
-    opts = BuildOptions(build_root=tmp_path, skip=FAST)
-    good = build(odroidc4, ROOT, opts)["artifacts"]["dtb"]["sha256"]
+    opts = BuildOptions(skip=FAST)
+    good = build(odroidc4, Workspace(ROOT, tmp_path), opts)["artifacts"]["dtb"]["sha256"]
     dtb = tmp_path / "odroidc4/dtb/guest.dtb"
     dtb.write_bytes(dtb.read_bytes()[:-4] + b"XXXX")
-    again = build(odroidc4, ROOT, opts)
+    again = build(odroidc4, Workspace(ROOT, tmp_path), opts)
     assert statuses(again)["dtb"] == "built" and again["artifacts"]["dtb"]["sha256"] == good
 
 
 def test_invoke_build_json_prints_the_manifest() -> None:
+    args = ["--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json", "-"]
     proc = subprocess.run(
-        [INVOKE, "build", "--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json"],
+        [INVOKE, "build", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

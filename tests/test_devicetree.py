@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, Region
-from netvm.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
-from netvm.errors import UserError
-from netvm.fdt import cells, parse_dtb, strings
-from netvm.kernelsrc import KernelSource
-from netvm.render import render_all, uio_node_name
+from netvm.core.errors import UserError
+from netvm.guest.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
+from netvm.guest.fdt import cells, parse_dtb, strings
+from netvm.guest.kernelsrc import KernelSource
+from netvm.guest.render import render_all, uio_node_name
 
 ROOT = Path(__file__).resolve().parent.parent
 INITRD = Region(0x2E800000, 0x800000)

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, GitPin, MicrokitSpec
-from netvm.errors import UserError
-from netvm.fetch import fetch_git, fetch_sdk
-from netvm.microkit import fetch_missing, resolve_inputs, run_step
-from netvm.pipeline import Artifact, StepRunner
+from netvm.core.errors import UserError
+from netvm.core.files import COMPLETE_STAMP
+from netvm.core.pipeline import Artifact, StepRunner
+from netvm.microkit.fetch import fetch_git, fetch_sdk
+from netvm.microkit.handoff import fetch_missing, resolve_inputs, run_step
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
@@ -203,7 +204,7 @@ def test_sdk_is_downloaded_verified_unpacked_once(
     assert (got.path / "bin" / "microkit").is_file()
     assert got.provenance.endswith(f"archive sha256 {sha}")
     assert len(server.requests) == 1
-    marker = got.path.parent / ".netvm-unpacked"
+    marker = got.path.parent / COMPLETE_STAMP
     stamp = marker.stat().st_mtime_ns
     server.close()  # the cache must serve the second call on its own
     again = fetch_sdk(spec, PLATFORM, DISPLAY, "h", cache=cache, url_template=server.template())
@@ -279,7 +280,7 @@ def test_unreachable_sdk_host_is_a_clear_finding(odroidc4: Board, tmp_path: Path
 
 
 def runner_with_guest(tmp_path: Path) -> StepRunner:
-    runner = StepRunner(tmp_path / "build", force=False, progress=None)
+    runner = StepRunner(tmp_path / "build", force=False)
     (tmp_path / "guest").mkdir(parents=True)
     for name in ("kernel_image", "initramfs", "dts", "dtb"):
         path = tmp_path / "guest" / name
@@ -304,7 +305,7 @@ def test_build_step_fetches_all_three_and_builds(
         ),
     )
     monkeypatch.setenv("NETVM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("netvm.microkit.host_platform", lambda: PLATFORM)
+    monkeypatch.setattr("netvm.microkit.handoff.host_platform", lambda: PLATFORM)
     env = {"NETVM_MICROKIT_SDK_URL": server.template()}
     given = resolve_inputs({}, None, env, cwd=tmp_path, config_dir=tmp_path, fetch=True)
     given = dataclasses.replace(given, python=STANDIN_PYTHON)
@@ -343,7 +344,7 @@ def test_offline_build_names_each_missing_input_and_how(
         ),
     )
     monkeypatch.setenv("NETVM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("netvm.microkit.host_platform", lambda: PLATFORM)
+    monkeypatch.setattr("netvm.microkit.handoff.host_platform", lambda: PLATFORM)
     env = {"NETVM_MICROKIT_SDK_URL": f"http://127.0.0.1:{port}/{{version}}/{{platform}}.tgz"}
     given = resolve_inputs({}, None, env, cwd=tmp_path, config_dir=tmp_path, fetch=True)
     runner = runner_with_guest(tmp_path)

@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board
-from netvm.errors import USER_ERROR_EXIT, UserError
-from netvm.flash import (
+from netvm.core.errors import USER_ERROR_EXIT, UserError
+from netvm.core.workspace import Workspace
+from netvm.target.flash import (
     DEFAULT_SUCCESS,
     FlashOptions,
     Network,
@@ -37,8 +38,8 @@ from netvm.flash import (
     go_plan,
     plan_for_board,
 )
-from netvm.flash_sdcard import PART_START, SECTOR, check_device, plan_card, write_card
-from netvm.tftp import TftpServer
+from netvm.target.sdcard import PART_START, SECTOR, check_device, plan_card, write_card
+from netvm.target.tftp import TftpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "flash"
@@ -190,7 +191,7 @@ def test_network_commands() -> None:
 
 def test_no_loader_img_says_how_to_build_it(odroidc4: Board, tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
-        plan_for_board(odroidc4, ROOT, build_root=tmp_path)
+        plan_for_board(odroidc4, Workspace(ROOT, tmp_path))
     (finding,) = err.value.findings
     assert finding.key == "artifacts.loader_img"
     assert "--microkit-sdk DIR" in finding.hint and "--image FILE" in finding.hint
@@ -204,7 +205,7 @@ def test_plan_reads_loader_img_from_the_manifest(odroidc4: Board, tmp_path: Path
     (out / "manifest.json").write_text(
         json.dumps({"artifacts": {"loader_img": {"path": str(loader)}}})
     )
-    plan = plan_for_board(odroidc4, ROOT, build_root=tmp_path)
+    plan = plan_for_board(odroidc4, Workspace(ROOT, tmp_path))
     assert plan.boot == "go 0x20000000" and plan.payloads[0].path == loader
 
 
@@ -435,7 +436,7 @@ def test_dry_run_writes_nothing(odroidc4: Board, tmp_path: Path, payload: Path) 
     card = tmp_path / "card.img"
     text = flash_board(
         odroidc4,
-        ROOT,
+        Workspace(ROOT, tmp_path),
         FlashOptions(method="sdcard", device=card, image=payload, dry_run=True),
     )
     assert not card.exists()
@@ -515,7 +516,7 @@ def test_the_system_disk_is_never_written(loop_card: Path, tmp_path: Path) -> No
 
 
 def test_bad_load_address_is_a_user_error() -> None:
-    from netvm.flash import parse_address
+    from netvm.target.flash import parse_address
 
     assert parse_address("0x20000000") == 0x20000000
     with pytest.raises(UserError) as err:

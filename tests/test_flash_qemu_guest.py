@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from netvm.board import load_board
-from netvm.build import BuildOptions, build
-from netvm.flash import (
+from netvm.builder.build import BuildOptions, build
+from netvm.core.workspace import Workspace
+from netvm.target.flash import (
     BOOTI_FDT_ADDR,
     QEMU_KERNEL_ADDR,
     QEMU_RAMDISK_ADDR,
@@ -35,7 +36,8 @@ def test_flash_boots_the_qemu_guest_to_the_driver(tmp_path: Path) -> None:
     if not QEMU_UBOOT.is_file():
         pytest.fail(f"{QEMU_UBOOT} missing: apt-get install u-boot-qemu")
     board = load_board("qemu_virt_aarch64", ROOT)
-    manifest = build(board, ROOT, BuildOptions())  # cached: returns the built artifacts
+    # Cached: returns the built artifacts.
+    manifest = build(board, Workspace.at(ROOT), BuildOptions())
     sizes = {k: manifest["artifacts"][k]["bytes"] for k in ("kernel_image", "dtb", "initramfs")}
     # The load addresses stay below the sDDF carve-out, in the board's guest RAM.
     carveout = board.guest.carveout
@@ -50,7 +52,9 @@ def test_flash_boots_the_qemu_guest_to_the_driver(tmp_path: Path) -> None:
 
     log = tmp_path / "console.log"
     start = time.monotonic()
-    summary = flash_board(board, ROOT, FlashOptions(method="tftp", log=log, timeout=180))
+    summary = flash_board(
+        board, Workspace.at(ROOT), FlashOptions(method="tftp", log=log, timeout=180)
+    )
     seconds = time.monotonic() - start
     text = log.read_text(errors="replace")
     m = re.search(QEMU_SUCCESS + r"[^\r\n]*", text)

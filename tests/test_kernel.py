@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board
-from netvm.build import BuildOptions, build
-from netvm.errors import UserError
-from netvm.kconfig import merged_requests, parse_fragment
-from netvm.kernel import ARM64_IMAGE_MAGIC, configure, diffconfig
-from netvm.kernelsrc import KernelSource
+from netvm.builder.build import BuildOptions, build
+from netvm.core.errors import UserError
+from netvm.core.workspace import Workspace
+from netvm.guest.kconfig import merged_requests, parse_fragment
+from netvm.guest.kernel import ARM64_IMAGE_MAGIC, configure, diffconfig
+from netvm.guest.kernelsrc import KernelSource
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -43,7 +44,7 @@ def test_fragments_keep_file_and_line_and_later_ones_win(tmp_path: Path) -> None
 
 def test_every_option_in_the_fragments_says_why(odroidc4: Board, tmp_path: Path) -> None:
     """Each CONFIG_ line belongs to a group of options headed by a comment."""
-    from netvm.render import render_all
+    from netvm.guest.render import render_all
 
     rendered = render_all(odroidc4, tmp_path, ROOT)
     for frag in rendered.kernel_fragments:
@@ -127,7 +128,9 @@ def test_diffconfig_without_a_configured_kernel_is_a_user_error(tmp_path: Path) 
 @pytest.mark.slow
 def test_the_odroidc4_kernel_builds_audited_and_small(odroidc4: Board) -> None:
     """One real kernel build (in the repository's build dir, so later builds reuse it)."""
-    manifest = build(odroidc4, ROOT, BuildOptions(skip=frozenset({"rootfs", "microkit"})))
+    manifest = build(
+        odroidc4, Workspace.at(ROOT), BuildOptions(skip=frozenset({"rootfs", "microkit"}))
+    )
     step = next(s for s in manifest["steps"] if s["name"] == "kernel")
     assert step["status"] in ("built", "cached")
     arts = manifest["artifacts"]
@@ -152,5 +155,7 @@ def test_the_odroidc4_kernel_builds_audited_and_small(odroidc4: Board) -> None:
     assert details["image_bytes"] == arts["kernel_image"]["bytes"]
     print(f"Image {details['image_bytes']} bytes, built in {details['build_seconds']} s")
 
-    again = build(odroidc4, ROOT, BuildOptions(skip=frozenset({"rootfs", "microkit"})))
+    again = build(
+        odroidc4, Workspace.at(ROOT), BuildOptions(skip=frozenset({"rootfs", "microkit"}))
+    )
     assert next(s for s in again["steps"] if s["name"] == "kernel")["status"] == "cached"

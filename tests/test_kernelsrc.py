@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from netvm.errors import UserError
-from netvm.kernelsrc import local_source, tarball_source
+from netvm.core.errors import UserError
+from netvm.guest.kernelsrc import local_source, tarball_source
 
 MAKEFILE = "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 99\nEXTRAVERSION =\n"
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board
-from netvm.errors import USER_ERROR_EXIT, UserError
-from netvm.kernelsrc import KernelSource, cache_dir
-from netvm.lock import LockInputs, check_locked, drift, lock_path, resolve, write_lock
-from netvm.microkit import host_platform, resolve_inputs
-from netvm.pipeline import file_sha256
+from netvm.builder.lock import LockInputs, check_locked, drift, lock_path, resolve, write_lock
+from netvm.core.errors import USER_ERROR_EXIT, UserError
+from netvm.core.files import file_sha256
+from netvm.core.workspace import cache_dir
+from netvm.guest.kernelsrc import KernelSource
+from netvm.microkit.handoff import host_platform, resolve_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN_SDK = ROOT / "tests" / "fixtures" / "microkit" / "standin-microkit-sdk"

@@ -23,9 +23,12 @@ import pytest
 from invoke import Config
 
 from netvm.board import Board, GitPin, SdfgenPin, load_board
-from netvm.build import BuildOptions, build
-from netvm.errors import USER_ERROR_EXIT, Finding, UserError
-from netvm.microkit import (
+from netvm.builder.build import BuildOptions, build
+from netvm.core.errors import USER_ERROR_EXIT, Finding, UserError
+from netvm.core.pipeline import Artifact, StepRunner
+from netvm.core.workspace import Workspace
+from netvm.microkit.checks import check_given_files
+from netvm.microkit.handoff import (
     GuestArtifacts,
     MicrokitInputs,
     check_inputs,
@@ -34,8 +37,6 @@ from netvm.microkit import (
     resolve_inputs,
     run_step,
 )
-from netvm.pipeline import Artifact, StepRunner
-from netvm.sdfcheck import run_check
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
@@ -58,7 +59,7 @@ def inputs(**kw: object) -> MicrokitInputs:
 
 
 def runner_with_guest(tmp_path: Path) -> StepRunner:
-    runner = StepRunner(tmp_path / "build", force=False, progress=None)
+    runner = StepRunner(tmp_path / "build", force=False)
     files = {
         "kernel_image": b"placeholder-kernel-image\n",
         "initramfs": b"placeholder-initramfs\n",
@@ -152,8 +153,8 @@ def test_sddf_defaults_to_libvmm_submodule() -> None:
 
 
 def test_build_without_inputs_skips_loader_with_a_note(odroidc4: Board, tmp_path: Path) -> None:
-    options = BuildOptions(build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}))
-    manifest = build(odroidc4, ROOT, options)
+    options = BuildOptions(skip=frozenset({"kernel", "rootfs", "dtb"}))
+    manifest = build(odroidc4, Workspace(ROOT, tmp_path), options)
     step = manifest["steps"][-1]
     assert step["name"] == "microkit" and step["status"] == "skipped"
     assert step["note"] == (
@@ -163,11 +164,9 @@ def test_build_without_inputs_skips_loader_with_a_note(odroidc4: Board, tmp_path
 
 
 def test_require_image_without_inputs_is_an_error(odroidc4: Board, tmp_path: Path) -> None:
-    options = BuildOptions(
-        build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}), require_image=True
-    )
+    options = BuildOptions(skip=frozenset({"kernel", "rootfs", "dtb"}), require_image=True)
     with pytest.raises(UserError) as err:
-        build(odroidc4, ROOT, options)
+        build(odroidc4, Workspace(ROOT, tmp_path), options)
     assert [f.key for f in err.value.findings] == [
         "microkit.sdk_version",
         "microkit.libvmm",
@@ -498,7 +497,7 @@ def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
         f"BUILD_DIR={work}/build",
         f"LIBVMM={STANDIN_LIBVMM}",
         f"SDDF={STANDIN_LIBVMM}/dep/sddf",
-        f"PYTHON={STANDIN_PYTHON} {ROOT}/netvm/metaprogram.py "
+        f"PYTHON={STANDIN_PYTHON} {ROOT}/netvm/microkit/metaprogram.py "
         "client0=02:00:00:00:00:10,client1=02:00:00:00:00:11",
         "LINUX=/g/Image",
         "INITRD=/g/initramfs.cpio.gz",
@@ -598,7 +597,7 @@ def test_wrong_inputs_fail_the_step_even_without_require_image(
 
 
 def test_metaprogram_fills_only_missing_macs() -> None:
-    from netvm.metaprogram import parse_macs, with_board_macs
+    from netvm.microkit.metaprogram import parse_macs, with_board_macs
 
     calls: list[tuple[str, str | None]] = []
 
@@ -638,11 +637,11 @@ REAL_TOOLCHAIN = ("NETVM_MICROKIT_SDK", "NETVM_LIBVMM", "NETVM_SDDF", "NETVM_MIC
 )
 def test_real_toolchain_builds_the_same_loader_img_twice(odroidc4: Board, tmp_path: Path) -> None:
     given = resolve_inputs({}, None, os.environ, cwd=ROOT, config_dir=ROOT)
-    options = BuildOptions(build_root=tmp_path, microkit=given, require_image=True)
+    options = BuildOptions(microkit=given, require_image=True)
     shas = []
     for _ in range(2):
         shutil.rmtree(tmp_path / "odroidc4" / "microkit", ignore_errors=True)
-        manifest = build(odroidc4, ROOT, options)
+        manifest = build(odroidc4, Workspace(ROOT, tmp_path), options)
         step = manifest["steps"][-1]
         assert (step["name"], step["status"]) == ("microkit", "built")
         shas.append(manifest["artifacts"]["loader_img"]["sha256"])
@@ -656,7 +655,7 @@ def test_real_toolchain_builds_the_same_loader_img_twice(odroidc4: Board, tmp_pa
     # Upstream's make compiled netvm's guest DTS into the same DTB netvm's dtb step made.
     overlayed = out / "microkit" / "build" / "linux_overlayed.dtb"
     assert overlayed.read_bytes() == (out / "dtb" / "guest.dtb").read_bytes()
-    report = run_check(
+    report = check_given_files(
         odroidc4,
         dtb=out / "dtb" / "guest.dtb",
         system=out / "microkit" / "build" / "echo_server.system",
@@ -670,12 +669,12 @@ def test_a_board_without_microkit_pins_has_no_handoff(tmp_path: Path) -> None:
     # The QEMU board's seL4 variant has pins; the board without it has none.
     qemu = dataclasses.replace(load_board("qemu_virt_aarch64", ROOT), sel4=None)
     assert qemu.microkit is None
-    options = BuildOptions(build_root=tmp_path, skip=frozenset({"kernel", "rootfs", "dtb"}))
-    manifest = build(qemu, ROOT, options)
+    options = BuildOptions(skip=frozenset({"kernel", "rootfs", "dtb"}))
+    manifest = build(qemu, Workspace(ROOT, tmp_path), options)
     assert [s["name"] for s in manifest["steps"]] == ["render", "kernel", "rootfs", "dtb"]
     assert "loader.img" not in json.dumps(manifest["steps"])
     with pytest.raises(UserError) as err:
-        build(qemu, ROOT, dataclasses.replace(options, require_image=True))
+        build(qemu, Workspace(ROOT, tmp_path), dataclasses.replace(options, require_image=True))
     assert err.value.findings[0].message == (
         "this board has no microkit section, so there is no loader.img to build"
     )

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, QemuBaseSpec, Region, load_board, parse_board
-from netvm.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
-from netvm.errors import UserError
-from netvm.fdt import cells, parse_dtb, strings, u64_pairs
-from netvm.kernelsrc import KernelSource
-from netvm.layout import check_board
-from netvm.qemu import GuestImages, RunPaths, qemu_command
-from netvm.qemu_machine import VIRTIO_DEVICES, dump_base_dts, machine_args
-from netvm.render import planned_files, render_all, uio_node_name
-from netvm.yamlio import load_yaml
+from netvm.board.layout import check_board
+from netvm.core.errors import UserError
+from netvm.core.yamlio import load_yaml
+from netvm.guest.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
+from netvm.guest.fdt import cells, parse_dtb, strings, u64_pairs
+from netvm.guest.kernelsrc import KernelSource
+from netvm.guest.qemu_machine import VIRTIO_DEVICES, dump_base_dts, machine_args
+from netvm.guest.render import planned_files, render_all, uio_node_name
+from netvm.target.qemu import GuestImages, RunPaths, qemu_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = "qemu_virt_aarch64"

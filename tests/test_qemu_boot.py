@@ -3,7 +3,7 @@
 One guest build (build/qemu_virt_aarch64, cached by input hash) and one boot serve the
 whole module; the reboot test comes last because it reboots that guest. Needs root (the
 peer namespace and its tap) and qemu-system-aarch64. The VMM is netvm's SIMULATION of
-it (netvm.qemu_vmm); everything inside the guest is the real generated system.
+it (netvm.target.qemu_vmm); everything inside the guest is the real generated system.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board
-from netvm.qemu import QemuRun, RunOptions, guest_images, uio_problems
+from netvm.core.workspace import Workspace
+from netvm.target.qemu import QemuRun, RunOptions, guest_images, uio_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,8 @@ def board() -> Board:
 @pytest.fixture(scope="module")
 def guest(board: Board) -> Iterator[QemuRun]:
     options = RunOptions()
-    images = guest_images(board, ROOT, options, progress=lambda _msg: None)
-    with QemuRun(board, ROOT, images, options) as run:
+    images = guest_images(board, Workspace.at(ROOT), options, progress=lambda _msg: None)
+    with QemuRun(board, Workspace.at(ROOT), images, options) as run:
         _, line = run.wait_ready()
         print(f"\nQEMU start -> driver event loop: {line.seconds:.2f} s (bar: 2 s under TCG)")
         yield run

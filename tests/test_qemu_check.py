@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from netvm.board import load_board
-from netvm.qemu import RUN_PREFIX, RunOptions, run_check
-from netvm.render import sim_settings
+from netvm.core.workspace import Workspace
+from netvm.guest.render import sim_settings
 from netvm.sim.netns import NetnsConfig
+from netvm.target.qemu import RUN_PREFIX, RunOptions, run_qemu_check
 
 ROOT = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -41,7 +42,7 @@ pytestmark = [
 
 def test_check_boots_reaches_the_driver_and_reports() -> None:
     board = load_board("qemu_virt_aarch64", ROOT)
-    report = run_check(board, ROOT, RunOptions(check=True))
+    report = run_qemu_check(board, Workspace.at(ROOT), RunOptions(check=True))
     print("\n" + report.summary())
     assert report.boot_seconds is not None, report.reason
     assert report.uio_problems == [] and len(report.uio) == len(board.uio)

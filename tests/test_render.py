@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board
-from netvm.render import GUEST_DRIVER_DIR, planned_files, render_all
+from netvm.guest.render import GUEST_DRIVER_DIR, planned_files, render_all
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "odroidc4"

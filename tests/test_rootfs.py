@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from netvm import cpio, rootfs
 from netvm.board import Board
-from netvm.buildroot import defconfig_name, export_external_tree
-from netvm.errors import UserError
-from netvm.kernelsrc import cache_dir
-from netvm.render import render_all
-from netvm.rootfs import InitramfsResult, build_initramfs
+from netvm.core.errors import UserError
+from netvm.core.files import COMPLETE_STAMP
+from netvm.core.workspace import cache_dir
+from netvm.guest import cpio, rootfs
+from netvm.guest.buildroot import defconfig_name, export_external_tree
+from netvm.guest.render import render_all
+from netvm.guest.rootfs import InitramfsResult, build_initramfs
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = 1704067200
@@ -163,7 +164,7 @@ def test_package_resolution_and_unpacking_are_reused(
     assert rootfs.resolved_packages(rootfs.DEBIAN_PACKAGES, tmp_path) == first
     debs = rootfs.fetch_packages(first, cache_dir() / "debs")
     base = rootfs.unpacked_base(first, debs, tmp_path)
-    assert (base / rootfs.PYTHON).is_file() and (base / ".complete").is_file()
+    assert (base / rootfs.PYTHON).is_file() and (base / COMPLETE_STAMP).is_file()
     marker = base / "marker"
     marker.write_text("same directory")
     assert rootfs.unpacked_base(first, debs, tmp_path) == base and marker.is_file()

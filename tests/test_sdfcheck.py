@@ -18,17 +18,18 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, Region
-from netvm.devicetree import DtbResult, build_guest_dtb
-from netvm.errors import USER_ERROR_EXIT, UserError
-from netvm.kernelsrc import KernelSource
-from netvm.render import render_all
-from netvm.sdfcheck import (
+from netvm.core.errors import USER_ERROR_EXIT, UserError
+from netvm.core.workspace import Workspace
+from netvm.guest.devicetree import DtbResult, build_guest_dtb
+from netvm.guest.kernelsrc import KernelSource
+from netvm.guest.render import render_all
+from netvm.microkit.checks import (
     GuestTree,
     check_files,
+    check_given_files,
     format_report,
     load_guest_tree,
     parse_system,
-    run_check,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def test_good_fixture_is_what_the_real_toolchain_renders(
 
 
 def test_good_system_passes_every_check(odroidc4: Board, guest: DtbResult) -> None:
-    report = run_check(
+    report = check_given_files(
         odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display=rel(GOOD)
     )
     assert report.errors == []
@@ -123,7 +124,7 @@ def test_good_system_passes_every_check(odroidc4: Board, guest: DtbResult) -> No
 @pytest.mark.parametrize("system", BROKEN, ids=lambda p: p.stem)
 def test_broken_system_exact_findings(odroidc4: Board, guest: DtbResult, system: Path) -> None:
     with pytest.raises(UserError) as err:
-        run_check(
+        check_given_files(
             odroidc4,
             dtb=guest.dtb,
             system=system,
@@ -135,7 +136,7 @@ def test_broken_system_exact_findings(odroidc4: Board, guest: DtbResult, system:
 
 def test_strict_turns_fault_warnings_into_errors(odroidc4: Board, guest: DtbResult) -> None:
     with pytest.raises(UserError) as err:
-        run_check(
+        check_given_files(
             odroidc4,
             dtb=guest.dtb,
             system=GOOD,
@@ -193,12 +194,12 @@ def test_malformed_system_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_missing_inputs_say_how_to_supply_them(odroidc4: Board, tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
-        check_files(odroidc4, tmp_path, system=None, dtb=None)
+        check_files(odroidc4, Workspace(tmp_path, tmp_path / "build"), system=None, dtb=None)
     assert err.value.findings[0].hint.startswith("run `invoke build --board odroidc4` first")
     dtb = tmp_path / "g.dtb"
     dtb.write_bytes(b"")
     with pytest.raises(UserError) as err2:
-        check_files(odroidc4, tmp_path, system=None, dtb=dtb)
+        check_files(odroidc4, Workspace(tmp_path, tmp_path / "build"), system=None, dtb=dtb)
     assert err2.value.findings[0].key == "microkit"
     assert "pass --system FILE" in err2.value.findings[0].hint
 
@@ -230,7 +231,7 @@ def test_cli_exit_status(guest: DtbResult) -> None:
 
 
 def test_format_report_groups_warnings_by_kind(odroidc4: Board, guest: DtbResult) -> None:
-    report = run_check(
+    report = check_given_files(
         odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display="g"
     )
     lines = format_report(report).splitlines()

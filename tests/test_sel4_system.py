@@ -1,6 +1,6 @@
 """The whole seL4 system of the QEMU board: its board variant, the files netvm renders for
-the system build (netvm.sel4_system), the metaprogram's board entry, the guest DTB of
-the variant, and the boot's command lines (netvm.sel4_run).
+the system build (netvm.microkit.system), the metaprogram's board entry, the guest DTB of
+the variant, and the boot's command lines (netvm.target.sel4_run).
 
 The Microkit SDK, libvmm, sDDF and the driver-VM sdfgen are not in CI. What needs them
 (the real loader.img, booted and checked end to end) is
@@ -25,14 +25,18 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board, parse_board
-from netvm.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
-from netvm.errors import UserError
-from netvm.fdt import cells, parse_dtb, strings, u64_pairs
-from netvm.kernelsrc import KernelSource
-from netvm.microkit import CheckedInputs, GuestArtifacts, make_command
-from netvm.render import render_all
-from netvm.sdfcheck import run_check as check_system
-from netvm.sel4_run import (
+from netvm.core.errors import UserError
+from netvm.core.workspace import Workspace
+from netvm.core.yamlio import load_yaml
+from netvm.guest.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
+from netvm.guest.fdt import cells, parse_dtb, strings, u64_pairs
+from netvm.guest.kernelsrc import KernelSource
+from netvm.guest.render import render_all
+from netvm.microkit.checks import check_given_files as check_system
+from netvm.microkit.handoff import CheckedInputs, GuestArtifacts, make_command
+from netvm.microkit.system import SECTIONS, board_entry, render_system
+from netvm.sim import peer
+from netvm.target.sel4_run import (
     NAMESPACE,
     Sel4Paths,
     Sel4Report,
@@ -41,9 +45,6 @@ from netvm.sel4_run import (
     qemu_command,
     sel4_board,
 )
-from netvm.sel4_system import SECTIONS, board_entry, render_system
-from netvm.sim import peer
-from netvm.yamlio import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "sel4" / "qemu_virt_aarch64"
@@ -81,7 +82,7 @@ def test_variant_replaces_only_its_keys(qemu: Board, variant: Board) -> None:
         qemu.rootfs,
         qemu.sim,
     )
-    assert sel4_board(qemu) is variant
+    assert sel4_board(qemu, Workspace.at(ROOT)) is variant
 
 
 def _findings(qemu: Board, edit: dict[str, object]) -> list[str]:
@@ -116,7 +117,7 @@ def test_the_sel4_section_takes_only_guest_keys(qemu: Board) -> None:
 
 def test_a_board_without_a_system_cannot_run_sel4() -> None:
     with pytest.raises(UserError) as err:
-        sel4_board(load_board("odroidc4", ROOT))
+        sel4_board(load_board("odroidc4", ROOT), Workspace.at(ROOT))
     assert "no whole seL4 system to boot under QEMU" in str(err.value)
 
 
@@ -173,7 +174,7 @@ def test_system_make_command_is_exact(variant: Board, tmp_path: Path) -> None:
         "make", "-f", f"{work}/system.mk", "-C", f"{work}/build",
         "MICROKIT_SDK=/sdk", "MICROKIT_BOARD=qemu_virt_aarch64", "MICROKIT_CONFIG=debug",
         "LIBVMM=/libvmm", "SDDF=/sddf", "EXAMPLE_DIR=/libvmm/ex",
-        f"PYTHON=/py {ROOT}/netvm/metaprogram.py client0=02:00:00:00:00:10,"
+        f"PYTHON=/py {ROOT}/netvm/microkit/metaprogram.py client0=02:00:00:00:00:10,"
         f"client1=02:00:00:00:00:11 --board-entry {work}/board-entry.json",
         "LINUX=/g/Image", "INITRD=/g/rootfs.cpio", "GUEST_DTB=/g/g.dtb",
         f"NETVM_INCLUDE={work}/include",
@@ -236,7 +237,7 @@ def test_metaprogram_runs_meta_generate_with_the_board_entry(
     (tmp_path / "native.dtb").write_bytes(b"x" * 3)
     (tmp_path / "guest.dtb").write_bytes(b"y" * 5)
     cmd = [
-        sys.executable, str(ROOT / "netvm" / "metaprogram.py"),
+        sys.executable, str(ROOT / "netvm" / "microkit" / "metaprogram.py"),
         "client0=02:00:00:00:00:10,client1=02:00:00:00:00:11",
         "--board-entry", str(files.board_entry), str(tmp_path / "meta.py"),
         "--sddf", "/sddf", "--board", "qemu_virt_aarch64",
@@ -413,13 +414,13 @@ def test_first_echo_waits_for_every_target() -> None:
 )
 def test_real_whole_system_passes_the_check(qemu: Board, tmp_path: Path) -> None:
     """The real seL4 system (SDK, libvmm, sDDF, sdfgen as given), built and booted."""
-    from netvm.build import BuildOptions, build
-    from netvm.microkit import resolve_inputs
-    from netvm.sel4_run import Sel4Options, run_check
+    from netvm.builder.build import BuildOptions, build
+    from netvm.microkit.handoff import resolve_inputs
+    from netvm.target.sel4_run import Sel4Options, run_sel4_check
 
     inputs = resolve_inputs({}, None, os.environ, cwd=ROOT, config_dir=ROOT)
-    manifest = build(qemu, ROOT, BuildOptions(microkit=inputs, require_image=True))
+    manifest = build(qemu, Workspace.at(ROOT), BuildOptions(microkit=inputs, require_image=True))
     assert manifest["artifacts"]["loader_img"] is not None
-    report = run_check(qemu, ROOT, Sel4Options())
+    report = run_sel4_check(qemu, Workspace.at(ROOT), Sel4Options())
     assert report.ok, report.summary()
     assert report.queues["rx_free"] == qemu.net.rx_buffers

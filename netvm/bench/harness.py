@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from typing import Any
 from netvm.bench.tools import Tools, build_tools
 from netvm.bench.vmm import BenchSimulation, BenchVmm
 from netvm.board import load_board
-from netvm.errors import Interrupted
+from netvm.core.errors import Interrupted
+from netvm.core.progress import Progress, silent
 from netvm.sim import SimOptions
 from netvm.sim.netns import require_root
 from netvm.sim.runner import sigterm_as_interrupt
@@ -45,8 +46,6 @@ PEER_CPU = 1
 GEN_SRC_MAC = "02:00:00:00:00:ab"
 DIRECT_ADDRESS = "10.0.0.250/24"
 PING_TIME = re.compile(r"time=([\d.]+) ms")
-
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -278,34 +277,36 @@ def raise_priority(pid: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text("-20")
 
 
-def one_round(which: str, tools: Tools, opts: BenchOptions, root: Path, say: Say) -> dict[str, Any]:
+def one_round(
+    which: str, tools: Tools, opts: BenchOptions, root: Path, progress: Progress
+) -> dict[str, Any]:
     board = load_board(opts.board, root)
     sim_opts = SimOptions(
         driver_cmd=driver_command(which, tools, opts), stats_interval=1.0, lock_timeout=900.0
     )
-    sim = BenchSimulation(board, sim_opts, root, progress=say)
+    sim = BenchSimulation(board, sim_opts, root, progress=progress)
     sim.start()
     out: dict[str, Any] = {}
     try:
         assert sim.driver is not None
         pid = sim.driver.pid
         raise_priority(pid)
-        say(f"  {which}: latency")
+        progress(f"  {which}: latency")
         out["latency"] = latency_run(sim, opts.ping_count, opts.ping_interval)
         time.sleep(0.2)  # the echo path goes quiet before the bench VMM takes over
         bench = sim.call(sim.take_over)
         for label, size in SIZES.items():
-            say(f"  {which}: RX {label} B")
+            progress(f"  {which}: RX {label} B")
             out[f"rx_{label}"] = rx_run(
                 sim, bench, tools, pid, size, rate=0, warmup=opts.warmup, window=opts.window
             )
-        say(f"  {which}: RX 1514 B at {LINE_RATE_1514:.0f} frames/s")
+        progress(f"  {which}: RX 1514 B at {LINE_RATE_1514:.0f} frames/s")
         out["line_rate_1514"] = rx_run(
             sim, bench, tools, pid, 1514, rate=LINE_RATE_1514, warmup=opts.warmup,
             window=opts.line_window,
         )  # fmt: skip
         for label, size in SIZES.items():
-            say(f"  {which}: TX {label} B")
+            progress(f"  {which}: TX {label} B")
             out[f"tx_{label}"] = tx_run(sim, bench, pid, size, warmup=opts.warmup,
                                         window=opts.window)  # fmt: skip
     finally:
@@ -470,7 +471,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return round(time.monotonic() - t, 2)
 
 
-def build_figures(root: Path, board: str, measure: bool, say: Say) -> dict[str, Any]:
+def build_figures(root: Path, board: str, measure: bool, progress: Progress) -> dict[str, Any]:
     """Image/initramfs sizes and step times from the manifest; timed rebuilds if asked."""
     out: dict[str, Any] = {"measured": measure}
     manifest = root / "build" / board / "manifest.json"
@@ -487,11 +488,11 @@ def build_figures(root: Path, board: str, measure: bool, say: Say) -> dict[str, 
     if not measure:
         return out
     build = [sys.executable, "-m", "invoke", "build", "--board", board]
-    say("build figures: settling build, then no-op build")
+    progress("build figures: settling build, then no-op build")
     timed(build, root)
     out["noop_build_s"] = timed(build, root)
     probe = root / "driver" / "netvm_driver" / "_bench_probe.py"
-    say("build figures: driver-only change")
+    progress("build figures: driver-only change")
     probe.write_text('"""Temporary module written by `invoke bench --build-figures`."""\n')
     try:
         out["driver_change_build_s"] = timed(build, root)
@@ -515,8 +516,7 @@ def pinned(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, old)
 
 
-def run_bench(opts: BenchOptions, root: Path, say: Say | None = None) -> dict[str, Any]:
-    say = say or (lambda _m: None)
+def run_bench(opts: BenchOptions, root: Path, progress: Progress = silent) -> dict[str, Any]:
     require_root()
     if (os.cpu_count() or 1) < 2:
         raise RuntimeError("the benchmark needs two CPUs (driver and generator)")
@@ -524,7 +524,7 @@ def run_bench(opts: BenchOptions, root: Path, say: Say | None = None) -> dict[st
 
     def step(msg: str) -> None:
         phase[0] = msg.strip()
-        say(msg)
+        progress(msg)
 
     rounds: list[dict[str, dict[str, Any]]] = []
     with sigterm_as_interrupt():
@@ -564,7 +564,7 @@ def run_bench(opts: BenchOptions, root: Path, say: Say | None = None) -> dict[st
         "latency_us": summary["latency_us"],
         "medians": summary["medians"],
         "targets": targets(summary),
-        "build": build_figures(root, opts.board, opts.build_figures, say),
+        "build": build_figures(root, opts.board, opts.build_figures, progress),
         "rounds": rounds,
     }
     doc["table"] = table(summary)

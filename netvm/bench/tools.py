@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from netvm.errors import UserError
+from netvm.core.errors import UserError
+from netvm.core.hosttools import first_line
 
 HERE = Path(__file__).resolve().parent
 # -fno-tree-loop-distribute-patterns keeps the baseline's byte-wise copies byte-wise
@@ -32,8 +33,7 @@ class Tools:
 
 
 def compiler_version(cc: str) -> str:
-    proc = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
-    return proc.stdout.splitlines()[0] if proc.stdout else cc
+    return first_line([cc, "--version"]) or cc
 
 
 def compile_tool(name: str, out_dir: Path, cc: str = "gcc") -> Path:

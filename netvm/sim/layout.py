@@ -1,7 +1,7 @@
 """Where the simulated VMM puts things: regions, io addresses and client buffers.
 
 Owns: turning a board into the numbers the simulation needs, through the same rendered
-driver configuration the guest gets (netvm.render.driver_config), so the simulation and
+driver configuration the guest gets (netvm.guest.render.driver_config), so the simulation and
 the target cannot disagree about the layout. Pure data; no I/O.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from netvm.board import Board
-from netvm.render import driver_config, sim_settings
+from netvm.guest.render import driver_config, sim_settings
 
 NET_BUFFER_SIZE = 2048
 # Simulated physical (io) addresses of the data regions. They differ from the guest-
@@ -47,7 +47,7 @@ class ClientLayout:
 class SimLayout:
     board: str
     driver_config: dict[str, Any]  # exactly what the guest's /etc/netvm/driver.json holds
-    settings: dict[str, Any]  # netvm.render.sim_settings
+    settings: dict[str, Any]  # netvm.guest.render.sim_settings
     sizes: dict[str, int]  # region name -> bytes
     paddrs: dict[str, int]  # UIO name -> guest-physical address (for the data-passing page)
     rx_capacity: int

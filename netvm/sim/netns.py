@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netvm.errors import UserError
+from netvm.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from netvm.board import Board
-from netvm.errors import UserError
-from netvm.sim import netns
+from netvm.core.errors import UserError
+from netvm.core.progress import Progress, silent
+from netvm.sim import driverlog, netns
 from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import SimLayout, sim_layout
 from netvm.sim.virt import VirtNet
@@ -47,7 +48,6 @@ from netvm.sim.vmm import SimDevices, create_devices
 
 T = TypeVar("T")
 RUN_PREFIX = "netvm-sim-"
-READY_LINE = "entering event loop"
 # The phases of a run, as they read in its `stopped_by`.
 IN_PHASE = {"start-up": "during start-up", "running": "while running"}
 LOCK_FILE = Path("/run/lock/netvm-sim.lock")
@@ -155,7 +155,7 @@ def remove_stale_run_dirs(run_root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def acquire_lock(path: Path, timeout: float, say: Callable[[str], None]) -> int:
+def acquire_lock(path: Path, timeout: float, progress: Progress) -> int:
     """Hold the host-wide simulation lock (the namespace names are fixed).
 
     flock is released by the kernel however the holder dies, so a killed simulation
@@ -178,7 +178,7 @@ def acquire_lock(path: Path, timeout: float, say: Callable[[str], None]) -> int:
                     hint=f"wait for it to end, or stop it; the lock is {path}",
                 ) from None
             if not told:
-                say(f"waiting for another netvm simulation (pid {holder}) to finish")
+                progress(f"waiting for another netvm simulation (pid {holder}) to finish")
                 told = True
             time.sleep(0.2)
     os.ftruncate(fd, 0)
@@ -206,7 +206,7 @@ class Simulation:
     _result: SimResult | None = None
     _lock_fd: int | None = None
     phase: str = "start-up"  # a key of IN_PHASE
-    progress: Callable[[str], None] = field(default=lambda _msg: None)
+    progress: Progress = silent
 
     def __post_init__(self) -> None:
         self.layout = sim_layout(self.board, self.root)
@@ -326,7 +326,7 @@ class Simulation:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
-            if READY_LINE in self.driver_log():
+            if driverlog.READY in self.driver_log():
                 return
             if self.driver is not None and self.driver.poll() is not None:
                 raise DriverExitedDuringStartup(
@@ -560,23 +560,22 @@ def run_sim(
     board: Board,
     options: SimOptions,
     root: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = silent,
 ) -> SimResult:
     """Run the real driver against the simulated VMM until the duration ends or Ctrl-C."""
     root = root or Path(__file__).resolve().parents[2]
-    say = progress or (lambda _msg: None)
-    sim = Simulation(board, options, root, progress=say)
+    sim = Simulation(board, options, root, progress=progress)
     stopped_by = "duration"
     with sigterm_as_interrupt():
         try:
             sim.start()
             clients = ", ".join(f"{c.name} {c.ipv4}" for c in sim.layout.clients)
-            say(
+            progress(
                 f"simulation running: driver in netns {sim.net.driver_ns} ({sim.net.driver_if}), "
                 f"peer {sim.net.peer_if} {sim.net.peer_address} in netns {sim.net.peer_ns}; "
                 f"clients {clients}; UDP echo port {sim.layout.settings['udp_echo_port']}"
             )
-            say(f"try: ip netns exec {sim.net.peer_ns} ping {sim.layout.clients[0].ipv4}")
+            progress(f"try: ip netns exec {sim.net.peer_ns} ping {sim.layout.clients[0].ipv4}")
             deadline = None if options.duration is None else time.monotonic() + options.duration
             while deadline is None or time.monotonic() < deadline:
                 if not sim.driver_running():

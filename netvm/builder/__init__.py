@@ -1,0 +1,1 @@
+"""The build: the ordered steps, their manifest and the lock file."""

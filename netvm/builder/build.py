@@ -1,0 +1,375 @@
+"""The `build` pipeline for one board: render -> kernel -> rootfs -> dtb -> microkit.
+
+Owns the order of the steps, what each step's inputs are (so an unchanged step is
+cached), and the manifest ``build/<board>/manifest.json``. The work of each step lives
+in its own module; this one only wires them together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netvm import __version__
+from netvm.board import Board
+from netvm.builder.lock import LockInputs, check_locked
+from netvm.core.errors import Finding, UserError
+from netvm.core.files import file_sha256, tree_digest
+from netvm.core.hosttools import tool_version
+from netvm.core.pipeline import Artifact, StepOutput, StepRunner
+from netvm.core.progress import Progress, silent
+from netvm.core.workspace import Workspace, cache_dir, display_path
+from netvm.guest.buildroot import export_external_tree
+from netvm.guest.devicetree import build_guest_dtb, initrd_window
+from netvm.guest.kernel import build_kernel_image, configure
+from netvm.guest.kernelsrc import (
+    KernelSource,
+    debian_source,
+    local_source,
+    tarball_source,
+)
+from netvm.guest.qemu_machine import base_description
+from netvm.guest.render import header_text, render_all
+from netvm.guest.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
+from netvm.microkit import handoff as microkit
+from netvm.microkit.handoff import MicrokitInputs
+
+# Fixed archive timestamps unless the caller sets SOURCE_DATE_EPOCH (2024-01-01, the same
+# date the kernel build stamps into its version string).
+DEFAULT_SOURCE_DATE_EPOCH = 1704067200
+
+KERNEL_ARTIFACTS = ("kernel_config", "kernel_image", "kernel_audit")
+ARTIFACT_NAMES = (
+    "kernel_config",
+    "kernel_image",
+    "kernel_audit",
+    "dts",
+    "dtb",
+    "initramfs",
+    "rootfs_overlay",
+    "loader_img",
+)
+# The code that shapes the initramfs and the guest DTB: a change to it rebuilds them.
+# The guest modules whose code shapes the rootfs and DTB bytes: part of those steps' keys.
+GUEST_CODE = Path(__file__).resolve().parents[1] / "guest"
+ROOTFS_RECIPE = tuple(GUEST_CODE / m for m in ("rootfs.py", "cpio.py"))
+DTB_RECIPE = tuple(GUEST_CODE / m for m in ("devicetree.py", "qemu_machine.py"))
+STEP_NAMES = ("render", "kernel", "rootfs", "dtb", "microkit")
+SKIPPABLE = STEP_NAMES[1:]  # everything else reads the rendered files
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    force: bool = False
+    kernel_src: Path | None = None  # overrides the board's kernel source (a local tree)
+    skip: frozenset[str] = frozenset()  # steps not to run (e.g. iterate on the DTB alone)
+    microkit: MicrokitInputs | None = None  # SDK/libvmm/sDDF; None: loader.img is skipped
+    require_image: bool = False  # a build that cannot make loader.img is an error (CI)
+    locked: bool = False  # fail before any step if an input differs from netvm.lock
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.skip - set(SKIPPABLE))
+        if unknown:
+            raise UserError(
+                f"--skip {', '.join(unknown)}: not a step that can be skipped",
+                hint=f"choose from {', '.join(SKIPPABLE)}",
+            )
+
+
+def kernel_source(board: Board, override: Path | None) -> KernelSource:
+    """The kernel tree for `board`, from `--kernel-src` or the board's provider."""
+    if override is not None:
+        return local_source(override)
+    spec = board.kernel.source
+    if spec.provider == "debian" and spec.package:
+        return debian_source(spec.package)
+    if spec.provider == "tarball" and spec.url and spec.sha256:
+        return tarball_source(spec.url, spec.sha256)
+    if spec.provider == "local" and spec.path:
+        return local_source(spec.path)
+    raise AssertionError(f"unvalidated kernel source {spec}")
+
+
+def lock_inputs(board: Board, options: BuildOptions) -> LockInputs:
+    """What `netvm.lock` resolves for this build: its kernel tree and Microkit inputs."""
+    return LockInputs(kernel_source(board, options.kernel_src), options.microkit, cache_dir())
+
+
+def build(
+    board: Board,
+    ws: Workspace,
+    options: BuildOptions,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """Run every step for `board`; write and return the manifest.
+
+    A failing step is recorded as failed in the manifest before its error propagates.
+    """
+    if options.require_image and image_board(board) is None:
+        raise UserError(
+            [
+                Finding(
+                    ws.display(board.file),
+                    "microkit",
+                    "this board has no microkit section, so there is no loader.img to build",
+                    "drop --require-image, or give the board a microkit section (docs/microkit.md)",
+                )
+            ]
+        )
+    if options.locked:
+        check_locked(board, ws.root, lock_inputs(board, options))
+    out = ws.build_dir(board)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StepRunner(out, force=options.force, progress=progress)
+    header = header_text(board, ws.root)
+    versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
+    sel4_runner = None
+    try:
+        _steps(board, ws, options, runner, header, versions)
+        if board.sel4 is not None:
+            # The seL4 system's guest: its own render, rootfs, DTB and loader.img under
+            # sel4/, on the kernel just built (the variant cannot change the kernel).
+            sel4_runner = StepRunner(
+                ws.build_dir(board.sel4),
+                force=options.force,
+                progress=progress,
+                label="sel4 ",
+            )
+            kernel = {k: v for k, v in runner.artifacts.items() if k in KERNEL_ARTIFACTS}
+            _steps(board.sel4, ws, options, sel4_runner, header, versions, kernel=kernel)
+    finally:
+        manifest = _manifest(board, ws.root, runner, versions, sel4_runner)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def image_board(board: Board) -> Board | None:
+    """The board (or its seL4 variant) whose build makes loader.img, if any."""
+    if board.microkit is not None:
+        return board
+    if board.sel4 is not None and board.sel4.microkit is not None:
+        return board.sel4
+    return None
+
+
+def _steps(
+    board: Board,
+    ws: Workspace,
+    options: BuildOptions,
+    runner: StepRunner,
+    header: str,
+    versions: dict[str, str],
+    *,
+    kernel: dict[str, Artifact] | None = None,
+) -> None:
+    """The steps for one guest; `kernel` given: use those kernel artifacts, no kernel step."""
+    out = runner.build_dir
+    root = ws.root
+
+    # render: cheap, so it always runs; it reports "cached" when no file changed.
+    rendered = render_all(board, out / "render", root)
+    overlay_files = [p for p in rendered.files if rendered.rootfs_overlay in p.parents]
+    render_inputs = {"files": tree_digest(rendered.files, rendered.root)}
+    runner.run(
+        "render",
+        render_inputs,
+        lambda: StepOutput({}, {"files": len(rendered.files)}),
+    )
+    # The staged overlay is a directory: its digest covers names, modes and contents.
+    runner.artifacts["rootfs_overlay"] = Artifact(
+        rendered.rootfs_overlay,
+        tree_digest(overlay_files, rendered.rootfs_overlay),
+        sum(p.stat().st_size for p in overlay_files),
+    )
+
+    src = kernel_source(board, options.kernel_src)
+    versions["kernel"] = src.version
+    versions["kernel_source"] = f"{src.provider}: {src.origin}"
+    versions["dtc"] = tool_version(["dtc", "--version"])
+    versions["cross_gcc"] = tool_version([f"{board.cross_compile}gcc", "--version"])
+
+    def make_kernel() -> StepOutput:
+        kdir = out / "kernel"
+        cfg = configure(
+            src.path,
+            kdir,
+            rendered.kernel_fragments,
+            kernel_version=src.version,
+            arch=board.arch,
+            cross_compile=board.cross_compile,
+            allowed=board.kernel.allow_mismatch,
+        )
+        image = build_kernel_image(
+            src.path,
+            kdir,
+            arch=board.arch,
+            cross_compile=board.cross_compile,
+            progress=runner.progress,
+        )
+        details = {
+            "image_bytes": image.bytes,
+            "build_seconds": round(image.seconds, 1),
+            "compiler": image.compiler,
+            "requested_symbols": cfg.requested,
+            "enabled_symbols": cfg.enabled,
+            "allowed_mismatches": [f"CONFIG_{m.request.symbol}" for m in cfg.mismatches],
+        }
+        files = {"kernel_config": cfg.config, "kernel_image": image.image}
+        return StepOutput(dict(files, kernel_audit=cfg.audit_json), details)
+
+    if kernel is not None:
+        runner.artifacts.update(kernel)
+    else:
+        _run(
+            runner,
+            options,
+            "kernel",
+            {
+                "fragments": tree_digest(rendered.kernel_fragments, rendered.root),
+                "kernel_source": versions["kernel_source"],
+                "kernel_path": str(src.path),
+                "cross_gcc": versions["cross_gcc"],
+                "allowed": sorted(board.kernel.allow_mismatch),
+            },
+            make_kernel,
+        )
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
+    spec = board.rootfs
+
+    def make_rootfs() -> StepOutput:
+        result = build_initramfs(
+            spec.provider,
+            rendered.rootfs_overlay,
+            out / "rootfs" / spec.initramfs_name,
+            cache=ws.cache,
+            epoch=epoch,
+            base_cpio=spec.base_cpio,
+            extra_modules=spec.python_modules,
+            compress=spec.compression == "gzip",
+            progress=runner.progress,
+        )
+        return StepOutput({"initramfs": result.path}, result.report())
+
+    if spec.provider == "buildroot":
+        tree = export_external_tree(
+            board, rendered.rootfs_overlay, out / "buildroot-external", root
+        )
+        runner.skip(
+            "rootfs",
+            f"provider buildroot: build {ws.display(tree)} with your Buildroot "
+            "(docs/rootfs.md), then use provider cpio",
+        )
+    else:
+        _run(
+            runner,
+            options,
+            "rootfs",
+            {
+                "overlay": runner.artifacts["rootfs_overlay"].sha256,
+                "provider": spec.provider,
+                "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
+                "packages": DEBIAN_PACKAGES if spec.provider == "debian" else None,
+                "apt_lists": apt_lists_state() if spec.provider == "debian" else None,
+                "python_modules": spec.python_modules,
+                "compression": spec.compression,
+                "epoch": epoch,
+                "recipe": tree_digest(ROOTFS_RECIPE, GUEST_CODE),
+            },
+            make_rootfs,
+        )
+    initramfs = runner.artifacts.get("initramfs")
+    kernel_image = runner.artifacts.get("kernel_image")
+
+    initrd = None
+    if initramfs is not None:
+        initrd = initrd_window(board, initramfs.bytes, kernel_image.bytes if kernel_image else 0)
+
+    def make_dtb() -> StepOutput:
+        result = build_guest_dtb(
+            board, rendered.overlay_dts, src, out / "dtb", header=header, initrd=initrd
+        )
+        details: dict[str, Any] = {"initrd": str(initrd) if initrd else None}
+        return StepOutput({"dtb": result.dtb, "dts": result.dts}, details)
+
+    _run(
+        runner,
+        options,
+        "dtb",
+        {
+            "overlay": tree_digest([rendered.overlay_dts], rendered.root),
+            # A QEMU base is described by the QEMU version and machine options it is dumped with.
+            "base": board.devicetree.base or base_description(board),
+            "kernel_source": versions["kernel_source"],
+            "kernel_path": str(src.path),
+            "initrd": str(initrd),
+            "dtc": versions["dtc"],
+            "recipe": tree_digest(DTB_RECIPE, GUEST_CODE),
+        },
+        make_dtb,
+    )
+    if board.microkit is None:
+        pass  # no handoff for this board: no step, and no note about loader.img
+    elif "microkit" in options.skip:
+        runner.skip("microkit", "not run: --skip microkit")
+    else:
+        microkit.run_step(
+            board,
+            ws.display(board.file),
+            runner,
+            options.microkit,
+            require_image=options.require_image,
+            root=root,
+            header=header,
+        )
+
+
+def _run(
+    runner: StepRunner,
+    options: BuildOptions,
+    name: str,
+    inputs: dict[str, Any],
+    fn: Callable[[], StepOutput],
+) -> None:
+    if name in options.skip:
+        runner.skip(name, f"not run: --skip {name}")
+    else:
+        runner.run(name, inputs, fn)
+
+
+def _manifest(
+    board: Board,
+    root: Path,
+    runner: StepRunner,
+    versions: dict[str, str],
+    sel4_runner: StepRunner | None = None,
+) -> dict[str, Any]:
+    artifacts: dict[str, Any] = {name: None for name in ARTIFACT_NAMES}
+    for name, art in runner.artifacts.items():
+        artifacts[name] = art.as_dict(root)
+    records = list(runner.records)
+    manifest: dict[str, Any] = {
+        "board": board.name,
+        "board_file": display_path(board.file, root),
+        "schema_version": board.schema_version,
+        "versions": dict(sorted(versions.items())),
+    }
+    if sel4_runner is not None:
+        records += sel4_runner.records
+        own = {n: a for n, a in sel4_runner.artifacts.items() if n not in KERNEL_ARTIFACTS}
+        # The seL4 system's guest files; its loader.img is the board's image.
+        manifest["sel4"] = {n: a.as_dict(root) for n, a in sorted(own.items())}
+        if "loader_img" in own:
+            artifacts["loader_img"] = own["loader_img"].as_dict(root)
+    manifest["steps"] = [r.as_dict() for r in records]
+    manifest["artifacts"] = artifacts
+    return manifest
+
+
+def require_artifact(manifest: dict[str, Any], name: str) -> None:
+    if manifest["artifacts"].get(name) is None:
+        raise UserError(f"the build produced no {name}")

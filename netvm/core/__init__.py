@@ -1,0 +1,1 @@
+"""Shared foundations: errors and findings, YAML input, paths, hashing, the step cache."""

@@ -1,0 +1,166 @@
+"""Build steps with declared inputs and outputs, skipped when nothing changed.
+
+Owns the step bookkeeping: hashing a step's inputs, remembering what it produced in
+``build/<board>/state/<step>.json``, deciding built/cached/skipped/failed, and the
+manifest format. What a step does is up to its caller (`netvm.builder.build`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netvm.core.files import file_sha256
+from netvm.core.progress import Progress, silent
+
+STATUSES = ("built", "cached", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path: Path) -> Artifact:
+        return cls(path, file_sha256(path), path.stat().st_size)
+
+    def as_dict(self, root: Path) -> dict[str, Any]:
+        return {"path": _rel(self.path, root), "sha256": self.sha256, "bytes": self.bytes}
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str
+    seconds: float
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "status": self.status}
+        out["seconds"] = round(self.seconds, 3)
+        if self.note:
+            out["note"] = self.note
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a step's run function returns: named artifact files and extra facts."""
+
+    files: Mapping[str, Path]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StepRunner:
+    """Runs steps in order for one build directory and collects their records."""
+
+    def __init__(
+        self,
+        build_dir: Path,
+        *,
+        force: bool,
+        progress: Progress = silent,
+        label: str = "",
+    ) -> None:
+        self.build_dir = build_dir
+        self.label = label  # prefixed to step names in records and progress, e.g. "sel4 "
+        self.state_dir = build_dir / "state"
+        self.force = force
+        self.progress = progress
+        self.records: list[StepRecord] = []
+        self.artifacts: dict[str, Artifact] = {}
+
+    def skip(self, name: str, note: str) -> None:
+        # Not echoed as progress: the step table (or the JSON manifest) shows the note once.
+        self.records.append(StepRecord(self.label + name, "skipped", 0.0, note))
+
+    def run(
+        self, name: str, inputs: Mapping[str, Any], run: Callable[[], StepOutput]
+    ) -> StepRecord:
+        """Run `run` unless a previous run had the same inputs and its outputs are intact."""
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        state_file = self.state_dir / f"{name}.json"
+        label = self.label + name
+        start = time.monotonic()
+        cached = None if self.force else self._load_cached(state_file, key)
+        if cached is not None:
+            arts, details = cached
+            record = StepRecord(label, "cached", time.monotonic() - start, details=details)
+        else:
+            self.progress(f"[{label}] running")
+            try:
+                output = run()
+            except BaseException:
+                self.records.append(StepRecord(label, "failed", time.monotonic() - start))
+                raise
+            arts = {k: Artifact.of(p) for k, p in output.files.items()}
+            details = dict(output.details)
+            self._save(state_file, key, arts, details)
+            record = StepRecord(label, "built", time.monotonic() - start, details=details)
+        self.artifacts.update(arts)
+        self.records.append(record)
+        self.progress(f"[{label}] {record.status} ({record.seconds:.2f} s)")
+        return record
+
+    def _load_cached(
+        self, state_file: Path, key: str
+    ) -> tuple[dict[str, Artifact], dict[str, Any]] | None:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("key") != key:
+            return None
+        arts: dict[str, Artifact] = {}
+        for name, a in state.get("artifacts", {}).items():
+            path = Path(a["path"])
+            # Size and mtime guard against edits; the sha256 is recomputed only then.
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            if st.st_size != a["bytes"]:
+                return None
+            if st.st_mtime_ns != a.get("mtime_ns") and file_sha256(path) != a["sha256"]:
+                return None
+            arts[name] = Artifact(path, a["sha256"], a["bytes"])
+        return arts, state.get("details", {})
+
+    def _save(
+        self, state_file: Path, key: str, arts: dict[str, Artifact], details: dict[str, Any]
+    ) -> None:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "key": key,
+            "artifacts": {
+                n: {
+                    "path": str(a.path),
+                    "sha256": a.sha256,
+                    "bytes": a.bytes,
+                    "mtime_ns": a.path.stat().st_mtime_ns,
+                }
+                for n, a in arts.items()
+            },
+            "details": details,
+        }
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, state_file)

@@ -1,0 +1,1 @@
+"""The Linux guest: rendering, kernel configuration and build, rootfs, device tree."""

@@ -1,0 +1,1 @@
+"""The seL4 side: Microkit/libvmm/sDDF inputs, the image handoff, system checks."""

@@ -1,0 +1,1 @@
+"""Running what was built: consoles, U-Boot, TFTP, flashing, QEMU boots."""
