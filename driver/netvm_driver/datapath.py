@@ -61,7 +61,7 @@ from .stats import Stats
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import TypeVar
 
     from .device import Doorbell
@@ -192,13 +192,10 @@ def open_packet_io(
 
     try:
         if rx_mode in ("socket", "auto"):
-            io.sock = open_packet_socket(interface)
-        if rx_mode == "auto":
-            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, False))
-            io.rx_switch = _device_error(
-                interface,
-                lambda i: RxSwitch(io.sock, io.rx_ring),  # type: ignore[arg-type]
-            )
+            io.sock = sock = open_packet_socket(interface)
+            if rx_mode == "auto":
+                io.rx_ring = ring = _device_error(interface, lambda i: rx_ring(i, False))
+                io.rx_switch = _device_error(interface, lambda i: RxSwitch(sock, ring))
         elif rx_mode == "ring":
             io.rx_ring = _device_error(interface, lambda i: rx_ring(i, True))
             if tx_mode == "socket":
@@ -275,8 +272,9 @@ class DataPath:
         ring_rx = rx_ring.sock if rx_ring else None
         self.rx_socks = [s for s in (plain_rx, ring_rx) if s is not None]
         self.rx_sock = self.rx_socks[0]
-        self.tx_sock = tx_ring.sock if tx_ring else sock
-        assert self.tx_sock is not None
+        tx_sock = tx_ring.sock if tx_ring else sock
+        assert tx_sock is not None  # the ValueError above: no TX ring, so a socket
+        self.tx_sock = tx_sock
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
         self.window_start = 0.0
@@ -679,7 +677,7 @@ class DataPath:
                 for slot in queued:
                     size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
                     stats.tx_checksums_filled += fill_checksums(
-                        rview[slot + mac : slot + mac + size]  # type: ignore[arg-type]
+                        rview[slot + mac : slot + mac + size]
                     )
             for slot in queued:
                 status[slot >> 2] = TP_STATUS_SEND_REQUEST
@@ -692,7 +690,7 @@ class DataPath:
             active.advance(consumed)
         # The SAME descriptors go back, whatever became of their frames, except one that
         # is no client's buffer: giving that to a client would spread the damage.
-        out = words[:k]
+        out: Sequence[int] = words[:k]
         if unowned:
             out = [w for i, w in enumerate(out) if i & ~1 not in unowned]
         returned = len(out) >> 1
@@ -762,7 +760,7 @@ class DataPath:
             for sock in self.rx_socks:
                 want[sock.fileno()] |= select.EPOLLIN
         if self.tx_blocked:
-            want[self.tx_sock.fileno()] |= select.EPOLLOUT  # type: ignore[union-attr]
+            want[self.tx_sock.fileno()] |= select.EPOLLOUT
         return want
 
     def socket_error(self, fd: int | None = None) -> None:
