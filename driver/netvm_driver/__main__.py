@@ -17,13 +17,12 @@ from .datapath import (
     DataPassingError,
     DataPath,
     check_data_passing,
-    open_packet_io,
     read_data_passing,
 )
 from .device import DeviceError, Devices, open_sim_devices, open_uio_devices
 from .loop import EventLoop, FatalDeviceError
 from .offloads import disable_offloads
-from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry
+from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry, open_packet_io
 from .stats import Stats
 from .uio import UioError
 
