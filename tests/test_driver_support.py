@@ -82,6 +82,14 @@ def test_stats_file_has_every_counter_and_is_replaced_atomically(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
 
 
+def test_stats_declares_each_counter_as_an_int_in_counters_order() -> None:
+    # The annotations are what checkers see; COUNTERS names the attributes __init__ sets
+    # and orders the stats file and the exit line.
+    declared = {k: v for k, v in Stats.__annotations__.items() if not k.startswith("_")}
+    assert tuple(declared) == COUNTERS and set(declared.values()) == {"int"}
+    assert tuple(Stats().as_dict()) == COUNTERS and not any(Stats().as_dict().values())
+
+
 def test_rate_limited_log_suppresses_and_counts() -> None:
     now = [0.0]
     lines: list[str] = []

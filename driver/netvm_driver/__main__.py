@@ -6,7 +6,6 @@ codes (0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a configuration error).
 
 from __future__ import annotations
 
-import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 import os
 import sys
 
@@ -18,15 +17,20 @@ from .datapath import (
     DataPassingError,
     DataPath,
     check_data_passing,
-    open_packet_io,
     read_data_passing,
 )
 from .device import DeviceError, Devices, open_sim_devices, open_uio_devices
 from .loop import EventLoop, FatalDeviceError
 from .offloads import disable_offloads
-from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry
+from .ring import RX_BLOCK_SIZE, RX_TIMEOUT_MS, RingGeometry, open_packet_io
 from .stats import Stats
 from .uio import UioError
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    import signal  # checkers: typeshed has no stub for _signal (loop.py says more)
+else:
+    import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 
 PROG = "netvm_driver"
 DEFAULT_RX_MODE = "auto"
@@ -188,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         packet_io = open_packet_io(interface, args.rx_mode, args.tx_mode, geometry)
         log.info(f"*** RX {args.rx_mode}, TX {args.tx_mode}")
         if not args.keep_offloads:
-            any_sock = packet_io.sock or packet_io.rx_ring.sock  # type: ignore[union-attr]
+            any_sock = packet_io.sock
+            if any_sock is None:  # RX and TX both on rings: no plain socket
+                assert packet_io.rx_ring is not None
+                any_sock = packet_io.rx_ring.sock
             states = disable_offloads(any_sock, interface)
             log.info("*** Offloads: " + ", ".join(f"{k} {v}" for k, v in states.items()))
         log.info("*** Checking the data passing page")

@@ -36,8 +36,10 @@ def _pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return sum(memoryview(pseudo).cast("H"))
 
 
-def fill_checksums(frame: bytearray) -> bool:
+def fill_checksums(frame: bytearray | memoryview) -> bool:
     """Fill the IPv4 header checksum and the UDP/TCP checksum in place.
+
+    `frame` is a private copy, or a byte view of a TX ring slot (the ring data path).
 
     Returns True if the frame was IPv4 (and so was touched). Fragments past the first
     carry no L4 header, and a first fragment's L4 checksum covers data not in this

@@ -62,9 +62,9 @@ def _convert(opt: Option, text: str) -> object:
         raise UsageError(f"argument {opt.name}: invalid choice: {text!r} (choose from {choices})")
     if opt.kind in (int, float):
         try:
-            return opt.kind(text)  # type: ignore[operator]
+            return opt.kind(text)
         except ValueError:
-            name = opt.kind.__name__  # type: ignore[union-attr]
+            name = opt.kind.__name__
             raise UsageError(f"argument {opt.name}: invalid {name} value: {text!r}") from None
     return text
 

@@ -16,7 +16,7 @@ from .records import Record
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeGuard
 
 CONFIG_VERSION = 1
 QUEUE_UIOS = ("rx_free", "rx_active", "tx_free", "tx_active")
@@ -62,7 +62,7 @@ class DriverConfig(Record):
         return cap
 
 
-def _int(value: Any) -> bool:
+def _int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -126,7 +126,7 @@ def parse_config(data: Any, path: str) -> DriverConfig:
         if None not in caps and caps[0] != caps[1]:
             bad(f"uio.{b}.capacity", f"differs from uio.{a}.capacity (a free/active pair)")
     if "rx_data" in uio and uio.get("rx_free") and uio["rx_free"].capacity:
-        need = uio["rx_free"].capacity * NET_BUFFER_SIZE  # type: ignore[operator]
+        need = uio["rx_free"].capacity * NET_BUFFER_SIZE
         if uio["rx_data"].size < need:
             bad("uio.rx_data.size", f"{uio['rx_data'].size:#x} < capacity × 2048 = {need:#x}")
 
@@ -175,7 +175,9 @@ def load_config(path: str | os.PathLike[str]) -> DriverConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{p}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     except ValueError as exc:  # json.JSONDecodeError, or a NaN/Infinity constant
-        where = f"{exc.lineno}:{exc.colno}: " if hasattr(exc, "lineno") else ""
+        where = ""
+        if hasattr(exc, "lineno") and hasattr(exc, "colno"):  # JSONDecodeError has both
+            where = f"{exc.lineno}:{exc.colno}: "
         msg = getattr(exc, "msg", str(exc))
         raise ConfigError([f"{p}:{where}invalid JSON: {msg}"]) from None
     return parse_config(data, p)

@@ -33,7 +33,7 @@ import time
 from .abi import DATA_PASSING_SIZE, NET_BUFFER_SIZE, SDDF_NET_MAGIC, DataPassing
 from .checksum import fill_checksums
 from .config import DriverConfig
-from .device import DeviceError, Devices
+from .device import Devices
 from .log import RateLimitedLog
 from .queue import Consumer, Producer, Ring, ring_length, with_len
 from .ring import (
@@ -49,24 +49,18 @@ from .ring import (
     TX_DATA,
     TX_LEN_MAC,
     TX_LEN_MAC_AT,
-    RingGeometry,
     RxRing,
     RxSwitch,
     TxRing,
-    open_rx_ring,
-    open_tx_ring,
-    open_tx_socket,
 )
 from .stats import Stats
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import TypeVar
+    from collections.abc import Sequence
 
     from .device import Doorbell
 
-    T = TypeVar("T")
 # RX "auto" (ring.RxSwitch): to the ring at >= 100 frames in 10 ms on the socket (10k/s);
 # back to the socket after 3 blocks in a row handed over by the timeout with < 8 frames.
 SWITCH_WINDOW_S = 0.01
@@ -75,15 +69,8 @@ SPARSE_FRAMES = 8
 SPARSE_BLOCKS = 3
 DEFAULT_BATCH = 256  # descriptors per batch; queues hold 512 on the boards so far
 BUFFER_MASK = NET_BUFFER_SIZE - 1
-ETH_P_ALL = 0x0003
 SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
-PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20; not exported by the socket module
-SO_RCVBUFFORCE = 33
-RCVBUF_BYTES = 4 << 20  # the default ~208 KiB holds only ~90 MTU frames; bursts would drop
-PACKET_MREQ = struct.Struct("iHH8s")
 TPACKET_STATS = struct.Struct("II")
 
 
@@ -121,101 +108,6 @@ def check_data_passing(dp: DataPassing, config: DriverConfig) -> list[str]:
             if b0 < a1:
                 problems.append(f"TX client data regions overlap at {a0:#x}..{a1:#x}")
     return problems
-
-
-def open_packet_socket(interface: str) -> socket.socket:
-    """Promiscuous raw socket for every protocol on `interface`, ignoring our own TX."""
-    # Protocol 0 receives nothing until bind, so no frame from another interface can
-    # slip in between socket() and bind().
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    try:
-        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-        sock.bind((interface, ETH_P_ALL))
-        ifindex = socket.if_nametoindex(interface)
-        mreq = PACKET_MREQ.pack(ifindex, PACKET_MR_PROMISC, 0, b"")
-        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise DeviceError(f"cannot use interface '{interface}': {exc.strerror or exc}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class PacketIO:
-    """What the data path sends and receives with, for the chosen RX and TX modes."""
-
-    def __init__(
-        self,
-        sock: socket.socket | None = None,  # plain socket: socket-mode RX and/or TX
-        rx_ring: RxRing | None = None,
-        tx_ring: TxRing | None = None,
-        rx_switch: RxSwitch | None = None,  # "auto": the socket and the ring, one receiving
-    ) -> None:
-        self.sock = sock
-        self.rx_ring = rx_ring
-        self.tx_ring = tx_ring
-        self.rx_switch = rx_switch
-
-    def close(self) -> None:
-        for thing in (self.sock, self.rx_ring, self.tx_ring):
-            if thing is not None:
-                thing.close()
-
-
-def open_packet_io(
-    interface: str, rx_mode: str, tx_mode: str, geometry: RingGeometry | None = None
-) -> PacketIO:
-    """The packet socket and/or rings for the chosen modes ("socket", "ring" or "auto").
-
-    RX "socket" and "auto" receive on a plain socket (auto: in a fanout group with the
-    ring, RxSwitch); RX "ring" opens the plain socket (with protocol 0, receiving nothing)
-    only if TX uses it.
-    """
-    io = PacketIO()
-    g = geometry or RingGeometry()
-
-    def rx_ring(interface: str, receive: bool) -> RxRing:
-        return open_rx_ring(
-            interface,
-            block_size=g.block_size,
-            block_count=g.block_count,
-            timeout_ms=g.timeout_ms,
-            receive=receive,
-        )
-
-    try:
-        if rx_mode in ("socket", "auto"):
-            io.sock = open_packet_socket(interface)
-        if rx_mode == "auto":
-            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, False))
-            io.rx_switch = _device_error(
-                interface,
-                lambda i: RxSwitch(io.sock, io.rx_ring),  # type: ignore[arg-type]
-            )
-        elif rx_mode == "ring":
-            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, True))
-            if tx_mode == "socket":
-                io.sock = _device_error(interface, open_tx_socket)
-        if tx_mode == "ring":
-            io.tx_ring = _device_error(interface, open_tx_ring)
-    except BaseException:
-        io.close()
-        raise
-    return io
-
-
-def _device_error(interface: str, opener: Callable[[str], T]) -> T:
-    try:
-        return opener(interface)
-    except OSError as exc:
-        raise DeviceError(f"cannot use interface '{interface}': {exc.strerror or exc}") from None
 
 
 class DataPath:
@@ -275,8 +167,9 @@ class DataPath:
         ring_rx = rx_ring.sock if rx_ring else None
         self.rx_socks = [s for s in (plain_rx, ring_rx) if s is not None]
         self.rx_sock = self.rx_socks[0]
-        self.tx_sock = tx_ring.sock if tx_ring else sock
-        assert self.tx_sock is not None
+        tx_sock = tx_ring.sock if tx_ring else sock
+        assert tx_sock is not None  # the ValueError above: no TX ring, so a socket
+        self.tx_sock = tx_sock
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
         self.window_start = 0.0
@@ -679,7 +572,7 @@ class DataPath:
                 for slot in queued:
                     size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
                     stats.tx_checksums_filled += fill_checksums(
-                        rview[slot + mac : slot + mac + size]  # type: ignore[arg-type]
+                        rview[slot + mac : slot + mac + size]
                     )
             for slot in queued:
                 status[slot >> 2] = TP_STATUS_SEND_REQUEST
@@ -692,7 +585,7 @@ class DataPath:
             active.advance(consumed)
         # The SAME descriptors go back, whatever became of their frames, except one that
         # is no client's buffer: giving that to a client would spread the damage.
-        out = words[:k]
+        out: Sequence[int] = words[:k]
         if unowned:
             out = [w for i, w in enumerate(out) if i & ~1 not in unowned]
         returned = len(out) >> 1
@@ -762,7 +655,7 @@ class DataPath:
             for sock in self.rx_socks:
                 want[sock.fileno()] |= select.EPOLLIN
         if self.tx_blocked:
-            want[self.tx_sock.fileno()] |= select.EPOLLOUT  # type: ignore[union-attr]
+            want[self.tx_sock.fileno()] |= select.EPOLLOUT
         return want
 
     def socket_error(self, fd: int | None = None) -> None:

@@ -76,6 +76,12 @@ class Devices:
         self._closers.clear()
 
 
+def _fd_closer(fd: int) -> Callable[[], None]:
+    """A closer for `fd`, bound now: a loop's lambda would see only the last fd, and one
+    binding it by a default argument cannot be typed."""
+    return lambda: os.close(fd)
+
+
 def open_uio_devices(config: DriverConfig, log: Callable[[str], None]) -> Devices:
     wanted = {name: spec.paddr for name, spec in config.uio.items()}
     found = uio.match(wanted, uio.scan())
@@ -97,7 +103,7 @@ def open_uio_devices(config: DriverConfig, log: Callable[[str], None]) -> Device
         for name in IRQ_UIOS:
             info = found[name]
             fd = uio.open_irq(f"/dev/{info.node}")
-            devices._closers.append(lambda fd=fd: os.close(fd))
+            devices._closers.append(_fd_closer(fd))
             devices.irq_fds[name] = fd
             log(f"-> opened IRQ device '{info.node}' ({name})")
         if pl011.DOORBELL_UIO in config.uio:
@@ -141,13 +147,13 @@ def open_sim_devices(config: DriverConfig, path: str, log: Callable[[str], None]
         for name in FAULT_UIOS:
             fifo = table[name]["doorbell_fifo"]
             fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            devices._closers.append(lambda fd=fd: os.close(fd))
+            devices._closers.append(_fd_closer(fd))
             devices.doorbells[name] = FifoDoorbell(fd)
             log(f"-> opened simulated doorbell '{fifo}' ({name})")
         for name in IRQ_UIOS:
             pty = table[name]["irq_pty"]
             fd = uio.open_irq(pty)
-            devices._closers.append(lambda fd=fd: os.close(fd))
+            devices._closers.append(_fd_closer(fd))
             devices.irq_fds[name] = fd
             log(f"-> opened simulated IRQ '{pty}' ({name})")
     except BaseException:

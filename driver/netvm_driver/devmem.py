@@ -28,6 +28,7 @@ from .abi import NET_BUFFER_SIZE
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Sequence
 
 COPY_ALIGN = 16
@@ -80,8 +81,8 @@ class DeviceMemory:
 
     __slots__ = ("_h", "_i", "_mv", "_q", "name", "size")
 
-    def __init__(self, name: str, buf: object) -> None:
-        mv = memoryview(buf)  # type: ignore[arg-type]
+    def __init__(self, name: str, buf: mmap.mmap | bytearray) -> None:
+        mv = memoryview(buf)
         if mv.nbytes % 8:
             raise DeviceMemoryError(f"{name}: region size {mv.nbytes} is not a multiple of 8")
         self.name = name
@@ -244,8 +245,8 @@ class FaultDoorbell:
 
     __slots__ = ("_mv",)
 
-    def __init__(self, buf: object) -> None:
-        self._mv = memoryview(buf).cast("B")  # type: ignore[arg-type]
+    def __init__(self, buf: mmap.mmap | bytearray) -> None:
+        self._mv = memoryview(buf).cast("B")
 
     def ring(self) -> None:
         # A single byte store, never a read: the VMM skips the instruction (pc += 4).

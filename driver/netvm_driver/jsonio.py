@@ -54,7 +54,9 @@ def loads(text: str) -> Any:
     """Like json.loads(text) (strict; no NaN or Infinity), with json's errors."""
     if _json is None:  # pragma: no cover
         return _loads_with_json(text)
-    scan = _json.make_scanner(_ScannerContext)
+    # typeshed declares the context as a make_scanner itself (a TODO there): the C scanner
+    # only reads the attributes _ScannerContext has, as it does from a json.JSONDecoder.
+    scan = _json.make_scanner(_ScannerContext)  # type: ignore[arg-type]
     start = len(text) - len(text.lstrip(WHITESPACE))
     try:
         value, end = scan(text, start)

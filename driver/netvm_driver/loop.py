@@ -13,7 +13,6 @@ forever, so every readiness is drained.
 
 from __future__ import annotations
 
-import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 import os
 import select
 import struct
@@ -22,6 +21,15 @@ import time
 from . import log
 from .datapath import DataPath
 from .stats import Stats
+
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    # typeshed has no stub for _signal, so checkers read signal.py's: signal.py is _signal
+    # with IntEnum wrappers (Signals, Handlers) around the same ints, so the driver's
+    # calls and constants type the same.
+    import signal
+else:
+    import _signal as signal  # not signal.py: see docs/driver.md, "Start-up"
 
 IRQ_ENABLE = struct.pack("=i", 1)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

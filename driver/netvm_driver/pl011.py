@@ -68,8 +68,8 @@ class Pl011:
 
     __slots__ = ("_regs",)
 
-    def __init__(self, buf: object) -> None:
-        self._regs = memoryview(buf).cast("B").cast("I")  # type: ignore[arg-type]
+    def __init__(self, buf: mmap.mmap | bytearray) -> None:
+        self._regs = memoryview(buf).cast("B").cast("I")
 
     def _get(self, off: int) -> int:
         return int(self._regs[off >> 2])

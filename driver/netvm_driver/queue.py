@@ -24,6 +24,10 @@ from .abi import (
 )
 from .devmem import DeviceMemory
 
+TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 MAX_CAPACITY = 0x8000  # u16 indices: a full ring must differ from an empty one
 
 
@@ -147,7 +151,7 @@ class Producer:
         ring = self.ring
         ring.mem.store_desc(ring.slot_offset(self.tail + k), word0, word1)
 
-    def put_words(self, words: list[int]) -> int:
+    def put_words(self, words: Sequence[int]) -> int:
         """Write len(words) // 2 new entries after tail, given flat as in peek_words.
 
         Not visible until commit; returns the number of entries written.

@@ -1,6 +1,7 @@
-"""AF_PACKET mmap rings: a TPACKET_V3 RX ring and a TPACKET_V2 TX ring.
+"""AF_PACKET sockets and mmap rings: a TPACKET_V3 RX ring and a TPACKET_V2 TX ring.
 
-Owns: opening the ring sockets, the ring geometry and the kernel's ring formats (block
+Owns: opening every packet socket of the driver (the rings' and the plain one, per RX
+and TX mode: open_packet_io), the ring geometry and the kernel's ring formats (block
 descriptor, packet headers, slot status words). Must not touch the sDDF shared memory
 (devmem.py does) nor decide what a descriptor means (datapath.py). The ring memory is
 ordinary kernel-shared RAM, not Device memory: plain struct access is fine here.
@@ -33,11 +34,15 @@ import mmap
 import os
 import struct
 
+from .device import DeviceError
 from .records import Record
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -47,12 +52,14 @@ PACKET_TX_RING = 13
 PACKET_LOSS = 14
 PACKET_TX_HAS_OFF = 19
 PACKET_QDISC_BYPASS = 20
-PACKET_IGNORE_OUTGOING = 23
+PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20; not exported by the socket module
 PACKET_FANOUT = 18
 PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_CBPF = 6
 PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sends
 SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+RCVBUF_BYTES = 4 << 20  # the default ~208 KiB holds only ~90 MTU frames; bursts would drop
 PACKET_MR_PROMISC = 1
 TPACKET_V2 = 1
 TPACKET_V3 = 2
@@ -387,3 +394,95 @@ def open_tx_socket(interface: str) -> socket.socket:
         sock.bind((interface, 0))
         sock.setblocking(False)
     return sock
+
+
+def open_packet_socket(interface: str) -> socket.socket:
+    """Promiscuous raw socket for every protocol on `interface`, ignoring our own TX."""
+    # Protocol 0 receives nothing until bind, so no frame from another interface can
+    # slip in between socket() and bind().
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.bind((interface, ETH_P_ALL))
+        ifindex = socket.if_nametoindex(interface)
+        mreq = PACKET_MREQ.pack(ifindex, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise DeviceError(f"cannot use interface '{interface}': {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class PacketIO:
+    """What the data path sends and receives with, for the chosen RX and TX modes."""
+
+    def __init__(
+        self,
+        sock: socket.socket | None = None,  # plain socket: socket-mode RX and/or TX
+        rx_ring: RxRing | None = None,
+        tx_ring: TxRing | None = None,
+        rx_switch: RxSwitch | None = None,  # "auto": the socket and the ring, one receiving
+    ) -> None:
+        self.sock = sock
+        self.rx_ring = rx_ring
+        self.tx_ring = tx_ring
+        self.rx_switch = rx_switch
+
+    def close(self) -> None:
+        for thing in (self.sock, self.rx_ring, self.tx_ring):
+            if thing is not None:
+                thing.close()
+
+
+def open_packet_io(
+    interface: str, rx_mode: str, tx_mode: str, geometry: RingGeometry | None = None
+) -> PacketIO:
+    """The packet socket and/or rings for the chosen modes ("socket", "ring" or "auto").
+
+    RX "socket" and "auto" receive on a plain socket (auto: in a fanout group with the
+    ring, RxSwitch); RX "ring" opens the plain socket (with protocol 0, receiving nothing)
+    only if TX uses it.
+    """
+    io = PacketIO()
+    g = geometry or RingGeometry()
+
+    def rx_ring(interface: str, receive: bool) -> RxRing:
+        return open_rx_ring(
+            interface,
+            block_size=g.block_size,
+            block_count=g.block_count,
+            timeout_ms=g.timeout_ms,
+            receive=receive,
+        )
+
+    try:
+        if rx_mode in ("socket", "auto"):
+            io.sock = sock = open_packet_socket(interface)
+            if rx_mode == "auto":
+                io.rx_ring = ring = _device_error(interface, lambda i: rx_ring(i, False))
+                io.rx_switch = _device_error(interface, lambda i: RxSwitch(sock, ring))
+        elif rx_mode == "ring":
+            io.rx_ring = _device_error(interface, lambda i: rx_ring(i, True))
+            if tx_mode == "socket":
+                io.sock = _device_error(interface, open_tx_socket)
+        if tx_mode == "ring":
+            io.tx_ring = _device_error(interface, open_tx_ring)
+    except BaseException:
+        io.close()
+        raise
+    return io
+
+
+def _device_error(interface: str, opener: Callable[[str], T]) -> T:
+    try:
+        return opener(interface)
+    except OSError as exc:
+        raise DeviceError(f"cannot use interface '{interface}': {exc.strerror or exc}") from None
