@@ -237,7 +237,7 @@ def test_cli_tftp_without_serial_is_a_user_error(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == USER_ERROR_EXIT
-    assert proc.stderr.startswith("error: netvm: --method tftp needs --serial DEV")
+    assert proc.stderr.startswith("error: --method tftp needs --serial DEV")
     assert "Traceback" not in proc.stderr
 
 
@@ -521,4 +521,4 @@ def test_bad_load_address_is_a_user_error() -> None:
     assert parse_address("0x20000000") == 0x20000000
     with pytest.raises(UserError) as err:
         parse_address("20M")
-    assert str(err.value) == "netvm: --load-address '20M' is not a number (hint: e.g. 0x20000000)"
+    assert str(err.value) == "--load-address '20M' is not a number (hint: e.g. 0x20000000)"

@@ -32,8 +32,10 @@ from typing import Any
 from netvm.bench.tools import Tools, build_tools
 from netvm.bench.vmm import BenchSimulation, BenchVmm
 from netvm.board import load_board
+from netvm.builder.manifest import MANIFEST_NAME, read_manifest
 from netvm.core.errors import Interrupted
 from netvm.core.progress import Progress, silent
+from netvm.core.workspace import Workspace
 from netvm.sim import SimOptions
 from netvm.sim.netns import require_root
 from netvm.sim.runner import sigterm_as_interrupt
@@ -474,17 +476,14 @@ def timed(cmd: list[str], cwd: Path) -> float:
 def build_figures(root: Path, board: str, measure: bool, progress: Progress) -> dict[str, Any]:
     """Image/initramfs sizes and step times from the manifest; timed rebuilds if asked."""
     out: dict[str, Any] = {"measured": measure}
-    manifest = root / "build" / board / "manifest.json"
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads(manifest.read_text())
-        arts = doc.get("artifacts", {})
-        for key, name in (("kernel_image", "image_bytes"), ("initramfs", "initramfs_bytes"),
-                          ("loader_img", "loader_img_bytes")):  # fmt: skip
-            art = arts.get(key)
-            out[name] = art.get("bytes") if isinstance(art, dict) else None
-        out["manifest_steps_s"] = {
-            s["name"]: s.get("seconds") for s in doc.get("steps", []) if isinstance(s, dict)
-        }
+    file = Workspace.at(root).build_root / board / MANIFEST_NAME
+    manifest = read_manifest(file, str(file), root)
+    for key, name in (("kernel_image", "image_bytes"), ("initramfs", "initramfs_bytes"),
+                      ("loader_img", "loader_img_bytes")):  # fmt: skip
+        art = manifest.get(key)
+        out[name] = art.bytes if art else None
+    if manifest.step_seconds:
+        out["manifest_steps_s"] = dict(manifest.step_seconds)
     if not measure:
         return out
     build = [sys.executable, "-m", "invoke", "build", "--board", board]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netvm.core.errors import UserError
-from netvm.core.hosttools import first_line
+from netvm.core.hosttools import compiler_version
 
 HERE = Path(__file__).resolve().parent
 # -fno-tree-loop-distribute-patterns keeps the baseline's byte-wise copies byte-wise
@@ -30,10 +30,6 @@ class Tools:
     baseline: Path
     launcher: Path
     compiler: str
-
-
-def compiler_version(cc: str) -> str:
-    return first_line([cc, "--version"]) or cc
 
 
 def compile_tool(name: str, out_dir: Path, cc: str = "gcc") -> Path:
@@ -63,5 +59,5 @@ def build_tools(root: Path, cc: str = "gcc") -> Tools:
         gen=compile_tool("gen", out_dir, cc),
         baseline=compile_tool("baseline", out_dir, cc),
         launcher=HERE / "launch_baseline.py",
-        compiler=compiler_version(cc),
+        compiler=compiler_version(cc) or cc,
     )

@@ -8,8 +8,6 @@ returns findings; nothing here raises or touches files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from netvm.board.model import (
     FAULT_UIOS,
     IRQ_UIOS,
@@ -26,7 +24,7 @@ from netvm.board.model import (
     queue_region_size,
     round_up_to_page,
 )
-from netvm.core.errors import Finding
+from netvm.core.errors import AddFinding, Finding, Findings
 
 MAX_GIC_SPI = 987  # GICv2/v3 SPIs are INTIDs 32-1019
 DATA_PASSING_BYTES = 616  # net_drv_vm_data_passing_t
@@ -35,7 +33,6 @@ QEMU_VIRT_MAX_SPI = 223  # hw/arm/virt.h: NUM_IRQS = 256 GIC inputs, 32 of them 
 
 
 # add(key, message, hint="") records one finding.
-_Add = Callable[..., None]
 
 
 def _is_pow2(n: int) -> bool:
@@ -48,11 +45,8 @@ def _aligned(n: int) -> bool:
 
 def check_board(board: Board, display: str) -> list[Finding]:
     """Every layout finding for `board` (empty when the board is consistent)."""
-    out: list[Finding] = []
-
-    def add(key: str, message: str, hint: str = "") -> None:
-        out.append(Finding(display, key, message, hint))
-
+    found = Findings(display)
+    add = found.add
     _check_names(board, add)
     _check_uio_shapes(board, add)
     _check_queues(board, add)
@@ -61,10 +55,10 @@ def check_board(board: Board, display: str) -> list[Finding]:
     _check_carveout(board, add)
     _check_qemu_base(board, add)
     _check_irqs(board, add)
-    return out
+    return found.collected
 
 
-def _check_names(board: Board, add: _Add) -> None:
+def _check_names(board: Board, add: AddFinding) -> None:
     names = [d.name for d in board.uio]
     seen: set[str] = set()
     for name in names:
@@ -96,7 +90,7 @@ def _check_names(board: Board, add: _Add) -> None:
         add("uio", f"{len(names)} UIO devices; sdfgen accepts at most {MAX_UIO_DEVICES}")
 
 
-def _check_uio_shapes(board: Board, add: _Add) -> None:
+def _check_uio_shapes(board: Board, add: AddFinding) -> None:
     for dev in board.uio:
         key = f"uio.{dev.name}"
         if len(dev.maps) > MAX_UIO_MAPS:
@@ -129,7 +123,7 @@ def _check_uio_shapes(board: Board, add: _Add) -> None:
             add(f"{key}.size", f"too small for the {DATA_PASSING_BYTES}-byte data-passing page")
 
 
-def _check_queues(board: Board, add: _Add) -> None:
+def _check_queues(board: Board, add: AddFinding) -> None:
     net = board.net
     if not _is_pow2(net.rx_buffers):
         add(
@@ -175,7 +169,7 @@ def _check_queues(board: Board, add: _Add) -> None:
             )
 
 
-def _check_guest(board: Board, add: _Add) -> None:
+def _check_guest(board: Board, add: AddFinding) -> None:
     g = board.guest
     ram = g.ram
     if not _aligned(ram.paddr) or not _aligned(ram.size) or ram.size == 0:
@@ -204,7 +198,7 @@ def _check_guest(board: Board, add: _Add) -> None:
         )
 
 
-def _check_overlaps(board: Board, add: _Add) -> None:
+def _check_overlaps(board: Board, add: AddFinding) -> None:
     g = board.guest
     named: list[tuple[str, Region]] = []
     for dev in board.uio:
@@ -242,7 +236,7 @@ def _inside(inner: Region, outer: Region) -> bool:
     return outer.paddr <= inner.paddr and inner.end <= outer.end
 
 
-def _check_carveout(board: Board, add: _Add) -> None:
+def _check_carveout(board: Board, add: AddFinding) -> None:
     g = board.guest
     c = g.carveout
     if c is None:
@@ -262,7 +256,7 @@ def _check_carveout(board: Board, add: _Add) -> None:
         )
 
 
-def _check_qemu_base(board: Board, add: _Add) -> None:
+def _check_qemu_base(board: Board, add: AddFinding) -> None:
     q = board.devicetree.base_qemu
     if q is None:
         return
@@ -290,7 +284,7 @@ def _check_qemu_base(board: Board, add: _Add) -> None:
             )
 
 
-def _check_irqs(board: Board, add: _Add) -> None:
+def _check_irqs(board: Board, add: AddFinding) -> None:
     owners: dict[int, str] = {board.devicetree.console.irq: "devicetree.console.irq"}
     for p in board.passthrough:
         for i, irq in enumerate(p.irqs):

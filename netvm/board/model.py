@@ -67,12 +67,23 @@ class Region:
 
 
 @dataclass(frozen=True)
-class KernelSourceSpec:
-    provider: str  # debian | tarball | local
-    package: str | None = None  # debian
-    url: str | None = None  # tarball
-    sha256: str | None = None  # tarball
-    path: Path | None = None  # local
+class DebianKernelSource:
+    package: str  # Debian's linux-source-X.Y (offline default)
+
+
+@dataclass(frozen=True)
+class TarballKernelSource:
+    url: str  # a kernel.org-style tarball, downloaded once into the cache
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LocalKernelSource:
+    path: Path  # a kernel tree on this machine
+
+
+# Where the kernel tree comes from: one variant per provider, each with its own fields.
+KernelSourceSpec = DebianKernelSource | TarballKernelSource | LocalKernelSource
 
 
 @dataclass(frozen=True)

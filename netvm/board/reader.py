@@ -28,6 +28,7 @@ from netvm.board.model import (
     Board,
     Client,
     ConsoleNode,
+    DebianKernelSource,
     DeviceTreeSpec,
     DisabledNode,
     GitPin,
@@ -35,6 +36,7 @@ from netvm.board.model import (
     InitrdSpec,
     KernelSourceSpec,
     KernelSpec,
+    LocalKernelSource,
     MicrokitSpec,
     MicrokitSystem,
     NetSpec,
@@ -44,24 +46,22 @@ from netvm.board.model import (
     RootfsSpec,
     SdfgenPin,
     SimSpec,
+    TarballKernelSource,
     UioDevice,
 )
-from netvm.core.errors import Finding, UserError
+from netvm.core.errors import Finding, Findings, UserError
 from netvm.core.workspace import display_path
 from netvm.core.yamlio import load_yaml
 
 T = TypeVar("T")
 
 
-class _Reader:
+class _Reader(Findings):
     """Typed access to a parsed YAML tree that records findings instead of raising."""
 
     def __init__(self, display: str) -> None:
+        super().__init__(display)
         self.display = display
-        self.findings: list[Finding] = []
-
-    def add(self, key: str, message: str, hint: str = "") -> None:
-        self.findings.append(Finding(self.display, key, message, hint))
 
     def mapping(
         self, node: Any, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
@@ -197,7 +197,7 @@ def _read_kernel_source(r: _Reader, node: Any, board_dir: Path) -> KernelSourceS
                 f"{key}.package",
                 f"expected a Debian package like linux-source-6.12, got {package!r}",
             )
-        return KernelSourceSpec("debian", package=package)
+        return DebianKernelSource(package) if package else None
     if provider == "tarball":
         m = r.mapping(node, key, ("provider", "url", "sha256"))
         if m is None:
@@ -206,13 +206,13 @@ def _read_kernel_source(r: _Reader, node: Any, board_dir: Path) -> KernelSourceS
         sha = r.get(m, key, "sha256", r.str_)
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
             r.add(f"{key}.sha256", "expected 64 lowercase hex digits", "sha256sum the tarball")
-        return KernelSourceSpec("tarball", url=url, sha256=sha)
+        return TarballKernelSource(url, sha) if url and sha else None
     if provider == "local":
         m = r.mapping(node, key, ("provider", "path"))
         if m is None:
             return None
         path = r.get(m, key, "path", r.str_)
-        return KernelSourceSpec("local", path=(board_dir / path) if path else None)
+        return LocalKernelSource(board_dir / path) if path else None
     r.add(f"{key}.provider", f"expected one of debian, tarball, local; got {_kind(provider)}")
     return None
 
@@ -677,7 +677,7 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
     r = _Reader(display)
     top = r.mapping(data, "", _REQUIRED_TOP, ("passthrough", "rootfs", "microkit", "sel4"))
     if top is None:
-        raise UserError(r.findings)
+        raise UserError(r.collected)
     version = top.get("schema_version")
     if version != SCHEMA_VERSION:
         r.add(
@@ -685,7 +685,7 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
             f"expected {SCHEMA_VERSION}, got {_kind(version)}",
             "this netvm reads schema version 1; see boards/odroidc4/board.yaml",
         )
-        raise UserError(r.findings)
+        raise UserError(r.collected)
     name = r.get(top, "", "name", r.str_)
     if name is not None and not re.fullmatch(r"[a-z0-9_]+", name):
         r.add("name", f"expected lowercase letters, digits and _, got {name!r}")
@@ -709,8 +709,8 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
     rootfs: RootfsSpec | None = RootfsSpec("debian")
     if "rootfs" in top:
         rootfs = _read_rootfs(r, top["rootfs"], file.parent)
-    if r.findings:
-        raise UserError(r.findings)
+    if r.collected:
+        raise UserError(r.collected)
     assert name and description and arch and cross and kernel and dt and guest and net and uio
     assert flash_addr is not None and sim and rootfs
     assert microkit is not None or "microkit" not in top
@@ -752,8 +752,8 @@ def _read_sel4_variant(top: dict[str, Any], file: Path, display: str) -> Board:
     """
     r = _Reader(display)
     section = r.mapping(top["sel4"], "sel4", ("microkit",), SEL4_KEYS)
-    if section is None or r.findings:
-        raise UserError(r.findings)
+    if section is None or r.collected:
+        raise UserError(r.collected)
     merged = {k: v for k, v in top.items() if k != "sel4"}
     merged.update(section)
     try:

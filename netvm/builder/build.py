@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from netvm import __version__
-from netvm.board import Board
+from netvm.board import Board, DebianKernelSource, TarballKernelSource
 from netvm.builder.lock import LockInputs, check_locked
+from netvm.builder.manifest import MANIFEST_NAME
 from netvm.core.errors import Finding, UserError
 from netvm.core.files import file_sha256, tree_digest
 from netvm.core.hosttools import tool_version
@@ -34,7 +35,7 @@ from netvm.guest.kernelsrc import (
     tarball_source,
 )
 from netvm.guest.qemu_machine import base_description
-from netvm.guest.render import header_text, render_all
+from netvm.guest.render import Rendered, header_text, render_all
 from netvm.guest.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
 from netvm.microkit import handoff as microkit
 from netvm.microkit.handoff import MicrokitInputs
@@ -59,8 +60,6 @@ ARTIFACT_NAMES = (
 GUEST_CODE = Path(__file__).resolve().parents[1] / "guest"
 ROOTFS_RECIPE = tuple(GUEST_CODE / m for m in ("rootfs.py", "cpio.py"))
 DTB_RECIPE = tuple(GUEST_CODE / m for m in ("devicetree.py", "qemu_machine.py"))
-STEP_NAMES = ("render", "kernel", "rootfs", "dtb", "microkit")
-SKIPPABLE = STEP_NAMES[1:]  # everything else reads the rendered files
 
 
 @dataclass(frozen=True)
@@ -86,13 +85,11 @@ def kernel_source(board: Board, override: Path | None) -> KernelSource:
     if override is not None:
         return local_source(override)
     spec = board.kernel.source
-    if spec.provider == "debian" and spec.package:
+    if isinstance(spec, DebianKernelSource):
         return debian_source(spec.package)
-    if spec.provider == "tarball" and spec.url and spec.sha256:
+    if isinstance(spec, TarballKernelSource):
         return tarball_source(spec.url, spec.sha256)
-    if spec.provider == "local" and spec.path:
-        return local_source(spec.path)
-    raise AssertionError(f"unvalidated kernel source {spec}")
+    return local_source(spec.path)
 
 
 def lock_inputs(board: Board, options: BuildOptions) -> LockInputs:
@@ -130,21 +127,22 @@ def build(
     versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
     sel4_runner = None
     try:
-        _steps(board, ws, options, runner, header, versions)
+        run_steps(GuestBuild.prepare(board, ws, options, runner, header, versions))
         if board.sel4 is not None:
             # The seL4 system's guest: its own render, rootfs, DTB and loader.img under
             # sel4/, on the kernel just built (the variant cannot change the kernel).
             sel4_runner = StepRunner(
-                ws.build_dir(board.sel4),
-                force=options.force,
-                progress=progress,
-                label="sel4 ",
+                ws.build_dir(board.sel4), force=options.force, progress=progress, label="sel4 "
             )
             kernel = {k: v for k, v in runner.artifacts.items() if k in KERNEL_ARTIFACTS}
-            _steps(board.sel4, ws, options, sel4_runner, header, versions, kernel=kernel)
+            run_steps(
+                GuestBuild.prepare(
+                    board.sel4, ws, options, sel4_runner, header, versions, kernel=kernel
+                )
+            )
     finally:
         manifest = _manifest(board, ws.root, runner, versions, sel4_runner)
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -157,48 +155,81 @@ def image_board(board: Board) -> Board | None:
     return None
 
 
-def _steps(
-    board: Board,
-    ws: Workspace,
-    options: BuildOptions,
-    runner: StepRunner,
-    header: str,
-    versions: dict[str, str],
-    *,
-    kernel: dict[str, Artifact] | None = None,
-) -> None:
-    """The steps for one guest; `kernel` given: use those kernel artifacts, no kernel step."""
-    out = runner.build_dir
-    root = ws.root
+@dataclass
+class GuestBuild:
+    """One guest's build in progress: what its steps read and where they record."""
 
-    # render: cheap, so it always runs; it reports "cached" when no file changed.
-    rendered = render_all(board, out / "render", root)
-    overlay_files = [p for p in rendered.files if rendered.rootfs_overlay in p.parents]
-    render_inputs = {"files": tree_digest(rendered.files, rendered.root)}
-    runner.run(
-        "render",
-        render_inputs,
-        lambda: StepOutput({}, {"files": len(rendered.files)}),
-    )
-    # The staged overlay is a directory: its digest covers names, modes and contents.
-    runner.artifacts["rootfs_overlay"] = Artifact(
-        rendered.rootfs_overlay,
-        tree_digest(overlay_files, rendered.rootfs_overlay),
-        sum(p.stat().st_size for p in overlay_files),
-    )
+    board: Board
+    ws: Workspace
+    options: BuildOptions
+    runner: StepRunner
+    header: str
+    versions: dict[str, str]
+    rendered: Rendered
+    src: KernelSource
+    # Given: the kernel artifacts of the board this guest is a variant of (no kernel step).
+    kernel: dict[str, Artifact] | None = None
 
-    src = kernel_source(board, options.kernel_src)
-    versions["kernel"] = src.version
-    versions["kernel_source"] = f"{src.provider}: {src.origin}"
-    versions["dtc"] = tool_version(["dtc", "--version"])
-    versions["cross_gcc"] = tool_version([f"{board.cross_compile}gcc", "--version"])
+    @property
+    def out(self) -> Path:
+        return self.runner.build_dir
+
+    @classmethod
+    def prepare(
+        cls,
+        board: Board,
+        ws: Workspace,
+        options: BuildOptions,
+        runner: StepRunner,
+        header: str,
+        versions: dict[str, str],
+        *,
+        kernel: dict[str, Artifact] | None = None,
+    ) -> GuestBuild:
+        """Render (cheap, so it always runs; "cached" when no file changed) and resolve
+        the kernel tree and tool versions every later step's key names."""
+        out = runner.build_dir
+        rendered = render_all(board, out / "render", ws.root)
+        overlay_files = [p for p in rendered.files if rendered.rootfs_overlay in p.parents]
+        runner.run(
+            "render",
+            {"files": tree_digest(rendered.files, rendered.root)},
+            lambda: StepOutput({}, {"files": len(rendered.files)}),
+        )
+        # The staged overlay is a directory: its digest covers names, modes and contents.
+        runner.artifacts["rootfs_overlay"] = Artifact(
+            rendered.rootfs_overlay,
+            tree_digest(overlay_files, rendered.rootfs_overlay),
+            sum(p.stat().st_size for p in overlay_files),
+        )
+        src = kernel_source(board, options.kernel_src)
+        versions["kernel"] = src.version
+        versions["kernel_source"] = f"{src.provider}: {src.origin}"
+        versions["dtc"] = tool_version(["dtc", "--version"])
+        versions["cross_gcc"] = tool_version([f"{board.cross_compile}gcc", "--version"])
+        return cls(board, ws, options, runner, header, versions, rendered, src, kernel)
+
+    def skipped(self, name: str) -> bool:
+        """True (and recorded) when the user asked not to run step `name`."""
+        if name in self.options.skip:
+            self.runner.skip(name, f"not run: --skip {name}")
+            return True
+        return False
+
+
+def kernel_step(g: GuestBuild) -> None:
+    if g.kernel is not None:
+        g.runner.artifacts.update(g.kernel)
+        return
+    if g.skipped("kernel"):
+        return
+    board, src, kdir = g.board, g.src, g.out / "kernel"
 
     def make_kernel() -> StepOutput:
-        kdir = out / "kernel"
         cfg = configure(
             src.path,
             kdir,
-            rendered.kernel_fragments,
+            g.rendered.kernel_fragments,
             kernel_version=src.version,
             arch=board.arch,
             cross_compile=board.cross_compile,
@@ -209,7 +240,7 @@ def _steps(
             kdir,
             arch=board.arch,
             cross_compile=board.cross_compile,
-            progress=runner.progress,
+            progress=g.runner.progress,
         )
         details = {
             "image_bytes": image.bytes,
@@ -222,123 +253,133 @@ def _steps(
         files = {"kernel_config": cfg.config, "kernel_image": image.image}
         return StepOutput(dict(files, kernel_audit=cfg.audit_json), details)
 
-    if kernel is not None:
-        runner.artifacts.update(kernel)
-    else:
-        _run(
-            runner,
-            options,
-            "kernel",
-            {
-                "fragments": tree_digest(rendered.kernel_fragments, rendered.root),
-                "kernel_source": versions["kernel_source"],
-                "kernel_path": str(src.path),
-                "cross_gcc": versions["cross_gcc"],
-                "allowed": sorted(board.kernel.allow_mismatch),
-            },
-            make_kernel,
+    g.runner.run(
+        "kernel",
+        {
+            "fragments": tree_digest(g.rendered.kernel_fragments, g.rendered.root),
+            "kernel_source": g.versions["kernel_source"],
+            "kernel_path": str(src.path),
+            "cross_gcc": g.versions["cross_gcc"],
+            "allowed": sorted(board.kernel.allow_mismatch),
+        },
+        make_kernel,
+    )
+
+
+def rootfs_step(g: GuestBuild) -> None:
+    spec = g.board.rootfs
+    overlay = g.rendered.rootfs_overlay
+    if spec.provider == "buildroot":
+        tree = export_external_tree(g.board, overlay, g.out / "buildroot-external", g.ws.root)
+        g.runner.skip(
+            "rootfs",
+            f"provider buildroot: build {g.ws.display(tree)} with your Buildroot "
+            "(docs/rootfs.md), then use provider cpio",
         )
+        return
+    if g.skipped("rootfs"):
+        return
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
-    spec = board.rootfs
 
     def make_rootfs() -> StepOutput:
         result = build_initramfs(
             spec.provider,
-            rendered.rootfs_overlay,
-            out / "rootfs" / spec.initramfs_name,
-            cache=ws.cache,
+            overlay,
+            g.out / "rootfs" / spec.initramfs_name,
+            cache=g.ws.cache,
             epoch=epoch,
             base_cpio=spec.base_cpio,
             extra_modules=spec.python_modules,
             compress=spec.compression == "gzip",
-            progress=runner.progress,
+            progress=g.runner.progress,
         )
         return StepOutput({"initramfs": result.path}, result.report())
 
-    if spec.provider == "buildroot":
-        tree = export_external_tree(
-            board, rendered.rootfs_overlay, out / "buildroot-external", root
-        )
-        runner.skip(
-            "rootfs",
-            f"provider buildroot: build {ws.display(tree)} with your Buildroot "
-            "(docs/rootfs.md), then use provider cpio",
-        )
-    else:
-        _run(
-            runner,
-            options,
-            "rootfs",
-            {
-                "overlay": runner.artifacts["rootfs_overlay"].sha256,
-                "provider": spec.provider,
-                "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
-                "packages": DEBIAN_PACKAGES if spec.provider == "debian" else None,
-                "apt_lists": apt_lists_state() if spec.provider == "debian" else None,
-                "python_modules": spec.python_modules,
-                "compression": spec.compression,
-                "epoch": epoch,
-                "recipe": tree_digest(ROOTFS_RECIPE, GUEST_CODE),
-            },
-            make_rootfs,
-        )
-    initramfs = runner.artifacts.get("initramfs")
-    kernel_image = runner.artifacts.get("kernel_image")
+    debian = spec.provider == "debian"
+    g.runner.run(
+        "rootfs",
+        {
+            "overlay": g.runner.artifacts["rootfs_overlay"].sha256,
+            "provider": spec.provider,
+            "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
+            "packages": DEBIAN_PACKAGES if debian else None,
+            "apt_lists": apt_lists_state() if debian else None,
+            "python_modules": spec.python_modules,
+            "compression": spec.compression,
+            "epoch": epoch,
+            "recipe": tree_digest(ROOTFS_RECIPE, GUEST_CODE),
+        },
+        make_rootfs,
+    )
 
+
+def dtb_step(g: GuestBuild) -> None:
+    if g.skipped("dtb"):
+        return
+    initramfs = g.runner.artifacts.get("initramfs")
+    kernel_image = g.runner.artifacts.get("kernel_image")
     initrd = None
     if initramfs is not None:
-        initrd = initrd_window(board, initramfs.bytes, kernel_image.bytes if kernel_image else 0)
+        kernel_bytes = kernel_image.bytes if kernel_image else 0
+        initrd = initrd_window(g.board, initramfs.bytes, kernel_bytes)
 
     def make_dtb() -> StepOutput:
         result = build_guest_dtb(
-            board, rendered.overlay_dts, src, out / "dtb", header=header, initrd=initrd
+            g.board,
+            g.rendered.overlay_dts,
+            g.src,
+            g.out / "dtb",
+            header=g.header,
+            initrd=initrd,
         )
         details: dict[str, Any] = {"initrd": str(initrd) if initrd else None}
         return StepOutput({"dtb": result.dtb, "dts": result.dts}, details)
 
-    _run(
-        runner,
-        options,
+    g.runner.run(
         "dtb",
         {
-            "overlay": tree_digest([rendered.overlay_dts], rendered.root),
+            "overlay": tree_digest([g.rendered.overlay_dts], g.rendered.root),
             # A QEMU base is described by the QEMU version and machine options it is dumped with.
-            "base": board.devicetree.base or base_description(board),
-            "kernel_source": versions["kernel_source"],
-            "kernel_path": str(src.path),
+            "base": g.board.devicetree.base or base_description(g.board),
+            "kernel_source": g.versions["kernel_source"],
+            "kernel_path": str(g.src.path),
             "initrd": str(initrd),
-            "dtc": versions["dtc"],
+            "dtc": g.versions["dtc"],
             "recipe": tree_digest(DTB_RECIPE, GUEST_CODE),
         },
         make_dtb,
     )
-    if board.microkit is None:
-        pass  # no handoff for this board: no step, and no note about loader.img
-    elif "microkit" in options.skip:
-        runner.skip("microkit", "not run: --skip microkit")
-    else:
-        microkit.run_step(
-            board,
-            ws.display(board.file),
-            runner,
-            options.microkit,
-            require_image=options.require_image,
-            root=root,
-            header=header,
-        )
 
 
-def _run(
-    runner: StepRunner,
-    options: BuildOptions,
-    name: str,
-    inputs: dict[str, Any],
-    fn: Callable[[], StepOutput],
-) -> None:
-    if name in options.skip:
-        runner.skip(name, f"not run: --skip {name}")
-    else:
-        runner.run(name, inputs, fn)
+def microkit_step(g: GuestBuild) -> None:
+    if g.board.microkit is None:
+        return  # no handoff for this board: no step, and no note about loader.img
+    if g.skipped("microkit"):
+        return
+    microkit.run_step(
+        g.board,
+        g.ws.display(g.board.file),
+        g.runner,
+        g.options.microkit,
+        require_image=g.options.require_image,
+        root=g.ws.root,
+        header=g.header,
+    )
+
+
+# The steps after render, in order: each reads what the earlier ones put in the runner.
+STEPS: tuple[tuple[str, Callable[[GuestBuild], None]], ...] = (
+    ("kernel", kernel_step),
+    ("rootfs", rootfs_step),
+    ("dtb", dtb_step),
+    ("microkit", microkit_step),
+)
+SKIPPABLE = tuple(name for name, _ in STEPS)  # render is not: every step reads its files
+
+
+def run_steps(g: GuestBuild) -> None:
+    for _name, step in STEPS:
+        step(g)
 
 
 def _manifest(
@@ -368,8 +409,3 @@ def _manifest(
     manifest["steps"] = [r.as_dict() for r in records]
     manifest["artifacts"] = artifacts
     return manifest
-
-
-def require_artifact(manifest: dict[str, Any], name: str) -> None:
-    if manifest["artifacts"].get(name) is None:
-        raise UserError(f"the build produced no {name}")

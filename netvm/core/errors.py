@@ -7,8 +7,9 @@ exits with `USER_ERROR_EXIT` (internal errors keep their traceback).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 USER_ERROR_EXIT = 2
 INTERRUPT_EXIT = 130  # as a shell reports a command ended by SIGINT
@@ -16,13 +17,15 @@ INTERRUPT_EXIT = 130  # as a shell reports a command ended by SIGINT
 
 @dataclass(frozen=True)
 class Finding:
+    # The file at fault as the user sees it (relative to the checkout when inside it);
+    # empty for an error that is about no file (a flag, a missing tool).
     file: str
     key: str
     message: str
     hint: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.file}: {self.key}: " if self.key else f"{self.file}: "
+        where = "".join(f"{part}: " for part in (self.file, self.key) if part)
         text = where + self.message
         if self.hint:
             text += f" (hint: {self.hint})"
@@ -32,12 +35,40 @@ class Finding:
         return {"file": self.file, "key": self.key, "message": self.message, "hint": self.hint}
 
 
+class AddFinding(Protocol):
+    """How a check reports a problem: the key (or node, or line), what, and a hint."""
+
+    def __call__(self, key: str, message: str, hint: str = "") -> None: ...
+
+
+class Findings:
+    """The findings about one file, collected by checks that each call `add`."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.collected: list[Finding] = []
+
+    def add(self, key: str, message: str, hint: str = "") -> None:
+        self.collected.append(Finding(self.file, key, message, hint))
+
+    def __iter__(self) -> Iterator[Finding]:
+        return iter(self.collected)
+
+    def __len__(self) -> int:
+        return len(self.collected)
+
+    def raise_any(self) -> None:
+        """Raise every finding so far as one UserError, if there is any."""
+        if self.collected:
+            raise UserError(self.collected)
+
+
 class UserError(Exception):
     """Bad input from the user: printed as findings, exit status 2, no traceback."""
 
     def __init__(self, findings: Iterable[Finding] | str, *, hint: str = "") -> None:
         if isinstance(findings, str):
-            findings = [Finding(file="netvm", key="", message=findings, hint=hint)]
+            findings = [Finding(file="", key="", message=findings, hint=hint)]
         self.findings: tuple[Finding, ...] = tuple(findings)
         super().__init__("\n".join(str(f) for f in self.findings))
 

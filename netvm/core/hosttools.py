@@ -27,6 +27,11 @@ def tool_version(cmd: list[str]) -> str:
     return "not installed" if line is None else line
 
 
+def compiler_version(cc: str) -> str:
+    """`cc --version`'s first line ("" when `cc` is missing): the kernel's CC_VERSION_TEXT."""
+    return first_line([cc, "--version"]) or ""
+
+
 def git_head(path: Path) -> str | None:
     """The commit checked out at `path` if it is the top of a git work tree."""
     if not (path / ".git").exists():

@@ -92,6 +92,10 @@ class StepRunner:
         # Not echoed as progress: the step table (or the JSON manifest) shows the note once.
         self.records.append(StepRecord(self.label + name, "skipped", 0.0, note))
 
+    def fail(self, name: str, seconds: float, note: str) -> None:
+        """Record that step `name` failed before it could run (e.g. its inputs were refused)."""
+        self.records.append(StepRecord(self.label + name, "failed", seconds, note))
+
     def run(
         self, name: str, inputs: Mapping[str, Any], run: Callable[[], StepOutput]
     ) -> StepRecord:

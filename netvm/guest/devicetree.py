@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netvm.board import PAGE_SIZE, Board, Region
-from netvm.core.errors import Finding, UserError
+from netvm.core.errors import Finding, Findings, UserError
 from netvm.core.workspace import cache_dir
 from netvm.guest.fdt import cells, decompile, parse_dtb, strings, u64_pairs
 from netvm.guest.kernelsrc import KernelSource
@@ -158,19 +158,20 @@ def build_guest_dtb(
     dts = out_dir / "guest.dts"
     decompiled = decompile(dtb)
     dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)
-    findings = check_guest_dtb(board, dtb.read_bytes(), initrd)
+    findings = check_guest_dtb(board, dtb.read_bytes(), initrd, str(dtb))
     if findings:
         raise UserError(findings)
     return DtbResult(dtb, dts, source, initrd, proc.stderr)
 
 
-def check_guest_dtb(board: Board, blob: bytes, initrd: Region | None) -> list[Finding]:
-    """Compare a compiled guest DTB with the board model; one finding per mismatch."""
+def check_guest_dtb(
+    board: Board, blob: bytes, initrd: Region | None, display: str = "guest.dtb"
+) -> list[Finding]:
+    """Compare a compiled guest DTB (`display`) with the board model; one finding per
+    mismatch."""
     nodes = parse_dtb(blob)
-    out: list[Finding] = []
-
-    def add(path: str, message: str) -> None:
-        out.append(Finding("guest.dtb", path, message))
+    found = Findings(display)
+    add = found.add
 
     root = nodes.get("/", {})
     if cells(root.get("#address-cells", b"")) != [2] or cells(root.get("#size-cells", b"")) != [2]:
@@ -229,4 +230,4 @@ def check_guest_dtb(board: Board, blob: bytes, initrd: Region | None) -> list[Fi
     region = board.devicetree.console.region
     if u64_pairs(console.get("reg", b"")) != [(region.paddr, region.size)]:
         add("/" + board.devicetree.console.node, "virtio console reg does not match the board")
-    return out
+    return found.collected

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netvm.core.hosttools import first_line
+from netvm.core.hosttools import compiler_version
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
@@ -111,7 +111,7 @@ def _in_dir(path: Path) -> Iterator[None]:
 def kconfig_env(src: Path, arch: str, cross_compile: str, kernel_version: str) -> dict[str, str]:
     """The environment the kernel's Kconfig files expect when parsed outside make."""
     cc = f"{cross_compile}gcc"
-    cc_text = first_line([cc, "--version"]) or ""
+    cc_text = compiler_version(cc)
     return {
         "srctree": str(src),
         "ARCH": arch,

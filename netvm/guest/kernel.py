@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netvm.core.errors import Finding, UserError
-from netvm.core.hosttools import first_line
+from netvm.core.hosttools import compiler_version
 from netvm.core.progress import Progress, silent
 from netvm.guest.kconfig import (
     Mismatch,
@@ -164,10 +164,6 @@ def _write_audit(
     return txt, js
 
 
-def compiler_version(cross_compile: str) -> str:
-    return first_line([f"{cross_compile}gcc", "--version"]) or ""
-
-
 def build_kernel_image(
     src: Path,
     build_dir: Path,
@@ -209,7 +205,10 @@ def build_kernel_image(
         raise RuntimeError("make Image failed:\n" + "\n".join(tail[-20:]))
     image = build_dir / "arch" / arch / "boot" / "Image"
     return KernelImage(
-        image, image.stat().st_size, time.monotonic() - start, compiler_version(cross_compile)
+        image,
+        image.stat().st_size,
+        time.monotonic() - start,
+        compiler_version(f"{cross_compile}gcc"),
     )
 
 

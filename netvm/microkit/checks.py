@@ -29,10 +29,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from netvm.board import FAULT_UIOS, IRQ_UIOS, PAGE_SIZE, Board, round_up_to_page
-from netvm.core.errors import Finding, UserError
+from netvm.core.errors import AddFinding, Finding, UserError
 from netvm.core.workspace import Workspace
 from netvm.guest.fdt import FdtError, cells, parse_dtb, strings
 
@@ -40,12 +39,6 @@ GIC_SPI_BASE = 32  # INTID of SPI 0
 READ_ONLY_UIO = "data_passing"  # the guest's map of it is read-only in the real system
 # Interrupt controllers libvmm's vGIC emulates: guest accesses trap to the VMM by design.
 EMULATED_COMPATIBLES = ("arm,gic-400", "arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-v3")
-
-
-class _ErrorFn(Protocol):
-    """The `error` callback the checks share."""
-
-    def __call__(self, node: str, message: str, hint: str = "") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -351,8 +344,8 @@ def check_system(
     vm = select_vm(vms, board, display, vm_name)
     report = SystemReport(display, vm.name, vm.vmm)
 
-    def error(node: str, message: str, hint: str = "") -> None:
-        report.errors.append(Finding(display, node, message, hint))
+    def error(key: str, message: str, hint: str = "") -> None:
+        report.errors.append(Finding(display, key, message, hint))
 
     _check_uio(board, tree, vm, report, error)
     _check_ram(board, tree, vm, report, error)
@@ -361,7 +354,7 @@ def check_system(
 
 
 def _check_uio(
-    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: _ErrorFn
+    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: AddFinding
 ) -> None:
     windows = tree.uio_windows()
     if not windows:
@@ -414,7 +407,7 @@ def _check_uio(
 
 
 def _check_ram(
-    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: _ErrorFn
+    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: AddFinding
 ) -> None:
     ram = board.guest.ram
     memory = [p for p in tree.nodes if p.split("/")[-1].split("@")[0] == "memory" and p != "/"]
@@ -475,7 +468,7 @@ def _check_ram(
 
 
 def _check_devices(
-    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: _ErrorFn
+    board: Board, tree: GuestTree, vm: SystemVm, report: SystemReport, error: AddFinding
 ) -> None:
     passthrough = {p.path: p for p in board.passthrough}
     console = board.devicetree.console.region

@@ -30,16 +30,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from netvm.board import Board, MicrokitSpec
-from netvm.core.errors import Finding, UserError
+from netvm.core.errors import AddFinding, Finding, Findings, UserError
 from netvm.core.files import file_sha256
 from netvm.core.hosttools import git_head
-from netvm.core.pipeline import StepOutput, StepRecord, StepRunner
+from netvm.core.pipeline import StepOutput, StepRunner
 from netvm.core.progress import Progress, silent
 from netvm.microkit.fetch import SDK_URL, fetch_git, fetch_sdk, microkit_cache, unpack_sdk
 from netvm.microkit.system import render_system, system_files
@@ -338,11 +338,10 @@ def check_inputs(
     An SDK archive is unpacked under `work_dir` only after its sha256 matched the pin.
     """
     spec = _pins(board)
-    findings = missing_findings(board, display, inputs)
+    found = Findings(display)
+    found.collected.extend(missing_findings(board, display, inputs))
+    add = found.add
     provenance: dict[str, str] = {}
-
-    def add(key: str, message: str, hint: str = "") -> None:
-        findings.append(Finding(display, key, message, hint))
 
     sdk_dir: Path | None = None
     sdk_version = ""
@@ -368,8 +367,7 @@ def check_inputs(
             + ", ".join(missing_tools),
             f"apt-get install {' '.join(packages)} (./bootstrap installs them)",
         )
-    if findings:
-        raise UserError(findings)
+    found.raise_any()
     assert sdk_dir and libvmm_dir and example and sddf_dir
     return CheckedInputs(
         sdk_dir,
@@ -393,7 +391,7 @@ def _check_sdk(
     given: InputPath,
     work_dir: Path,
     platform_name: str,
-    add: Callable[[str, str, str], None],
+    add: AddFinding,
     provenance: dict[str, str],
 ) -> tuple[Path | None, str]:
     path = given.path
@@ -476,7 +474,7 @@ def sdk_version(sdk: Path) -> str | None:
 def _check_libvmm(
     spec: MicrokitSpec,
     given: InputPath,
-    add: Callable[[str, str, str], None],
+    add: AddFinding,
     provenance: dict[str, str],
 ) -> tuple[Path | None, Path | None]:
     root = _check_tree("libvmm", given, spec.libvmm, "microkit.libvmm.commit", "", add, provenance)
@@ -500,7 +498,7 @@ def _check_tree(
     pin: Any,
     key: str,
     must_have: str,
-    add: Callable[[str, str, str], None],
+    add: AddFinding,
     provenance: dict[str, str],
 ) -> Path | None:
     path = given.path
@@ -565,7 +563,7 @@ def sdfgen_install_hint(spec: MicrokitSpec, python: str) -> str:
 def _check_sdfgen(
     spec: MicrokitSpec,
     python: str,
-    add: Callable[[str, str, str], None],
+    add: AddFinding,
     provenance: dict[str, str],
 ) -> str:
     """The sdfgen upstream's meta.py will import when make runs `python`, against the pin.
@@ -828,14 +826,7 @@ def run_step(
     try:
         checked = check_inputs(board, display, inputs, work_dir)
     except UserError:
-        runner.records.append(
-            StepRecord(
-                runner.label + "microkit",
-                "failed",
-                time.monotonic() - start,
-                "inputs do not match pins",
-            )
-        )
+        runner.fail("microkit", time.monotonic() - start, "inputs do not match pins")
         raise
     if fetched:
         checked = replace(checked, provenance={**checked.provenance, **fetched})

@@ -14,7 +14,6 @@ with `booti`.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket
@@ -26,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from netvm.board import Board
+from netvm.builder.manifest import MANIFEST_NAME, read_manifest
 from netvm.core.errors import Finding, UserError
-from netvm.core.workspace import Workspace, display_path
+from netvm.core.workspace import Workspace
 from netvm.target.tftp import TftpServer
 from netvm.target.uboot import UBootConsole, UBootError, open_line, open_log
 
@@ -113,36 +113,27 @@ def plan_for_board(
     load_address: int | None = None,
 ) -> BootPlan:
     """The board's plan from its last build's manifest (or an explicit `image`)."""
-    out = ws.build_dir(board)
-    root = ws.root
-    manifest = _manifest(out)
+    file = ws.build_dir(board) / MANIFEST_NAME
+    manifest = read_manifest(file, ws.display(file), ws.root)
     if board.name.startswith("qemu_virt"):
-        arts = manifest.get("artifacts", {})
-        paths = {k: _artifact_path(arts.get(k), root) for k in ("kernel_image", "dtb", "initramfs")}
-        if paths["kernel_image"] is None:
-            raise UserError(
-                [
-                    Finding(
-                        display_path(out / "manifest.json", root),
-                        "artifacts.kernel_image",
-                        "no kernel image to boot",
-                        f"run `invoke build --board {board.name}` first",
-                    )
-                ]
-            )
+        kernel = manifest.require(
+            "kernel_image", "kernel image to boot", f"run `invoke build --board {board.name}` first"
+        )
+        dtb, initramfs = manifest.get("dtb"), manifest.get("initramfs")
         return booti_plan(
-            paths["kernel_image"],
-            dtb=paths["dtb"],
-            initramfs=paths["initramfs"],
+            kernel.path,
+            dtb=dtb.path if dtb else None,
+            initramfs=initramfs.path if initramfs else None,
             bootargs=board.guest.bootargs,
         )
     if image is None:
-        image = _artifact_path(manifest.get("artifacts", {}).get("loader_img"), root)
+        loader = manifest.get("loader_img")
+        image = loader.path if loader else None
     if image is None or not image.is_file():
         raise UserError(
             [
                 Finding(
-                    display_path(out / "manifest.json", root),
+                    ws.display(file),
                     "artifacts.loader_img",
                     "no loader.img to flash",
                     f"build it: `invoke build --board {board.name} --microkit-sdk DIR --libvmm "
@@ -151,21 +142,6 @@ def plan_for_board(
             ]
         )
     return go_plan(image, board.flash_load_address if load_address is None else load_address)
-
-
-def _manifest(out: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data
-
-
-def _artifact_path(art: Any, root: Path) -> Path | None:
-    if not isinstance(art, dict) or "path" not in art:
-        return None
-    path = Path(art["path"])
-    return path if path.is_absolute() else root / path
 
 
 # ---------------------------------------------------------------------------------------

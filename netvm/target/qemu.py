@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from netvm.board import Board, Region
-from netvm.builder.build import BuildOptions, build, require_artifact
+from netvm.builder.build import BuildOptions, build
+from netvm.builder.manifest import MANIFEST_NAME, parse_manifest
 from netvm.core.errors import Finding, Interrupted, UserError
 from netvm.core.progress import Progress, silent
 from netvm.core.workspace import Workspace
@@ -98,21 +99,23 @@ def guest_images(
         ),
         progress,
     )
-    for name in ("kernel_image", "initramfs", "dtb"):
-        require_artifact(manifest, name)
-    art = manifest["artifacts"]
-
-    def path(name: str) -> Path:
-        p = Path(art[name]["path"])
-        return p if p.is_absolute() else ws.root / p
-
-    dtb = path("dtb")
+    file = ws.build_dir(board) / MANIFEST_NAME
+    built = parse_manifest(manifest, ws.display(file), ws.root)
+    hint = f"run `invoke build --board {board.name}` and check its steps"
+    kernel, initramfs, dtb = (
+        built.require(name, what, hint).path
+        for name, what in (
+            ("kernel_image", "kernel image"),
+            ("initramfs", "initramfs"),
+            ("dtb", "guest DTB"),
+        )
+    )
     chosen = parse_dtb(dtb.read_bytes()).get("/chosen", {})
     start = int.from_bytes(chosen.get("linux,initrd-start", b""), "big")
     end = int.from_bytes(chosen.get("linux,initrd-end", b""), "big")
     if not start < end:
         raise UserError(f"{dtb}: no initrd window in /chosen", hint="rebuild with invoke build")
-    return GuestImages(path("kernel_image"), path("initramfs"), dtb, Region(start, end - start))
+    return GuestImages(kernel, initramfs, dtb, Region(start, end - start))
 
 
 def check_dtb_placement(board: Board, images: GuestImages) -> None:
