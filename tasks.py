@@ -22,6 +22,7 @@ from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
 from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
 from netvm.core.workspace import Workspace, display_path
 from netvm.guest import kernel as kernel_lib
+from netvm.guest.drivercheck import check_driver_rules
 from netvm.guest.render import render_all
 from netvm.microkit import checks as sdfcheck
 from netvm.microkit.handoff import resolve_inputs
@@ -251,8 +252,11 @@ def flash(
 @task(help={"board": BOARD_HELP})
 @user_errors
 def validate(c: Context, board: str = "odroidc4") -> None:
-    """Check a board file (schema and layout) and report every finding."""
+    """Check a board file (schema, layout, the guest driver's rules); report every finding."""
     b = load_board(board, ROOT)
+    for guest in (b, b.sel4):
+        if guest is not None:
+            check_driver_rules(guest, ROOT)
     print(f"{b.file.relative_to(ROOT) if ROOT in b.file.parents else b.file}: ok")
 
 

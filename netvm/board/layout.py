@@ -8,6 +8,8 @@ returns findings; nothing here raises or touches files.
 
 from __future__ import annotations
 
+import re
+
 from netvm.board.model import (
     FAULT_UIOS,
     IRQ_UIOS,
@@ -21,12 +23,14 @@ from netvm.board.model import (
     Board,
     Region,
     UioDevice,
+    iter_uio_regions,
     queue_region_size,
     round_up_to_page,
 )
 from netvm.core.errors import AddFinding, Finding, Findings
 
 MAX_GIC_SPI = 987  # GICv2/v3 SPIs are INTIDs 32-1019
+ADDRESS_LIMIT = 1 << 64
 DATA_PASSING_BYTES = 616  # net_drv_vm_data_passing_t
 QEMU_VIRT_RAM_BASE = 0x40000000  # hw/arm/virt.c: VIRT_MEM
 QEMU_VIRT_MAX_SPI = 223  # hw/arm/virt.h: NUM_IRQS = 256 GIC inputs, 32 of them private
@@ -55,7 +59,13 @@ def check_board(board: Board, display: str) -> list[Finding]:
     _check_carveout(board, add)
     _check_qemu_base(board, add)
     _check_irqs(board, add)
+    _check_regions(board, add)
+    _check_clients(board, add)
     return found.collected
+
+
+# A UIO name becomes part of a DT node name (uio-<name>@<paddr>) and a DT string.
+UIO_NAME_FORM = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 def _check_names(board: Board, add: AddFinding) -> None:
@@ -65,6 +75,12 @@ def _check_names(board: Board, add: AddFinding) -> None:
         if name in seen:
             add(f"uio.{name}", "duplicate UIO name", "each UIO device needs its own name")
         seen.add(name)
+        if not UIO_NAME_FORM.fullmatch(name):
+            add(
+                f"uio.{name}",
+                f"UIO name {name!r} has characters a device-tree node name cannot hold",
+                "use letters, digits and _ . + - (the node is uio-<name>@<paddr>)",
+            )
         if len(name) > MAX_UIO_NAME:
             add(
                 f"uio.{name}",
@@ -93,6 +109,20 @@ def _check_names(board: Board, add: AddFinding) -> None:
 def _check_uio_shapes(board: Board, add: AddFinding) -> None:
     for dev in board.uio:
         key = f"uio.{dev.name}"
+        if not dev.maps:
+            add(
+                f"{key}.maps",
+                "no map: every UIO node needs a page (sdfgen rejects a node without reg)",
+                "give paddr and size (an IRQ device gets a placeholder page)",
+            )
+        elif dev.name in UIO_NAMES and len(dev.maps) > 1:
+            # The driver maps map 0 of each contract device; a second map would be ignored
+            # while the toolkit counted it.
+            add(
+                f"{key}.maps",
+                f"{len(dev.maps)} maps; the driver uses exactly one map of {dev.name}",
+                "give one paddr/size covering the whole region",
+            )
         if len(dev.maps) > MAX_UIO_MAPS:
             add(
                 f"{key}.maps",
@@ -141,9 +171,7 @@ def _check_queues(board: Board, add: AddFinding) -> None:
     for name in QUEUE_UIOS:
         dev = _find(board, name)
         if dev is None or len(dev.maps) != 1:
-            if dev is not None:
-                add(f"uio.{name}", "a queue is one map (paddr/size)")
-            continue
+            continue  # the shape check reports a missing or extra map
         capacity = board.queue_capacity(name)
         want = queue_region_size(capacity)
         if dev.maps[0].size != want:
@@ -289,11 +317,20 @@ def _check_irqs(board: Board, add: AddFinding) -> None:
     for p in board.passthrough:
         for i, irq in enumerate(p.irqs):
             owners.setdefault(irq, f"passthrough.{p.name}.irqs[{i}]")
+    if not 0 <= board.devicetree.console.irq <= MAX_GIC_SPI:
+        add(
+            "devicetree.console.irq",
+            f"SPI {board.devicetree.console.irq} is out of range 0-{MAX_GIC_SPI}",
+        )
+    for p in board.passthrough:
+        for i, irq in enumerate(p.irqs):
+            if not 0 <= irq <= MAX_GIC_SPI:
+                add(f"passthrough.{p.name}.irqs[{i}]", f"SPI {irq} is out of range 0-{MAX_GIC_SPI}")
     for dev in board.uio:
         if dev.irq is None:
             continue
         key = f"uio.{dev.name}.irq"
-        if dev.irq > MAX_GIC_SPI:
+        if not 0 <= dev.irq <= MAX_GIC_SPI:
             add(key, f"SPI {dev.irq} is out of range 0-{MAX_GIC_SPI}")
         if dev.irq in owners:
             add(key, f"SPI {dev.irq} is already used by {owners[dev.irq]}", "pick an unused SPI")
@@ -305,3 +342,70 @@ def _find(board: Board, name: str) -> UioDevice | None:
         if dev.name == name:
             return dev
     return None
+
+
+def _regions(board: Board) -> list[tuple[str, Region]]:
+    """Every physical range the board names, with its key."""
+    g = board.guest
+    out: list[tuple[str, Region]] = [
+        ("guest.ram", g.ram),
+        ("devicetree.console", board.devicetree.console.region),
+    ]
+    if g.carveout is not None:
+        out.append(("guest.carveout", g.carveout))
+    out += [(f"uio.{name}", reg) for name, reg in iter_uio_regions(board)]
+    for p in board.passthrough:
+        out += [(f"passthrough.{p.name}.regions[{i}]", reg) for i, reg in enumerate(p.regions)]
+    return out
+
+
+def _check_regions(board: Board, add: AddFinding) -> None:
+    for key, reg in _regions(board):
+        if reg.paddr + reg.size > ADDRESS_LIMIT:
+            add(key, f"{reg.paddr:#x} + {reg.size:#x} runs past the end of the 64-bit space")
+    console = board.devicetree.console.region
+    if console.size == 0:
+        add("devicetree.console.size", "a virtio console needs its registers: size 0", "e.g. 0x200")
+    if console.overlaps(board.guest.ram):
+        add(
+            "devicetree.console",
+            f"{console} lies in guest RAM {board.guest.ram}",
+            "the VMM traps the console's MMIO: place it outside guest RAM",
+        )
+    ranges = [
+        (f"passthrough.{p.name}.regions[{i}]", reg)
+        for p in board.passthrough
+        for i, reg in enumerate(p.regions)
+    ]
+    for i, (key, reg) in enumerate(ranges):
+        for key2, reg2 in ranges[i + 1 :]:
+            if reg.overlaps(reg2):
+                add(key, f"{reg} overlaps {key2} {reg2}", "passthrough regions must be disjoint")
+
+
+def _check_clients(board: Board, add: AddFinding) -> None:
+    """Client MACs and addresses: each a usable unicast identity of its own."""
+    macs: dict[str, str] = {}
+    ips: dict[str, str] = {}
+    peer = board.sim.peer_address.split("/")[0]
+    for i, c in enumerate(board.net.clients):
+        key = f"net.clients[{i}]"
+        octets = bytes(int(x, 16) for x in c.mac.split(":"))
+        if octets == bytes(6):
+            add(f"{key}.mac", "the all-zero MAC is not a station address")
+        elif octets == b"\xff" * 6:
+            add(f"{key}.mac", "the broadcast MAC is not a station address")
+        elif octets[0] & 1:
+            add(
+                f"{key}.mac",
+                f"{c.mac} is a multicast address (low bit of the first octet set)",
+                "use a locally administered unicast MAC like 02:00:00:00:00:10",
+            )
+        if c.mac in macs:
+            add(f"{key}.mac", f"{c.mac} is also {macs[c.mac]}'s MAC", "each client needs its own")
+        macs.setdefault(c.mac, c.name)
+        if c.ipv4 in ips:
+            add(f"{key}.ipv4", f"{c.ipv4} is also {ips[c.ipv4]}'s address")
+        ips.setdefault(c.ipv4, c.name)
+        if c.ipv4 == peer:
+            add(f"{key}.ipv4", f"{c.ipv4} is the simulation peer's address (sim.peer_address)")

@@ -327,6 +327,8 @@ def _read_guest(r: _Reader, node: Any) -> GuestSpec | None:
         if end is not None and headroom is not None:
             initrd = InitrdSpec(end, headroom)
     dtb_max = r.get(m, "guest", "dtb_max_size", r.int_)
+    if dtb_max is not None and dtb_max <= 0:
+        r.add("guest.dtb_max_size", f"expected a positive size, got {dtb_max}", "e.g. 0x10000")
     if None in (ram, cma, bootargs, initrd, dtb_max):
         return None
     assert ram and cma is not None and bootargs and initrd and dtb_max is not None
@@ -643,10 +645,12 @@ def _read_sim(r: _Reader, node: Any) -> SimSpec | None:
     if m is None:
         return None
     peer = r.get(m, "sim", "peer_address", r.str_)
-    if peer is not None and not re.fullmatch(_IPV4.pattern + r"/\d{1,2}", peer):
+    if peer is not None and (
+        not re.fullmatch(_IPV4.pattern + r"/\d{1,2}", peer) or int(peer.split("/")[1]) > 32
+    ):
         r.add(
             "sim.peer_address",
-            f"expected an IPv4 address with prefix like 10.0.0.1/24, got {peer!r}",
+            f"expected an IPv4 address with a prefix of 0-32 like 10.0.0.1/24, got {peer!r}",
         )
     port = r.get(m, "sim", "udp_echo_port", r.int_) if "udp_echo_port" in m else 1235
     if port is not None and not 0 < port < 65536:

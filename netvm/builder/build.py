@@ -7,10 +7,12 @@ in its own module; this one only wires them together.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from netvm.core.progress import Progress, silent
 from netvm.core.workspace import Workspace, cache_dir, display_path
 from netvm.guest.buildroot import export_external_tree
 from netvm.guest.devicetree import build_guest_dtb, initrd_window
+from netvm.guest.drivercheck import check_driver_rules
 from netvm.guest.kernel import build_kernel_image, configure
 from netvm.guest.kernelsrc import (
     KernelSource,
@@ -121,7 +124,56 @@ def build(
     if options.locked:
         check_locked(board, ws.root, lock_inputs(board, options))
     out = ws.build_dir(board)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_build_dir(out, ws.display(board.file), progress):
+        return _build(board, ws, options, out, progress)
+
+
+OWNER_FILE = "board-file"  # which board file a build directory belongs to
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def claim_build_dir(out: Path, owner: str, progress: Progress) -> Iterator[None]:
+    """Hold `out` for one build: two builds of the same board never interleave, and a
+    second board file with the same `name` cannot reuse (or overwrite) the first's."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UserError(
+            f"{out}: cannot use it as a build directory: {exc.strerror}",
+            hint="move the file away, or set NETVM_BUILD_DIR to another directory",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build in {out} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        recorded = out / OWNER_FILE
+        previous = recorded.read_text().strip() if recorded.is_file() else None
+        if previous not in (None, owner):
+            raise UserError(
+                [
+                    Finding(
+                        owner,
+                        "name",
+                        f"{out} holds the build of {previous}, another board file with this name",
+                        "give this board its own name:, or build it with NETVM_BUILD_DIR set "
+                        "to another directory",
+                    )
+                ]
+            )
+        if previous is None:
+            recorded.write_text(owner + "\n")
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build(
+    board: Board, ws: Workspace, options: BuildOptions, out: Path, progress: Progress
+) -> dict[str, Any]:
     runner = StepRunner(out, force=options.force, progress=progress)
     header = header_text(board, ws.root)
     versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
@@ -189,6 +241,8 @@ class GuestBuild:
         """Render (cheap, so it always runs; "cached" when no file changed) and resolve
         the kernel tree and tool versions every later step's key names."""
         out = runner.build_dir
+        # The driver's own rules first: a board it would refuse at boot builds nothing.
+        check_driver_rules(board, ws.root)
         rendered = render_all(board, out / "render", ws.root)
         overlay_files = [p for p in rendered.files if rendered.rootfs_overlay in p.parents]
         runner.run(

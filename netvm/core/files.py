@@ -7,7 +7,9 @@ sources, the unpacked SDK, the unpacked Debian base). Must not: know what fills 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -45,15 +47,26 @@ def fill_once(dest: Path, fill: Callable[[Path], str]) -> Path:
 
     `fill` writes into a scratch directory that replaces `dest` only when it returns, so
     an interrupted fill is redone rather than reused; its return value is kept in the
-    stamp (what was filled, for a reader of the cache).
+    stamp (what was filled, for a reader of the cache). Concurrent callers (two builds,
+    a build and the tests) take turns on a lock of the parent directory: one fills, the
+    others then find the stamp.
     """
     if (dest / COMPLETE_STAMP).is_file():
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    note = fill(tmp)
-    (tmp / COMPLETE_STAMP).write_text(note if note.endswith("\n") else note + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # The lock is the parent directory itself: no lock file to leave in the cache.
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if (dest / COMPLETE_STAMP).is_file():
+            return dest  # filled while this caller waited
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        note = fill(tmp)
+        (tmp / COMPLETE_STAMP).write_text(note if note.endswith("\n") else note + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        return dest
+    finally:
+        os.close(fd)

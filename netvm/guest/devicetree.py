@@ -9,6 +9,7 @@ checking the compiled blob against the board model. Does not render the overlay
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from netvm.core.workspace import cache_dir
 from netvm.guest.fdt import cells, decompile, parse_dtb, strings, u64_pairs
 from netvm.guest.kernelsrc import KernelSource
 from netvm.guest.qemu_machine import dump_base_dts, unused_virtio_transports
-from netvm.guest.render import uio_node_name
+from netvm.guest.render import block_comment, dts_string, uio_node_name
 
 # The warnings the kernel's own dtbs build turns off (scripts/Makefile.dtbs): they
 # fire on the vendor base DTS, not on anything netvm adds.
@@ -77,7 +78,7 @@ def initrd_window(board: Board, initramfs_bytes: int, kernel_bytes: int = 0) -> 
 
 def initrd_fragment(window: Region, header: str) -> str:
     return (
-        f"/* {header} Initrd window sized from the built initramfs. */\n"
+        f"/* {block_comment(header)} Initrd window sized from the built initramfs. */\n"
         "&{/chosen} {\n"
         f"\tlinux,initrd-start = /bits/ 64 <{window.paddr:#x}>;\n"
         f"\tlinux,initrd-end = /bits/ 64 <{window.end:#x}>;\n"
@@ -85,12 +86,12 @@ def initrd_fragment(window: Region, header: str) -> str:
     )
 
 
-def preprocess_base(src: KernelSource, base: str, out: Path) -> Path:
+def preprocess_base(src: KernelSource, base: str, out: Path, display: str) -> Path:
     """Run the kernel's DTS preprocessing (cpp with its include paths) on `base`."""
     dts = src.path / base
     if not dts.is_file():
         raise UserError(
-            [Finding("devicetree.base", "", f"{base} not found in the kernel tree {src.path}")]
+            [Finding(display, "devicetree.base", f"{base} not found in the kernel tree {src.path}")]
         )
     cmd = [
         "cpp",
@@ -111,6 +112,44 @@ def preprocess_base(src: KernelSource, base: str, out: Path) -> Path:
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
+
+
+def overlay_key(board: Board, line: str) -> str:
+    """The board key a line of the rendered overlay comes from ("" when none is)."""
+    for i, path in enumerate(board.devicetree.delete):
+        if f"&{{{path}}}" in line:
+            return f"devicetree.delete[{i}]"
+    for i, node in enumerate(board.devicetree.disable):
+        if f"&{{{node.path}}}" in line:
+            return f"devicetree.disable[{i}].path"
+    for dev in board.uio:
+        if uio_node_name(dev) in line or f'"{dts_string(dev.name)}"' in line:
+            return f"uio.{dev.name}"
+    if "bootargs" in line:
+        return "guest.bootargs"
+    if board.devicetree.console.node in line:
+        return "devicetree.console"
+    return ""
+
+
+def dtc_finding(board: Board, overlay: Path, source: Path, stderr: str) -> Finding:
+    """dtc's complaint, about the board key behind the overlay line it names when it
+    names one (else about the combined source, which is kept to read)."""
+    text = stderr.strip()
+    m = re.search(rf"{re.escape(overlay.name)}:(\d+)", text)
+    if m is not None:
+        lines = overlay.read_text().splitlines()
+        n = int(m.group(1))
+        line = lines[n - 1].strip() if 0 < n <= len(lines) else ""
+        key = overlay_key(board, line)
+        if key:
+            return Finding(
+                board.display_file,
+                key,
+                f"the device tree compiler refused what this key renders ({line!r}): {text}",
+                f"the rendered overlay is {overlay}; the combined source is {source}",
+            )
+    return Finding(str(source), "", f"dtc failed:\n{text}")
 
 
 def build_guest_dtb(
@@ -137,12 +176,17 @@ def build_guest_dtb(
         base_text += "".join(f"/delete-node/ &{{{path}}};\n" for path in unused)
     else:
         assert board.devicetree.base is not None
-        base_pp = preprocess_base(src, board.devicetree.base, out_dir / "base.pp.dts")
+        base_pp = preprocess_base(
+            src, board.devicetree.base, out_dir / "base.pp.dts", board.display_file
+        )
         base_text = base_pp.read_text()
         flags = DTC_FLAGS
-    parts = [base_text, f"\n/* ---- {overlay.name} ---- */\n", overlay.read_text()]
+    # The line marker makes dtc name overlay lines as overlay.dts:N (the preprocessed base
+    # ends inside the kernel's files), so an error maps back to the board key behind it.
+    parts = [base_text, f'\n/* ---- {overlay.name} ---- */\n# 1 "{overlay.name}"\n']
+    parts.append(overlay.read_text())
     if initrd is not None:
-        parts.append(initrd_fragment(initrd, header))
+        parts.append('# 1 "initrd-window"\n' + initrd_fragment(initrd, header))
     source = out_dir / "guest.src.dts"
     source.write_text("".join(parts))
     dtb = out_dir / "guest.dtb"
@@ -152,9 +196,7 @@ def build_guest_dtb(
         text=True,
     )
     if proc.returncode != 0:
-        raise UserError(
-            [Finding(str(source), "", f"dtc failed:\n{proc.stderr.strip()}")],
-        )
+        raise UserError([dtc_finding(board, overlay, source, proc.stderr)])
     dts = out_dir / "guest.dts"
     decompiled = decompile(dtb)
     dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)

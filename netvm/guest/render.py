@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,30 @@ def _cells(value: int) -> str:
     return f"{value >> 32:#x} {value & 0xFFFFFFFF:#x}"
 
 
+def block_comment(text: str) -> str:
+    """`text` safe on one line inside a /* */ comment (DTS, C): board text such as a
+    description cannot end the comment early or start a new line of source."""
+    return re.sub(r"[\r\n]+", " ", text).replace("*/", "* /")
+
+
+def line_comment(text: str) -> str:
+    """`text` safe inside a #-comment (make, Kconfig, shell): one line."""
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def dts_string(text: str) -> str:
+    """`text` as the inside of a DTS string literal, in dtc's escapes."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def uio_node_name(dev: UioDevice) -> str:
     # DT node names use '-' by convention; the UIO name itself is in compatible.
     return f"uio-{dev.name.replace('_', '-')}@{dev.maps[0].paddr:x}"
@@ -72,6 +97,10 @@ def environment(root: Path) -> jinja2.Environment:
     )
     env.globals["cells"] = _cells
     env.globals["uio_node"] = uio_node_name
+    # Board text reaches DTS, C and make files only through these filters.
+    env.filters["block_comment"] = block_comment
+    env.filters["line_comment"] = line_comment
+    env.filters["dts_string"] = dts_string
     return env
 
 

@@ -40,6 +40,7 @@ from typing import Any, Protocol, TypeVar
 from netvm.board import Board
 from netvm.core.errors import UserError
 from netvm.core.progress import Progress, silent
+from netvm.guest.drivercheck import check_driver_rules
 from netvm.sim import driverlog, netns
 from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import SimLayout, sim_layout
@@ -564,6 +565,7 @@ def run_sim(
 ) -> SimResult:
     """Run the real driver against the simulated VMM until the duration ends or Ctrl-C."""
     root = root or Path(__file__).resolve().parents[2]
+    check_driver_rules(board, root)  # a board the driver refuses would only fail mid-run
     sim = Simulation(board, options, root, progress=progress)
     stopped_by = "duration"
     with sigterm_as_interrupt():
