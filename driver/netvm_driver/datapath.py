@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import errno
-import itertools
 import select
 import struct
 import time
@@ -72,6 +71,7 @@ BUFFER_MASK = NET_BUFFER_SIZE - 1
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 TPACKET_STATS = struct.Struct("II")
+IO_LIMIT = 1 << 64  # io addresses are u64: a region must end at or below 2^64
 
 
 class DataPassingError(RuntimeError):
@@ -84,7 +84,14 @@ def read_data_passing(devices: Devices) -> DataPassing:
 
 
 def check_data_passing(dp: DataPassing, config: DriverConfig) -> list[str]:
-    """Everything wrong with the VMM's data-passing page for this configuration."""
+    """Everything wrong with the VMM's data-passing page for this configuration.
+
+    Besides the magic and the counts, the io address ranges: rx_data_paddr spans
+    uio.rx_data.size bytes and tx_data_paddrs[i] spans tx_clients[i].size bytes (the
+    ranges the data path classifies descriptors by). No range may run past 2^64, and no
+    two may overlap: an address in two of them would be one buffer with two owners.
+    Ranges are written start..end, the end excluded.
+    """
     problems = []
     if dp.magic != SDDF_NET_MAGIC:
         problems.append(f"magic is {dp.magic.hex(' ')}, expected {SDDF_NET_MAGIC.hex(' ')}")
@@ -94,19 +101,48 @@ def check_data_passing(dp: DataPassing, config: DriverConfig) -> list[str]:
                 f"{'virt_rx' if ring == 'rx_free' else 'virt_tx'}.num_buffers is "
                 f"{conn.num_buffers}, but the {ring} queue holds {config.capacity(ring)}"
             )
+    rx_size = config.uio["rx_data"].size
+    rx0 = dp.rx_data_paddr
+    rx1 = rx0 + rx_size
+    if rx1 > IO_LIMIT:
+        problems.append(
+            f"rx_data_paddr is {rx0:#x}, but rx_data ({rx_size:#x} bytes) would end at "
+            f"{rx1:#x}, past 2^64"
+        )
     n = dp.num_tx_clients
     if n != len(config.tx_clients):
         problems.append(
             f"num_tx_clients is {n}, but {config.path} describes {len(config.tx_clients)}"
         )
-    else:
-        spans = sorted(
-            (dp.tx_data_paddrs[i], dp.tx_data_paddrs[i] + c.size)
-            for i, c in enumerate(config.tx_clients)
-        )
-        for (a0, a1), (b0, _) in itertools.pairwise(spans):
-            if b0 < a1:
-                problems.append(f"TX client data regions overlap at {a0:#x}..{a1:#x}")
+        return problems
+    spans = []  # (start, end, i)
+    for i, c in enumerate(config.tx_clients):
+        a0 = dp.tx_data_paddrs[i]
+        a1 = a0 + c.size
+        if a1 > IO_LIMIT:
+            problems.append(
+                f"tx_data_paddrs[{i}] is {a0:#x}, but tx_clients[{i}] ({c.size:#x} bytes) "
+                f"would end at {a1:#x}, past 2^64"
+            )
+        if a0 < rx1 and rx0 < a1:
+            problems.append(
+                f"rx_data_paddr is {rx0:#x}, but rx_data {rx0:#x}..{rx1:#x} overlaps "
+                f"tx_data_paddrs[{i}] {a0:#x}..{a1:#x}"
+            )
+        spans.append((a0, a1, i))
+    # Sorted by start, a region overlaps an earlier one iff it starts before the furthest
+    # end so far: one line per such region, naming the region that reaches furthest.
+    spans.sort()
+    reach: tuple[int, int, int] | None = None
+    for b0, b1, j in spans:
+        if reach is not None and b0 < reach[1]:
+            a0, a1, i = reach
+            problems.append(
+                f"tx_data_paddrs[{j}] is {b0:#x}, but its region {b0:#x}..{b1:#x} overlaps "
+                f"tx_data_paddrs[{i}] {a0:#x}..{a1:#x}"
+            )
+        if reach is None or b1 > reach[1]:
+            reach = (b0, b1, j)
     return problems
 
 
