@@ -127,26 +127,25 @@ class StepRunner:
     def _load_cached(
         self, state_file: Path, key: str
     ) -> tuple[dict[str, Artifact], dict[str, Any]] | None:
+        """The recorded outputs and details when the inputs are the same (`key`) and every
+        output still has its recorded contents; None (run the step) otherwise, and for a
+        state file that is unreadable or not of the shape `_save` writes."""
         try:
             state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
-        if state.get("key") != key:
+        if not isinstance(state, dict) or state.get("key") != key:
+            return None
+        recorded, details = state.get("artifacts"), state.get("details")
+        if not isinstance(recorded, dict) or not isinstance(details, dict):
             return None
         arts: dict[str, Artifact] = {}
-        for name, a in state.get("artifacts", {}).items():
-            path = Path(a["path"])
-            # Size and mtime guard against edits; the sha256 is recomputed only then.
-            try:
-                st = path.stat()
-            except OSError:
+        for name, a in recorded.items():
+            art = _recorded_artifact(a)
+            if art is None or not _intact(art):
                 return None
-            if st.st_size != a["bytes"]:
-                return None
-            if st.st_mtime_ns != a.get("mtime_ns") and file_sha256(path) != a["sha256"]:
-                return None
-            arts[name] = Artifact(path, a["sha256"], a["bytes"])
-        return arts, state.get("details", {})
+            arts[name] = art
+        return arts, details
 
     def _save(
         self, state_file: Path, key: str, arts: dict[str, Artifact], details: dict[str, Any]
@@ -159,7 +158,6 @@ class StepRunner:
                     "path": str(a.path),
                     "sha256": a.sha256,
                     "bytes": a.bytes,
-                    "mtime_ns": a.path.stat().st_mtime_ns,
                 }
                 for n, a in arts.items()
             },
@@ -168,3 +166,25 @@ class StepRunner:
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
         os.replace(tmp, state_file)
+
+
+def _recorded_artifact(a: object) -> Artifact | None:
+    """The artifact a state file records, or None when the record is ill-formed."""
+    if not isinstance(a, dict):
+        return None
+    path, sha256, size = a.get("path"), a.get("sha256"), a.get("bytes")
+    if not (isinstance(path, str) and path and isinstance(sha256, str)):
+        return None
+    if not isinstance(size, int) or isinstance(size, bool):
+        return None
+    return Artifact(Path(path), sha256, size)
+
+
+def _intact(art: Artifact) -> bool:
+    """Whether the file still has the recorded contents. The size is the cheap reject;
+    the sha256 is always checked: an edit can keep the size and restore the mtime, and
+    hashing an output costs little next to rebuilding it."""
+    try:
+        return art.path.stat().st_size == art.bytes and file_sha256(art.path) == art.sha256
+    except (OSError, ValueError):  # gone, unreadable, a directory, a NUL in the path
+        return False
