@@ -19,6 +19,7 @@ from invoke import Collection, Context, Exit, task
 from netvm.board import load_board
 from netvm.builder import lock as lock_lib
 from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
+from netvm.core.cliargs import parse_int, parse_seconds
 from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
 from netvm.core.workspace import Workspace, display_path
 from netvm.guest import kernel as kernel_lib
@@ -209,17 +210,17 @@ def flash(
     board: str = "odroidc4",
     method: str = "tftp",
     serial: str | None = None,
-    baud: int = 115200,
+    baud: str = "115200",
     image: str | None = None,
     load_address: str | None = None,
     server_ip: str | None = None,
     bind: str = "0.0.0.0",
-    port: int = 69,
+    port: str = "69",
     ip: str | None = None,
     netmask: str = "255.255.255.0",
     gateway: str | None = None,
     success: str | None = None,
-    timeout: float = flash_lib.DEFAULT_TIMEOUT,
+    timeout: str = str(flash_lib.DEFAULT_TIMEOUT),
     device: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -230,17 +231,17 @@ def flash(
     options = flash_lib.FlashOptions(
         method=method,
         serial=serial,
-        baud=baud,
+        baud=parse_int("--baud", baud, 50, 4_000_000),
         image=Path(image) if image else None,
         load_address=flash_lib.parse_address(load_address) if load_address else None,
         server_ip=server_ip,
         bind=bind,
-        port=port,
+        port=parse_int("--port", port, 1, 65535),
         ip=ip,
         netmask=netmask,
         gateway=gateway,
         success=success,
-        timeout=timeout,
+        timeout=parse_seconds("--timeout", timeout),
         device=Path(device) if device else None,
         force=force,
         dry_run=dry_run,
@@ -311,7 +312,7 @@ def sim(
     from netvm.sim import SimOptions, run_sim
 
     options = SimOptions(
-        duration=float(duration) if duration else None,
+        duration=parse_seconds("--duration", duration) if duration else None,
         stats_json=Path(stats_json) if stats_json else None,
         driver_cmd=driver_cmd,
     )
@@ -352,10 +353,7 @@ def run(
     seL4 system."""
     from netvm.target import qemu, sel4_run
 
-    try:
-        timeout = float(boot_timeout or (240 if sel4 else 60))
-    except ValueError:
-        raise UserError(f"--boot-timeout {boot_timeout!r}", hint="give seconds, e.g. 60") from None
+    timeout = parse_seconds("--boot-timeout", boot_timeout or ("240" if sel4 else "60"))
     b = load_board(board, ROOT)
     interactive: Callable[..., int]
     checked: Callable[..., qemu.QemuReport | sel4_run.Sel4Report]
@@ -435,7 +433,7 @@ def bench(
     board: str = "odroidc4",
     quick: bool = False,
     json: str | None = None,
-    rounds: int = 0,
+    rounds: str = "0",
     build_figures: bool = False,
     driver_arg: list[str] | None = None,
 ) -> None:
@@ -448,8 +446,9 @@ def bench(
         "build_figures": build_figures,
         "driver_args": tuple(driver_arg or ()),
     }
-    if rounds:
-        kw["rounds"] = rounds
+    count = parse_int("--rounds", rounds, 0, 1000)
+    if count:
+        kw["rounds"] = count
     opts = BenchOptions.quick_options(**kw) if quick else BenchOptions(**kw)
     doc = run_bench(opts, ROOT, progress=_progress)
     print(report(doc))

@@ -70,6 +70,10 @@ _StrictLoader.add_constructor(
 )
 
 
+def _char(c: object) -> str:
+    return f"{c:#04x}" if isinstance(c, int) else f"{ord(str(c)[:1] or chr(0)):#04x}"
+
+
 def load_yaml(path: Path, display: str) -> Any:
     """Parse `path`; YAML errors become a UserError naming `display` and the line."""
     try:
@@ -95,6 +99,17 @@ def load_yaml(path: Path, display: str) -> Any:
         problem = exc.problem or exc.context or "invalid YAML"
         hint = "keep one of them" if "duplicate key" in problem else "check indentation and quoting"
         raise UserError([Finding(display, where, f"invalid YAML: {problem}", hint)]) from None
+    except yaml.reader.ReaderError as exc:
+        raise UserError(
+            [
+                Finding(
+                    display,
+                    "",
+                    f"not YAML text: character {_char(exc.character)} at position {exc.position}",
+                    "a board file is YAML text; is this the right file?",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         raise UserError([Finding(display, "", f"invalid YAML: {exc}")]) from None
     except RecursionError:

@@ -494,7 +494,8 @@ def build_initramfs(
             base = {e.path: e for e in cpio.read_cpio_gz(base_cpio.read_bytes())}
         except ValueError as exc:
             raise UserError(
-                f"{base_cpio}: {exc}", hint="rootfs.base_cpio must be a gzip newc cpio"
+                f"{base_cpio}: {exc}",
+                hint="rootfs.base_cpio must be a newc cpio archive, gzip-compressed or not",
             ) from None
         if not any(p.startswith("usr/bin/python3") for p in base):
             raise UserError(f"{base_cpio}: no usr/bin/python3* in the base rootfs")

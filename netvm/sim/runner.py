@@ -557,6 +557,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def check_options(options: SimOptions) -> None:
+    """Refuse options that would only fail mid-run or after it (user errors)."""
+    if options.driver_cmd is not None:
+        try:
+            shlex.split(options.driver_cmd)
+        except ValueError as exc:
+            raise UserError(
+                f"--driver-cmd: {exc}: {options.driver_cmd!r}",
+                hint="quote it as a shell would (docs/sim.md)",
+            ) from None
+    out = options.stats_json
+    if out is not None:
+        if out.is_dir():
+            raise UserError(f"--stats-json {out}: is a directory", hint="give a file name")
+        parent = out.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UserError(f"--stats-json {out}: cannot write there", hint="give a writable path")
+
+
 def run_sim(
     board: Board,
     options: SimOptions,
@@ -565,7 +586,10 @@ def run_sim(
 ) -> SimResult:
     """Run the real driver against the simulated VMM until the duration ends or Ctrl-C."""
     root = root or Path(__file__).resolve().parents[2]
-    check_driver_rules(board, root)  # a board the driver refuses would only fail mid-run
+    # Everything that could fail after the run is checked before it: its results would
+    # be lost otherwise.
+    check_driver_rules(board, root)
+    check_options(options)
     sim = Simulation(board, options, root, progress=progress)
     stopped_by = "duration"
     with sigterm_as_interrupt():
