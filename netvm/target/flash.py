@@ -10,26 +10,45 @@ The SD-card method lives in `netvm.target.sdcard`.
 Plans: an seL4 board (odroidc4) loads `loader.img` at the board's load address and
 starts it with `go`; a Linux-only QEMU board loads kernel, DTB and initramfs and boots
 with `booti`.
+
+Every value that ends up on U-Boot's command line is parsed where it enters, before
+anything starts: `FlashOptions` checks the flags (addresses, netmask, numbers, the
+method), `Network` and `BootPlan` check what they are built from, and `check_options`
+checks the serial device. The console refuses any command that would still split or
+expand on the command line (`netvm.target.uboot.check_command`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from netvm.board import Board
 from netvm.builder.manifest import MANIFEST_NAME, read_manifest
 from netvm.core.errors import Finding, UserError
 from netvm.core.workspace import Workspace
-from netvm.target.tftp import TftpServer
-from netvm.target.uboot import UBootConsole, UBootError, open_line, open_log
+from netvm.target.tftp import PLAIN_NAME_TEXT, TftpServer, is_plain_name
+from netvm.target.uboot import (
+    BAUD_RATES,
+    UBootConsole,
+    UBootError,
+    command_problem,
+    open_line,
+    open_log,
+)
 
 # What netvm's guest driver prints once it serves the queues (upstream's driver prints
 # the same words): the image booted all the way to a working driver VM.
@@ -50,6 +69,236 @@ QEMU_RAMDISK_ADDR = 0x44000000
 # frontend only, the last one attached (the virtio console); Ctrl-A c hands it to the
 # UART, which is the next in turn with exactly these two frontends.
 QEMU_MUX_FOCUS = b"\x01c"
+PAGE = 0x1000  # load addresses are page-aligned: `go` enters a page-aligned link address
+MAX_ADDRESS = (1 << 64) - 1
+MAX_TIMEOUT = 86400.0  # a day; more is a typo
+METHODS = ("tftp", "sdcard")
+
+
+# ---------------------------------------------------------------------------------------
+# Checking what the user typed. Each parser returns the value in its canonical form or
+# raises a UserError naming the flag, the value, what was expected, and a hint.
+
+T = TypeVar("T")
+
+
+def _flag_error(flag: str, value: object, expected: str, hint: str) -> UserError:
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return UserError(f"{flag} {shown} is not {expected}", hint=hint)
+
+
+def _collect(findings: list[Finding], parse: Callable[[], T]) -> T | None:
+    """`parse()`, or None with its findings added: report every bad flag at once."""
+    try:
+        return parse()
+    except UserError as exc:
+        findings.extend(exc.findings)
+        return None
+
+
+_IP_EXAMPLES = {
+    "--ip": "192.168.1.50",
+    "--server-ip": "192.168.1.10",
+    "--gateway": "192.168.1.1",
+    "--bind": "0.0.0.0",
+}
+
+
+def parse_ipv4(flag: str, value: object, *, unicast: bool = True) -> str:
+    """An IPv4 address in dotted-quad form; `unicast`: one a host can have."""
+    hint = f"e.g. {flag} {_IP_EXAMPLES.get(flag, '192.168.1.50')}"
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        addr = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise _flag_error(
+            flag, value, "an IPv4 address (four numbers 0-255 joined by dots)", hint
+        ) from None
+    if unicast and (addr.is_unspecified or addr.is_multicast or int(addr) == 0xFFFFFFFF):
+        raise _flag_error(
+            flag, value, "a unicast IPv4 address (not 0.0.0.0, multicast or broadcast)", hint
+        )
+    return str(addr)
+
+
+def parse_netmask(value: object) -> str:
+    """A contiguous IPv4 netmask in dotted-quad form, /1 to /32."""
+    expected = "a contiguous IPv4 netmask (1 to 32 leading one bits, such as 255.255.255.0)"
+    hint = "e.g. --netmask 255.255.255.0 for a /24"
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        bits = int(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise _flag_error("--netmask", value, expected, hint) from None
+    host = ~bits & 0xFFFFFFFF
+    if bits == 0 or host & (host + 1):
+        raise _flag_error("--netmask", value, expected, hint)
+    return value
+
+
+def load_address_problem(address: int) -> str | None:
+    """What is wrong with a load address (after "0x... is not"), or None."""
+    if not 0 <= address <= MAX_ADDRESS:
+        return f"an address from 0 to {MAX_ADDRESS:#x}"
+    if address % PAGE:
+        return f"page-aligned (a multiple of {PAGE:#x})"
+    return None
+
+
+def parse_address(text: str | int, flag: str = "--load-address") -> int:
+    """A load address as typed on the command line (0x20000000 or decimal), or a number."""
+    hint = "e.g. 0x20000000"
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        raise _flag_error(flag, text, "a number", hint)
+    if isinstance(text, int):
+        address, shown = text, f"{text:#x}"
+    else:
+        m = re.fullmatch(r"(-?)(?:0[xX]([0-9a-fA-F]{1,40})|([0-9]{1,40}))", text)
+        if m is None:
+            raise UserError(f"{flag} {text!r} is not a number", hint=hint)
+        digits = int(m.group(2), 16) if m.group(2) else int(m.group(3))
+        address, shown = -digits if m.group(1) else digits, repr(text)
+    problem = load_address_problem(address)
+    if problem is not None:
+        raise UserError(f"{flag} {shown} is not {problem}", hint=hint)
+    return address
+
+
+def _whole_number(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,20}", value.strip()):
+        return int(value.strip())
+    return None
+
+
+def parse_port(value: object) -> int:
+    port = _whole_number(value)
+    if port is None or not 1 <= port <= 65535:
+        raise _flag_error(
+            "--port",
+            value,
+            "a UDP port from 1 to 65535",
+            "U-Boot always asks port 69: keep the default unless 69 is forwarded to this port",
+        )
+    return port
+
+
+def parse_baud(value: object) -> int:
+    baud = _whole_number(value)
+    if baud is None or baud not in BAUD_RATES:
+        rates = ", ".join(str(r) for r in sorted(BAUD_RATES))
+        raise _flag_error(
+            "--baud",
+            value,
+            f"a supported baud rate ({rates})",
+            "the board's console speed: 115200 for the Odroid C4 and most U-Boot boards",
+        )
+    return baud
+
+
+def parse_timeout(value: object) -> float:
+    seconds = math.nan
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            seconds = float(value.strip() if isinstance(value, str) else value)
+        except (ValueError, OverflowError):
+            seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+        raise _flag_error(
+            "--timeout",
+            value,
+            f"a number of seconds above 0 and at most {MAX_TIMEOUT:g}",
+            f"e.g. --timeout {DEFAULT_TIMEOUT:g} (the default)",
+        )
+    return seconds
+
+
+def parse_success(value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise UserError(f"--success {value!r} is not a regular expression: {exc}") from None
+
+
+SERIAL_HINT = (
+    "give the board's console: a tty such as /dev/ttyUSB0 (see ls /dev/serial/by-id/), "
+    "or unix:PATH for a QEMU -serial unix:PATH,server=on socket"
+)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "not a device")
+
+
+def check_serial(spec: str, *, dry_run: bool = False) -> None:
+    """`--serial`: a character device (a tty), or `unix:PATH` naming a socket.
+
+    The socket may not exist yet (QEMU creates it; the line waits for it). A missing
+    device is allowed in a dry run, which opens nothing. That a character device is a
+    terminal shows only when it is opened (`netvm.target.uboot.SerialLine`).
+    """
+    if spec.startswith("unix:"):
+        path = spec[len("unix:") :]
+        if not path:
+            raise _flag_error("--serial", spec, "unix:PATH with a socket path", SERIAL_HINT)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _flag_error(
+                "--serial", spec, f"a Unix socket (cannot examine it: {exc.strerror})", SERIAL_HINT
+            ) from None
+        if not stat.S_ISSOCK(mode):
+            raise _flag_error(
+                "--serial", spec, f"a Unix socket (it is {_file_kind(mode)})", SERIAL_HINT
+            )
+        return
+    expected = "a terminal or character device"
+    try:
+        mode = os.stat(spec).st_mode
+    except FileNotFoundError:
+        if dry_run:
+            return
+        raise _flag_error(
+            "--serial", spec, f"{expected} (there is no such file)", SERIAL_HINT
+        ) from None
+    except OSError as exc:
+        raise _flag_error(
+            "--serial", spec, f"{expected} (cannot examine it: {exc.strerror})", SERIAL_HINT
+        ) from None
+    if not stat.S_ISCHR(mode):
+        raise _flag_error("--serial", spec, f"{expected} (it is {_file_kind(mode)})", SERIAL_HINT)
+
+
+def _check_commands(commands: list[str]) -> None:
+    """Refuse, before anything starts, a command the console would refuse half-way."""
+    problems = [
+        Finding("", "", f"U-Boot command {cmd!r} refused: {problem}")
+        for cmd in commands
+        if (problem := command_problem(cmd)) is not None
+    ]
+    if problems:
+        raise UserError(problems)
+
+
+NAME_HINT = (
+    "the name is served over TFTP and typed into U-Boot: copy or link the file to a plain "
+    "name such as loader.img"
+)
 
 
 @dataclass(frozen=True)
@@ -58,20 +307,48 @@ class Payload:
     path: Path
     address: str  # U-Boot expression: 0x20000000 or ${kernel_addr_r}
 
+    @property
+    def command(self) -> str:
+        return f"tftpboot {self.address} {self.name}"
+
 
 @dataclass(frozen=True)
 class BootPlan:
+    """What U-Boot loads and runs; refused at construction if a name or command is unsafe."""
+
     payloads: tuple[Payload, ...]
     boot: str  # the command that starts the image; it does not return to the prompt
     setup: tuple[str, ...] = ()  # commands between loading and booting
 
+    def __post_init__(self) -> None:
+        findings: list[Finding] = []
+        seen: set[str] = set()
+        for p in self.payloads:
+            if not is_plain_name(p.name):
+                message = f"the file name {p.name!r} is not a plain name ({PLAIN_NAME_TEXT})"
+                findings.append(Finding(str(p.path), "", message, NAME_HINT))
+            elif p.name in seen:
+                message = f"a second file to serve is named {p.name!r}"
+                findings.append(Finding(str(p.path), "", message, "rename one of them"))
+            seen.add(p.name)
+        if findings:
+            raise UserError(findings)
+        _check_commands(self.commands())
+
+    def commands(self) -> list[str]:
+        """Everything typed at the prompt, in order."""
+        return [p.command for p in self.payloads] + list(self.setup) + [self.boot]
+
     def describe(self) -> list[str]:
-        lines = [f"tftpboot {p.address} {p.name}   ({p.path})" for p in self.payloads]
+        lines = [f"{p.command}   ({p.path})" for p in self.payloads]
         return lines + list(self.setup) + [self.boot]
 
 
 def go_plan(image: Path, load_address: int) -> BootPlan:
     """An seL4 system image: U-Boot jumps to its first instruction."""
+    problem = load_address_problem(load_address)
+    if problem is not None:
+        raise UserError(f"load address {load_address:#x} is not {problem}", hint="e.g. 0x20000000")
     return BootPlan((Payload(image.name, image, f"{load_address:#x}"),), f"go {load_address:#x}")
 
 
@@ -115,7 +392,21 @@ def plan_for_board(
     """The board's plan from its last build's manifest (or an explicit `image`)."""
     file = ws.build_dir(board) / MANIFEST_NAME
     manifest = read_manifest(file, ws.display(file), ws.root)
+    board_file = board.display_file or ws.display(board.file)
     if board.name.startswith("qemu_virt"):
+        problem = command_problem(f"setenv bootargs {board.guest.bootargs}")
+        if problem is not None:
+            raise UserError(
+                [
+                    Finding(
+                        board_file,
+                        "guest.bootargs",
+                        f"cannot be typed into U-Boot's `setenv bootargs`: {problem}",
+                        "keep kernel arguments to printable words without ; & | quotes, "
+                        "backslash, backquote or $",
+                    )
+                ]
+            )
         kernel = manifest.require(
             "kernel_image", "kernel image to boot", f"run `invoke build --board {board.name}` first"
         )
@@ -126,6 +417,24 @@ def plan_for_board(
             initramfs=initramfs.path if initramfs else None,
             bootargs=board.guest.bootargs,
         )
+    if image is not None and not is_plain_name(image.name):
+        raise UserError(
+            f"--image {str(image)!r} is not a file with a plain name ({PLAIN_NAME_TEXT})",
+            hint=NAME_HINT,
+        )
+    if load_address is None:
+        problem = load_address_problem(board.flash_load_address)
+        if problem is not None:
+            raise UserError(
+                [
+                    Finding(
+                        board_file,
+                        "flash.load_address",
+                        f"{board.flash_load_address:#x} is not {problem}",
+                        "e.g. 0x20000000",
+                    )
+                ]
+            )
     if image is None:
         loader = manifest.get("loader_img")
         image = loader.path if loader else None
@@ -156,6 +465,16 @@ class Network:
     ip: str | None = None  # None: dhcp
     netmask: str = "255.255.255.0"
     gateway: str | None = None
+
+    def __post_init__(self) -> None:
+        findings: list[Finding] = []
+        _collect(findings, partial(parse_ipv4, "--server-ip", self.server_ip))
+        for flag, value in (("--ip", self.ip), ("--gateway", self.gateway)):
+            if value is not None:
+                _collect(findings, partial(parse_ipv4, flag, value))
+        _collect(findings, partial(parse_netmask, self.netmask))
+        if findings:
+            raise UserError(findings)
 
     def commands(self) -> list[tuple[str, float]]:
         cmds: list[tuple[str, float]] = [("setenv autoload no", 10.0)]
@@ -217,10 +536,11 @@ def flash_tftp(
     `line_init` is sent once before anything else (QEMU's multiplexed console needs
     its focus switched to the UART U-Boot reads, see `QEMU_MUX_FOCUS`).
     """
-    try:
-        pattern = re.compile(success)
-    except re.error as exc:
-        raise UserError(f"--success {success!r} is not a regular expression: {exc}") from None
+    pattern = parse_success(success)
+    parse_baud(baud)
+    parse_port(port)
+    timeout = parse_timeout(timeout)
+    _check_commands([cmd for cmd, _ in network.commands()] + plan.commands())
     files = {p.name: p.path for p in plan.payloads}
     for p in plan.payloads:
         if not p.path.is_file():
@@ -258,7 +578,7 @@ def flash_tftp(
             for p in plan.payloads:
                 size = p.path.stat().st_size
                 # ~1 MB/s is a slow LAN; never wait less than a minute.
-                result = console.run(f"tftpboot {p.address} {p.name}", timeout=60 + size / 1e6)
+                result = console.run(p.command, timeout=60 + size / 1e6)
                 m = re.search(r"Bytes transferred = (\d+)", result.output)
                 if m is None or int(m.group(1)) != size:
                     raise UBootError(
@@ -296,33 +616,75 @@ def flash_tftp(
 
 @dataclass(frozen=True)
 class FlashOptions:
+    """The flags of `invoke flash`, checked when constructed.
+
+    The numbers and the load address may be given as typed (strings); after construction
+    they are numbers (int, float), the addresses are canonical, and every bad flag has
+    been reported in one UserError.
+    """
+
     method: str  # tftp | sdcard
     serial: str | None = None
-    baud: int = 115200
+    baud: int | str = 115200
     image: Path | None = None
-    load_address: int | None = None
+    load_address: int | str | None = None
     server_ip: str | None = None
     bind: str = "0.0.0.0"
-    port: int = 69
+    port: int | str = 69
     ip: str | None = None  # static board address; None: dhcp
     netmask: str = "255.255.255.0"
     gateway: str | None = None
     success: str | None = None  # None: the board's (QEMU_SUCCESS on a QEMU board)
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float | str = DEFAULT_TIMEOUT
     device: Path | None = None
     force: bool = False
     dry_run: bool = False
     log: Path | None = None
 
+    def __post_init__(self) -> None:
+        findings: list[Finding] = []
+        if self.method not in METHODS:
+            findings.extend(
+                _flag_error(
+                    "--method",
+                    self.method,
+                    "tftp or sdcard",
+                    "tftp (the default) drives U-Boot over --serial; sdcard writes --device",
+                ).findings
+            )
+        checked: dict[str, object] = {
+            "baud": _collect(findings, partial(parse_baud, self.baud)),
+            "port": _collect(findings, partial(parse_port, self.port)),
+            "timeout": _collect(findings, partial(parse_timeout, self.timeout)),
+            "bind": _collect(findings, partial(parse_ipv4, "--bind", self.bind, unicast=False)),
+            "netmask": _collect(findings, partial(parse_netmask, self.netmask)),
+        }
+        if self.load_address is not None:
+            checked["load_address"] = _collect(findings, partial(parse_address, self.load_address))
+        for flag, name in (("--server-ip", "server_ip"), ("--ip", "ip"), ("--gateway", "gateway")):
+            value = getattr(self, name)
+            if value is not None:
+                checked[name] = _collect(findings, partial(parse_ipv4, flag, value))
+        if self.success is not None:
+            _collect(findings, partial(parse_success, self.success))
+        if findings:
+            raise UserError(findings)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
-def parse_address(text: str) -> int:
-    """A load address as typed on the command line (0x20000000 or decimal)."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise UserError(
-            f"--load-address {text!r} is not a number", hint="e.g. 0x20000000"
-        ) from None
+    @property
+    def address(self) -> int | None:
+        """`load_address` as the number it is after construction."""
+        return None if self.load_address is None else int(self.load_address)
+
+
+def check_options(options: FlashOptions) -> None:
+    """What `FlashOptions` cannot check from the values alone: the devices they name."""
+    if options.method == "sdcard":
+        if options.device is None:
+            raise UserError("--method sdcard needs --device DEV (the card, or an image file)")
+    elif options.serial is not None:
+        check_serial(options.serial, dry_run=options.dry_run)
 
 
 def uboot_qemu_command(board: Board, sock: Path, uboot: Path = QEMU_UBOOT) -> list[str]:
@@ -367,12 +729,12 @@ def flash_board(board: Board, ws: Workspace, options: FlashOptions) -> str:
     """Run `invoke flash`; return the text to print."""
     from netvm.target import sdcard as flash_sdcard
 
-    plan = plan_for_board(board, ws, image=options.image, load_address=options.load_address)
+    check_options(options)
+    plan = plan_for_board(board, ws, image=options.image, load_address=options.address)
     is_qemu = board.devicetree.base_qemu is not None
     success = options.success or (QEMU_SUCCESS if is_qemu else DEFAULT_SUCCESS)
     if options.method == "sdcard":
-        if options.device is None:
-            raise UserError("--method sdcard needs --device DEV (the card, or an image file)")
+        assert options.device is not None
         if len(plan.payloads) != 1:
             raise UserError(f"--method sdcard writes one image; {board.name} boots with booti")
         payload = plan.payloads[0]
@@ -381,8 +743,6 @@ def flash_board(board: Board, ws: Workspace, options: FlashOptions) -> str:
             notes = flash_sdcard.check_device(options.device, force=options.force)
             return f"dry run, nothing written\n{card.describe()}\nchecks: {'; '.join(notes)}"
         return flash_sdcard.write_card(card, force=options.force).summary()
-    if options.method != "tftp":
-        raise UserError(f"--method {options.method!r}: expected tftp or sdcard")
     if options.serial is None and not is_qemu:
         raise UserError(
             "--method tftp needs --serial DEV (e.g. /dev/ttyUSB0, or unix:PATH for QEMU)"
@@ -401,13 +761,13 @@ def flash_board(board: Board, ws: Workspace, options: FlashOptions) -> str:
         result = flash_tftp(
             plan,
             serial=options.serial,
-            baud=options.baud,
+            baud=int(options.baud),
             network=network,
             log_path=log,
             success=success,
-            timeout=options.timeout,
+            timeout=float(options.timeout),
             bind=options.bind,
-            port=options.port,
+            port=int(options.port),
             char_delay=0.0 if options.serial.startswith("unix:") else 0.001,
         )
         return result.summary()
@@ -449,9 +809,9 @@ def flash_own_qemu(
             network=network,
             log_path=log,
             success=success,
-            timeout=options.timeout,
+            timeout=float(options.timeout),
             bind="127.0.0.1" if options.bind == "0.0.0.0" else options.bind,
-            port=options.port,
+            port=int(options.port),
             line_init=QEMU_MUX_FOCUS,
         )
     except UserError:

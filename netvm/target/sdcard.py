@@ -11,8 +11,11 @@ sd_fusing writes the first 444 bytes of sector 0 and sectors 1-2047).
 
 Refused unless `force`: devices that are mounted (or have mounted partitions) and devices
 that are not removable. The disk holding the running system is refused always. A
-regular file is written as a card image (created if missing). Every write is read back
-and compared; `dry_run` only returns the plan.
+regular file is written as a card image: a missing (or empty) one is created, an existing
+one only if it already is a card image (`card_image_kind`: an MBR partition table or a
+FAT boot sector in sector 0), or with `force`; the check is repeated on the opened file
+before it is grown or written. Every write is read back and compared; `dry_run` only
+returns the plan.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ from pathlib import Path
 
 from netvm.core.errors import Finding, UserError
 from netvm.core.files import file_sha256
+from netvm.target.tftp import PLAIN_NAME_TEXT, is_plain_name
 
 SECTOR = 512
 PART_START = 2048  # sectors: the partition starts at 1 MiB
 PART_TYPE_FAT32_LBA = 0x0C
 MIN_FAT_BYTES = 64 << 20  # FAT32 wants >= 65525 clusters; 64 MiB of 512-byte clusters
+MAX_ADDRESS = (1 << 64) - 1
+PAGE = 0x1000
+NOT_AN_IMAGE = "not a card image (no MBR partition table or FAT boot sector in sector 0)"
 TOOLS = {"mkimage": "u-boot-tools", "mkfs.vfat": "dosfstools", "mcopy": "mtools"}
 
 
@@ -79,6 +86,26 @@ def boot_script(image_name: str, load_address: int) -> str:
 def plan_card(device: Path, image: Path, load_address: int) -> CardPlan:
     if not image.is_file():
         raise UserError([Finding(str(image), "", "image to write not found")])
+    if not is_plain_name(image.name):
+        raise UserError(
+            [
+                Finding(
+                    str(image),
+                    "",
+                    f"the file name {image.name!r} is not a plain name ({PLAIN_NAME_TEXT})",
+                    "boot.scr loads it by name: copy or link the file to a plain name such "
+                    "as loader.img",
+                )
+            ]
+        )
+    if not 0 <= load_address <= MAX_ADDRESS or load_address % PAGE:
+        raise UserError(
+            f"load address {load_address:#x} is not a page-aligned address from 0 to "
+            f"{MAX_ADDRESS:#x}",
+            hint="e.g. 0x20000000",
+        )
+    if device.exists() and device.samefile(image):
+        raise UserError([Finding(str(device), "", "is the image to write itself")])
     size = image.stat().st_size
     fat = max(MIN_FAT_BYTES, _round_up(size * 2 + (8 << 20), 1 << 20))
     kind = "block device" if _is_block(device) else "image file"
@@ -100,6 +127,76 @@ def _is_block(path: Path) -> bool:
 # Safety
 
 
+def card_image_kind(sector0: bytes) -> str | None:
+    """What makes a file's first sector a card image's, or None.
+
+    A FAT boot sector (a jump, a sane BIOS parameter block, 55 AA), or an MBR: 55 AA at
+    510 and partition entries with a boot flag of 00 or 80, at least one in use, every
+    entry in use starting after sector 0 and at least one sector long.
+    """
+    if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa":
+        return None
+    if _is_fat_boot_sector(sector0):
+        return "FAT boot sector"
+    entries = [sector0[446 + 16 * i : 462 + 16 * i] for i in range(4)]
+    used = 0
+    for entry in entries:
+        if entry[0] not in (0x00, 0x80):
+            return None
+        if entry[4] == 0:  # partition type 0: an empty entry
+            continue
+        start = int.from_bytes(entry[8:12], "little")
+        count = int.from_bytes(entry[12:16], "little")
+        if start == 0 or count == 0:
+            return None
+        used += 1
+    return "MBR partition table" if used else None
+
+
+def _is_fat_boot_sector(sector0: bytes) -> bool:
+    jump = sector0[0] == 0xE9 or (sector0[0] == 0xEB and sector0[2] == 0x90)
+    bytes_per_sector = int.from_bytes(sector0[11:13], "little")
+    per_cluster = sector0[13]
+    reserved = int.from_bytes(sector0[14:16], "little")
+    return (
+        jump
+        and bytes_per_sector in (512, 1024, 2048, 4096)
+        and per_cluster in (1, 2, 4, 8, 16, 32, 64, 128)
+        and reserved >= 1
+        and sector0[16] in (1, 2)  # number of FATs
+        and (sector0[21] == 0xF0 or sector0[21] >= 0xF8)  # media descriptor
+    )
+
+
+def _image_file_note(device: Path, sector0: bytes, size: int, *, force: bool) -> str:
+    """The note for an existing regular file, or a UserError if it must not be written."""
+    if size == 0:
+        return "an empty file, written as a new card image file"
+    if card_image_kind(sector0) is not None:
+        return "an existing card image file"
+    if force:
+        return f"{NOT_AN_IMAGE}: overwritten anyway (--force)"
+    raise UserError(
+        [
+            Finding(
+                str(device),
+                "",
+                f"is an existing file that is {NOT_AN_IMAGE}; it would be overwritten",
+                "check --device (a new path is created as a card image), or pass --force "
+                "to overwrite this file",
+            )
+        ]
+    )
+
+
+def _read_sector0(device: Path) -> bytes:
+    try:
+        with device.open("rb") as f:
+            return f.read(SECTOR)
+    except OSError as exc:
+        raise UserError([Finding(str(device), "", f"cannot be read: {exc.strerror}")]) from None
+
+
 def check_device(
     device: Path,
     *,
@@ -114,7 +211,7 @@ def check_device(
         raise UserError([Finding(str(device), "", "no such device")])
     st = device.stat()
     if stat.S_ISREG(st.st_mode):
-        return ["an existing card image file"]
+        return [_image_file_note(device, _read_sector0(device), st.st_size, force=force)]
     if not stat.S_ISBLK(st.st_mode):
         raise UserError([Finding(str(device), "", "neither a block device nor a regular file")])
     node = sysfs / "dev" / "block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
@@ -279,8 +376,14 @@ def write_card(
     flags = os.O_RDWR | (os.O_CREAT if plan.kind == "image file" else 0)
     fd = os.open(plan.device, flags, 0o644)
     try:
-        if plan.kind == "image file" and os.fstat(fd).st_size < plan.card_bytes:
-            os.ftruncate(fd, plan.card_bytes)
+        if plan.kind == "image file":
+            # Again on the open file: the path may have changed since check_device.
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError([Finding(str(plan.device), "", "is no longer a regular file")])
+            _image_file_note(plan.device, os.pread(fd, SECTOR, 0), st.st_size, force=force)
+            if st.st_size < plan.card_bytes:
+                os.ftruncate(fd, plan.card_bytes)
         for offset, data in writes:
             _pwrite_all(fd, data, offset)
         os.fsync(fd)

@@ -3,7 +3,9 @@
 Owns the TFTP protocol (RFC 1350) with the options U-Boot asks for: `blksize`
 (RFC 2348), `tsize` (RFC 2349) and `timeout` (RFC 2349). Unknown options are left out of
 the OACK, which RFC 2347 defines as declining them. It must not serve anything but the
-staged names: no paths, no directory listing, no writes.
+staged names: no paths, no directory listing, no writes. A staged name is a plain file
+name (`PLAIN_NAME`): the board asks for it by name, and `invoke flash` types it into
+U-Boot's `tftpboot`, so it holds nothing a command line would split or expand.
 
 Each transfer runs on its own socket (its own transfer ID, as RFC 1350 requires) in a
 thread; the server keeps a list of finished transfers so the caller can check what the
@@ -12,6 +14,7 @@ board really fetched. All state lives in the `TftpServer` instance.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -25,6 +28,17 @@ ERR_NOT_FOUND, ERR_ACCESS, ERR_ILLEGAL, ERR_OPTION = 1, 2, 4, 8
 DEFAULT_BLKSIZE = 512
 MAX_BLKSIZE = 65464  # RFC 2348
 RETRIES = 5
+# A name the server may stage: letters, digits and . _ + -, not starting with . or -, at
+# most 127 characters (U-Boot's tftp keeps the file name in 128 bytes).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,126}")
+PLAIN_NAME_TEXT = (
+    "only letters, digits, '.', '_', '+' and '-', not starting with '.' or '-', "
+    "at most 127 characters"
+)
+
+
+def is_plain_name(name: str) -> bool:
+    return PLAIN_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,9 @@ class TftpServer:
         *,
         timeout: float = 1.0,
     ) -> None:
+        bad = sorted(name for name in files if not is_plain_name(name))
+        if bad:
+            raise ValueError(f"not plain file names: {bad} (a name to serve has {PLAIN_NAME_TEXT})")
         self.files = dict(files)
         self.timeout = timeout
         self.transfers: list[Transfer] = []

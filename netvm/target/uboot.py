@@ -8,6 +8,13 @@ input typed while it is busy (a `dhcp` that also loads a file is the classic cas
 
 The end marker is built from an environment variable (`echo ${netvm_mark}-7-$?`) so
 the echoed command line never matches it; `$?` reports the command's exit status.
+
+Last line of defence against typing more than was meant: `check_command` refuses a
+command with anything that would end, chain, quote, escape or expand on U-Boot's command
+line (`;`, `&`, `|`, quotes, backslash, `$`, any control character such as newline, CR or
+NUL), except the `${...}` references of netvm's own templates (`TEMPLATE_VARIABLES`).
+`run` and `start` check every command before a byte of it is sent; the callers check
+the values that go into commands where they enter (`netvm.target.flash`).
 """
 
 from __future__ import annotations
@@ -41,8 +48,41 @@ BAUD_RATES = {
 }
 
 
+# The U-Boot variables netvm's own command templates read (booti_plan's addresses and
+# sizes); a `${...}` naming anything else, and any other `$`, is refused.
+TEMPLATE_VARIABLES = ("kernel_addr_r", "ramdisk_addr_r", "fdt_addr", "filesize")
+_TEMPLATE_REF = re.compile(r"\$\{(?:" + "|".join(TEMPLATE_VARIABLES) + r")\}")
+# Ends or chains a command (; & |), quotes or escapes (' " \ `), expands ($), or is not
+# printable ASCII (newline, CR, NUL, Ctrl-C and the other line-editing keys, non-ASCII).
+_UNSAFE = re.compile(r"[;&|'\"\\`$]|[^\x20-\x7e]")
+
+
 class UBootError(Exception):
     """U-Boot did not answer as expected; the message quotes what it said."""
+
+
+class UnsafeCommand(UBootError):
+    """A command that would split, escape or expand on U-Boot's command line."""
+
+
+def command_problem(command: str) -> str | None:
+    """Why `command` must not be typed at the U-Boot prompt, or None if it may."""
+    if not command.strip():
+        return "it is empty (Enter at the prompt repeats the last command)"
+    m = _UNSAFE.search(_TEMPLATE_REF.sub("", command))
+    if m is None:
+        return None
+    return (
+        f"it contains {m.group(0)!r}, which would end, chain, quote, escape or expand "
+        "part of the command line"
+    )
+
+
+def check_command(command: str) -> None:
+    """Raise `UnsafeCommand` unless `command` is safe to type at the U-Boot prompt."""
+    problem = command_problem(command)
+    if problem is not None:
+        raise UnsafeCommand(f"refused to type {command!r} at the U-Boot prompt: {problem}")
 
 
 class Line(Protocol):
@@ -59,12 +99,21 @@ class SerialLine:
         if baud not in BAUD_RATES:
             raise ValueError(f"unsupported baud rate {baud}; use one of {sorted(BAUD_RATES)}")
         self.fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        attrs = termios.tcgetattr(self.fd)
-        attrs[4] = attrs[5] = BAUD_RATES[baud]  # ispeed, ospeed
-        attrs[2] &= ~(termios.CRTSCTS | termios.CSTOPB | termios.PARENB)
-        attrs[2] |= termios.CLOCAL | termios.CREAD
-        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        try:
+            if not os.isatty(self.fd):
+                raise ValueError(f"{device} is not a terminal")
+            tty.setraw(self.fd)
+            attrs = termios.tcgetattr(self.fd)
+            attrs[4] = attrs[5] = BAUD_RATES[baud]  # ispeed, ospeed
+            attrs[2] &= ~(termios.CRTSCTS | termios.CSTOPB | termios.PARENB)
+            attrs[2] |= termios.CLOCAL | termios.CREAD
+            termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        except termios.error as exc:
+            os.close(self.fd)
+            raise ValueError(f"{device}: cannot set up the terminal: {exc.args[-1]}") from None
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def fileno(self) -> int:
         return self.fd
@@ -220,7 +269,9 @@ class UBootConsole:
 
         The marker line is `echo ${netvm_mark}-N-$?`; until `netvm_mark` is set the
         marker is just `-N-` plus the status, which the first command tolerates.
+        `command` must pass `check_command`; the marker is appended after the check.
         """
+        check_command(command)
         self.commands += 1
         n = self.commands
         self.buffer = ""
@@ -242,6 +293,7 @@ class UBootConsole:
 
     def start(self, command: str) -> None:
         """Type a command that does not come back to the prompt (go, booti)."""
+        check_command(command)
         self.buffer = ""
         self.send(f"{command}\r".encode())
 
