@@ -38,7 +38,15 @@ from netvm.target.flash import (
     go_plan,
     plan_for_board,
 )
-from netvm.target.sdcard import PART_START, SECTOR, check_device, plan_card, write_card
+from netvm.target.sdcard import (
+    MIN_FAT_BYTES,
+    PART_START,
+    SECTOR,
+    check_device,
+    partition_entries,
+    plan_card,
+    write_card,
+)
 from netvm.target.tftp import TftpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -406,7 +414,9 @@ def test_sd_card_image_boots_through_uboot_distro_boot(tmp_path: Path, payload: 
 def test_card_image_layout_and_contents(tmp_path: Path, payload: Path) -> None:
     card = tmp_path / "card.img"
     # An old card: U-Boot bytes before 1 MiB must survive, only the table changes.
-    card.write_bytes(b"\xa5" * (PART_START * SECTOR))
+    old = bytearray(b"\xa5" * (PART_START * SECTOR))
+    old[446:512] = partition_entries(MIN_FAT_BYTES)  # with a partition table: a card image
+    card.write_bytes(bytes(old))
     result = write_card(plan_card(card, payload, 0x20000000), force=False)
     assert result.notes == ("an existing card image file",)
     data = card.read_bytes()
