@@ -83,6 +83,20 @@ def test_a_dtc_failure_names_the_board_key_behind_the_line(
     assert "Label or path /soc/no-such-node@0 not found" in finding.message
 
 
+def test_a_dtb_larger_than_its_window_is_refused(
+    odroidc4: Board, kernel_src: KernelSource, tmp_path: Path
+) -> None:
+    board = replace(odroidc4, guest=replace(odroidc4.guest, dtb_max_size=0x1000))
+    rendered = render_all(board, tmp_path / "render", ROOT)
+    with pytest.raises(UserError) as err:
+        build_guest_dtb(
+            board, rendered.overlay_dts, kernel_src, tmp_path / "dtb", header="h", initrd=None
+        )
+    (finding,) = err.value.findings
+    assert finding.key == "guest.dtb_max_size"
+    assert finding.message.endswith("more than the 0x1000 the board leaves for it")
+
+
 # --- the driver's own rules --------------------------------------------------------------
 
 

@@ -200,6 +200,19 @@ def build_guest_dtb(
     dts = out_dir / "guest.dts"
     decompiled = decompile(dtb)
     dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)
+    size = dtb.stat().st_size
+    if size > board.guest.dtb_max_size:
+        raise UserError(
+            [
+                Finding(
+                    board.display_file,
+                    "guest.dtb_max_size",
+                    f"the built DTB is {size:#x} bytes, more than the {board.guest.dtb_max_size:#x}"
+                    " the board leaves for it",
+                    "raise guest.dtb_max_size (sdfgen places the DTB at the initrd end)",
+                )
+            ]
+        )
     findings = check_guest_dtb(board, dtb.read_bytes(), initrd, str(dtb))
     if findings:
         raise UserError(findings)
