@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from invoke import Collection, Context, Exit, task
 
 from netvm.board import load_board
+from netvm.board.scaffold import new_board
 from netvm.builder import lock as lock_lib
 from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
 from netvm.core.cliargs import parse_int, parse_seconds
@@ -279,12 +280,30 @@ def diffconfig(c: Context, board: str = "odroidc4") -> None:
     print(kernel_lib.diffconfig(_workspace().build_dir(b) / "kernel"), end="")
 
 
+@task(
+    name="new",
+    help={
+        "name": "the new board's name (lowercase letters, digits, _): boards/NAME/",
+        "from": "the board to copy (a name under boards/ or a path to a board.yaml)",
+    },
+)
+@user_errors
+def board_new(c: Context, name: str, from_: str = "odroidc4") -> None:
+    """Create boards/NAME/ from an existing board, with its name set (docs/board.md)."""
+    b = new_board(ROOT, name, from_)
+    print(f"created {display_path(b.file, ROOT)}; `invoke validate --board {b.name}` checks it")
+
+
+board_ns = Collection("board")
+board_ns.add_task(board_new)
+
 kernel_ns = Collection("kernel")
 kernel_ns.add_task(menuconfig)
 kernel_ns.add_task(diffconfig)
 
 ns = Collection()
 ns.add_collection(kernel_ns)
+ns.add_collection(board_ns)
 ns.add_task(render)
 ns.add_task(build_, name="build")
 ns.add_task(validate)

@@ -204,25 +204,29 @@ def _check_guest(board: Board, add: AddFinding) -> None:
         add("guest.ram", f"guest RAM {ram} must be page aligned and non-empty")
     if not _aligned(g.initrd.end):
         add("guest.initrd.end", f"{g.initrd.end:#x} is not page aligned")
+    # The highest initrd end that leaves the DTB window inside RAM, page aligned: what
+    # a user who moved or shrank RAM wants to be told.
+    fitting_end = (ram.end - g.dtb_max_size) // PAGE_SIZE * PAGE_SIZE
     if not ram.paddr < g.initrd.end <= ram.end:
         add(
             "guest.initrd.end",
             f"{g.initrd.end:#x} is outside guest RAM {ram}",
-            "the initrd window ends inside guest RAM, below the DTB",
+            f"the initrd window ends inside guest RAM, below the DTB: at most {fitting_end:#x}",
         )
     dtb = Region(g.initrd.end, g.dtb_max_size)
     if dtb.end > ram.end:
         add(
             "guest.dtb_max_size",
             f"the DTB window {dtb} (sdfgen puts the DTB at initrd end) runs past guest RAM {ram}",
-            "move guest.initrd.end down",
+            f"move guest.initrd.end down to {fitting_end:#x} or below",
         )
     cma = g.cma_mib << 20
     if cma >= ram.size // 2:
         add(
             "guest.cma_mib",
             f"{g.cma_mib} MiB of CMA leaves too little of {ram.size >> 20} MiB guest RAM",
-            "keep CMA under half of guest RAM (the NIC needs a few MiB)",
+            f"keep CMA under half of guest RAM: at most {(ram.size // 2 - 1) >> 20} MiB "
+            "(the NIC needs a few)",
         )
 
 
