@@ -28,8 +28,7 @@ from netvm.bench.launch_baseline import baseline_argv
 from netvm.bench.tools import build_tools
 from netvm.board import Board
 from netvm.sim import SimOptions, Simulation
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT
 
 
 def test_tools_compile_with_the_host_gcc_and_are_cached() -> None:

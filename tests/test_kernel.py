@@ -14,8 +14,8 @@ from netvm.core.workspace import Workspace
 from netvm.guest.kconfig import merged_requests, parse_fragment
 from netvm.guest.kernel import ARM64_IMAGE_MAGIC, configure, diffconfig
 from netvm.guest.kernelsrc import KernelSource
+from tests.harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 # Requests the 6.12 arm64 tree cannot honour from allnoconfig, one per kind of reason.
