@@ -1,6 +1,6 @@
 """What the test modules share: the repository's paths, fixture files, markers, and helpers
-(golden files, the invoke command line, throw-away board copies, the simulated driver
-devices, a local HTTP server).
+(golden files, the invoke command line in and out of process, throw-away board copies,
+the simulated driver devices, a local HTTP server).
 
 Imported as ``tests.harness`` (the repository root is on pytest's pythonpath); the
 fixtures built on it live in conftest.py.
@@ -12,6 +12,7 @@ import contextlib
 import functools
 import http.server
 import importlib.util
+import io
 import os
 import shutil
 import socket
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
+import invoke
 import pytest
+from invoke import Program
 from netvm_driver.config import DriverConfig, parse_config
 from netvm_driver.datapath import DataPath
 from netvm_driver.device import Devices, open_sim_devices
@@ -203,6 +207,26 @@ def run_invoke(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
         [INVOKE, *args], cwd=ROOT, capture_output=True, text=True, env=env, check=False
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def invoke_in_process(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
+    """`invoke ARGS` from the repository, in this process: the same command-line parsing,
+    tasks.py and exit statuses as run_invoke, without starting python. An exception the
+    tasks let escape (a traceback, from a shell) fails the calling test."""
+    out, err = io.StringIO(), io.StringIO()
+    program = Program(name="Invoke", binary="inv[oke]", version=invoke.__version__)
+    code = 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.chdir(ROOT))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        if env is not None:
+            stack.enter_context(mock.patch.dict(os.environ, env, clear=True))
+        try:
+            program.run(["invoke", *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def run_driver(*args: str) -> subprocess.CompletedProcess[str]:

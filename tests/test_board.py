@@ -8,7 +8,7 @@ import pytest
 
 from netvm.board import Board, load_board, queue_region_size
 from netvm.core.errors import USER_ERROR_EXIT, UserError
-from tests.harness import FIXTURES, ROOT, run_invoke
+from tests.harness import FIXTURES, ROOT, invoke_in_process, run_invoke
 
 BOARD_FIXTURES = sorted((FIXTURES / "boards").glob("*/board.yaml"))
 
@@ -53,6 +53,17 @@ def test_malformed_board_library_error(board_file: Path) -> None:
 
 @pytest.mark.parametrize("board_file", BOARD_FIXTURES, ids=lambda p: p.parent.name)
 def test_malformed_board_cli_exits_2_without_traceback(board_file: Path) -> None:
+    # `invoke validate` in this process: its parsing, task and exit status for each fixture.
+    rel = str(board_file.relative_to(ROOT))
+    got = invoke_in_process("validate", "--board", rel)
+    assert got.returncode == USER_ERROR_EXIT
+    assert got.stderr == (board_file.parent / "expected.txt").read_text()
+    assert got.stdout == ""
+
+
+def test_malformed_board_cli_process_exits_2_without_traceback() -> None:
+    # The same through a real `invoke` process, for one fixture.
+    board_file = FIXTURES / "boards" / "unknown_key" / "board.yaml"
     proc = run_invoke("validate", "--board", str(board_file.relative_to(ROOT)))
     assert proc.returncode == USER_ERROR_EXIT
     assert proc.stderr == (board_file.parent / "expected.txt").read_text()

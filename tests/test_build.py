@@ -12,7 +12,7 @@ from netvm.board import Board, load_board
 from netvm.builder import build as build_module
 from netvm.builder.build import ARTIFACT_NAMES, BuildOptions, build
 from netvm.core.workspace import Workspace
-from tests.harness import ROOT, copy_board, run_invoke
+from tests.harness import ROOT, copy_board, invoke_in_process, run_invoke
 
 # The pipeline's own behaviour does not need a kernel or initramfs built per test:
 # test_kernel.py and test_rootfs.py build those once.
@@ -81,9 +81,9 @@ def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None
 
 def test_invoke_build_json_prints_the_manifest() -> None:
     args = ["--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json", "-"]
-    proc = run_invoke("build", *args)
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads(proc.stdout)
+    got = invoke_in_process("build", *args)
+    assert got.returncode == 0, got.stderr
+    manifest = json.loads(got.stdout)
     assert manifest == json.loads((ROOT / "build/odroidc4/manifest.json").read_text())
     assert manifest["artifacts"]["dtb"] is not None
     notes = {s["name"]: s.get("note") for s in manifest["steps"]}

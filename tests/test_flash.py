@@ -39,7 +39,7 @@ from netvm.target.flash import (
 )
 from netvm.target.sdcard import PART_START, SECTOR, check_device, plan_card, write_card
 from netvm.target.tftp import TftpServer
-from tests.harness import FIXTURES, ROOT, run_invoke
+from tests.harness import FIXTURES, ROOT, invoke_in_process, run_invoke
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 QEMU_LOAD = 0x40400000  # QEMU virt RAM (kernel_addr_r); the C4's 0x20000000 is not RAM there
@@ -209,7 +209,7 @@ def test_plan_reads_loader_img_from_the_manifest(odroidc4: Board, tmp_path: Path
 def test_cli_dry_run_tftp(tmp_path: Path) -> None:
     image = tmp_path / "loader.img"
     image.write_bytes(b"sel4")
-    proc = run_invoke(
+    proc = invoke_in_process(
         "flash", "--board", "odroidc4", "--serial", "/dev/null", "--image", str(image),
         "--server-ip", "10.1.1.1", "--dry-run",
     )  # fmt: skip

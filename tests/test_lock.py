@@ -26,7 +26,7 @@ from tests.harness import (
     STANDIN_SDK,
     CliResult,
     copy_board,
-    run_invoke,
+    invoke_in_process,
     scratch_name,
     standin_sdk_archive,
     without_netvm_inputs,
@@ -169,7 +169,7 @@ def test_cli_lock_and_locked_build(board_copy: Board) -> None:
     skip = ["--skip", "kernel", "--skip", "rootfs", "--skip", "dtb", "--skip", "microkit"]
 
     def invoke(*args: str) -> CliResult:
-        return run_invoke(*args, "--board", board, env=env)
+        return invoke_in_process(*args, "--board", board, env=env)
 
     made = invoke("lock")
     assert made.returncode == 0, made.stderr

@@ -45,8 +45,8 @@ from tests.harness import (
     STANDIN_PYTHON,
     STANDIN_SDK,
     copy_board,
+    invoke_in_process,
     needs_real_toolchain,
-    run_invoke,
     runner_with_guest,
     scratch_name,
     standin_sdk_archive,
@@ -190,7 +190,7 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
         "dtb",
     ]
     env = without_netvm_inputs()
-    ok = run_invoke(*base, env=env)
+    ok = invoke_in_process(*base, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "microkit  skipped" in ok.stdout
     # The skip is said once, in one short line; the build never touched the network.
@@ -198,7 +198,7 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
     (line,) = [ln for ln in ok.stdout.splitlines() if "loader.img not built" in ln]
     assert len(line) < 120 and "docs/microkit.md" in line
     assert "fetching" not in ok.stderr
-    strict = run_invoke(*base, "--require-image", env=env)
+    strict = invoke_in_process(*base, "--require-image", env=env)
     assert strict.returncode == USER_ERROR_EXIT
     assert "Traceback" not in strict.stderr
     assert "microkit.sdk_version: loader.img needs the Microkit SDK" in strict.stderr

@@ -33,6 +33,7 @@ from tests.harness import (
     SYSTEMS,
     check_golden,
     import_file,
+    invoke_in_process,
     needs_real_toolchain,
     run_invoke,
 )
@@ -186,7 +187,7 @@ def test_missing_inputs_say_how_to_supply_them(odroidc4: Board, tmp_path: Path) 
 
 def test_cli_exit_status(c4_dtb: DtbResult) -> None:
     base = ["check", "--board", "odroidc4", "--dtb", str(c4_dtb.dtb)]
-    good = run_invoke(*base, "--system", rel(GOOD))
+    good = invoke_in_process(*base, "--system", rel(GOOD))
     assert good.returncode == 0, good.stderr
     assert good.stdout.splitlines()[-1] == (
         "tests/fixtures/system/odroidc4-good.system: virtual machine 'linux' of "
@@ -194,8 +195,9 @@ def test_cli_exit_status(c4_dtb: DtbResult) -> None:
     )
     # The warnings come as one line per kind; --verbose gives each.
     assert len(good.stdout.splitlines()) == 3
-    verbose = run_invoke(*base, "--system", rel(GOOD), "--verbose")
+    verbose = invoke_in_process(*base, "--system", rel(GOOD), "--verbose")
     assert len(verbose.stdout.splitlines()) == 19 + 1
+    # A failed check, through a real `invoke` process.
     bad_system = SYSTEMS / "partial-uio.system"
     bad = run_invoke(*base, "--system", rel(bad_system))
     assert bad.returncode == USER_ERROR_EXIT
