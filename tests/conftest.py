@@ -1,21 +1,43 @@
-"""Shared fixtures: the boards, the kernel tree, the C4 guest DTB, and the --cpu-load option
-that runs the suite on a machine kept busy.
+"""Shared fixtures: the session's build root, the boards, the kernel tree, the C4 guest DTB,
+and the --cpu-load option that runs the suite on a machine kept busy.
 
 Paths, markers and helpers the test modules share are in tests/harness.py.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from netvm.board import Board, load_board
 from netvm.guest.devicetree import DtbResult
 from netvm.guest.kernelsrc import KernelSource, debian_source
-from tests.harness import C4_INITRD, ROOT, build_test_dtb
+from tests.harness import BUILD_DIR_ENV, C4_INITRD, ROOT, build_test_dtb
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every build of the session goes to one temporary build root ($NETVM_BUILD_DIR,
+    which Workspace.at and the `invoke` the tests start read), never to the repository's
+    build/: a user's own build there is left alone, and the session's tests still share
+    the kernels they build. The variable is restored afterwards."""
+    # Named build/ so that a root whose build/ it is can be handed to what takes one.
+    path = tmp_path_factory.mktemp("netvm") / "build"
+    path.mkdir()
+    saved = os.environ.get(BUILD_DIR_ENV)
+    os.environ[BUILD_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop(BUILD_DIR_ENV, None)
+        else:
+            os.environ[BUILD_DIR_ENV] = saved
 
 
 @pytest.fixture(scope="session")

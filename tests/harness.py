@@ -69,6 +69,8 @@ C4_INITRD = Region(0x2E800000, 0x800000)
 
 # Set to regenerate the golden files (then review the diff).
 UPDATE_GOLDEN = "NETVM_UPDATE_GOLDEN"
+# The build root of the test session (conftest.py points it at a temporary directory).
+BUILD_DIR_ENV = "NETVM_BUILD_DIR"
 
 # --- markers ---------------------------------------------------------------------------
 
@@ -197,8 +199,9 @@ class CliResult:
 
 
 def without_netvm_inputs() -> dict[str, str]:
-    """This environment without the toolkit's variables (NETVM_MICROKIT_SDK and the like)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
+    """This environment without the toolkit's input variables (NETVM_MICROKIT_SDK and the
+    like), keeping the session's build root."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NETVM_") or k == BUILD_DIR_ENV}
 
 
 def run_invoke(*args: str, env: Mapping[str, str] | None = None) -> CliResult:

@@ -79,12 +79,13 @@ def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None
     assert statuses(again)["dtb"] == "built" and again["artifacts"]["dtb"]["sha256"] == good
 
 
-def test_invoke_build_json_prints_the_manifest() -> None:
+def test_invoke_build_json_prints_the_manifest(odroidc4: Board) -> None:
     args = ["--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json", "-"]
     got = invoke_in_process("build", *args)
     assert got.returncode == 0, got.stderr
     manifest = json.loads(got.stdout)
-    assert manifest == json.loads((ROOT / "build/odroidc4/manifest.json").read_text())
+    written = Workspace.at(ROOT).build_dir(odroidc4) / "manifest.json"
+    assert manifest == json.loads(written.read_text())
     assert manifest["artifacts"]["dtb"] is not None
     notes = {s["name"]: s.get("note") for s in manifest["steps"]}
     assert notes["kernel"] == "not run: --skip kernel"

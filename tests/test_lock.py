@@ -163,7 +163,7 @@ def test_drift_of_plain_data() -> None:
     ]
 
 
-def test_cli_lock_and_locked_build(board_copy: Board) -> None:
+def test_cli_lock_and_locked_build(board_copy: Board, build_root: Path) -> None:
     env = without_netvm_inputs()
     board = str(board_copy.file)
     skip = ["--skip", "kernel", "--skip", "rootfs", "--skip", "dtb", "--skip", "microkit"]
@@ -187,4 +187,4 @@ def test_cli_lock_and_locked_build(board_copy: Board) -> None:
         "netvm.lock: microkit.sdfgen.commit: locked '9912db6275621f1691d2149ce6f063ca7bbb488e', "
         f"now '{moved}'"
     ) in bad.stderr
-    shutil.rmtree(ROOT / "build" / board_copy.name, ignore_errors=True)
+    shutil.rmtree(build_root / board_copy.name, ignore_errors=True)

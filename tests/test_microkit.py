@@ -170,11 +170,11 @@ def test_require_image_without_inputs_is_an_error(odroidc4: Board, tmp_path: Pat
 
 
 @pytest.fixture()
-def scratch_board(tmp_path: Path) -> Iterator[Path]:
+def scratch_board(tmp_path: Path, build_root: Path) -> Iterator[Path]:
     """A copy of the C4 board under another name, so the CLI writes its own build dir."""
     name = scratch_name("mktest", tmp_path)
     yield copy_board(tmp_path / "board", name=name)
-    shutil.rmtree(ROOT / "build" / name, ignore_errors=True)
+    shutil.rmtree(build_root / name, ignore_errors=True)
 
 
 def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Path) -> None:

@@ -1,6 +1,6 @@
 """The generated guest under QEMU (TCG) with the simulated VMM on its shared RAM.
 
-One guest build (build/qemu_virt_aarch64, cached by input hash) and one boot serve the
+One guest build (qemu_virt_aarch64 in the build root, cached by input hash) and one boot serve the
 whole module; the reboot test comes last because it reboots that guest. Needs root (the
 peer namespace and its tap) and qemu-system-aarch64. The VMM is netvm's SIMULATION of
 it (netvm.target.qemu_vmm); everything inside the guest is the real generated system.

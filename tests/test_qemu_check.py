@@ -29,13 +29,14 @@ pytestmark = QEMU_GUEST
 
 def test_check_boots_reaches_the_driver_and_reports(qemu_board: Board) -> None:
     board = qemu_board
-    report = run_qemu_check(board, Workspace.at(ROOT), RunOptions(check=True))
+    ws = Workspace.at(ROOT)
+    report = run_qemu_check(board, ws, RunOptions(check=True))
     print("\n" + report.summary())
     assert report.boot_seconds is not None, report.reason
     assert report.uio_problems == [] and len(report.uio) == len(board.uio)
     assert any("entering event loop" in line for line in report.driver_log)
     assert report.ended == "guest powered off"
-    saved = json.loads((ROOT / "build" / board.name / "qemu" / "check.json").read_text())
+    saved = json.loads((ws.build_dir(board) / "qemu" / "check.json").read_text())
     assert saved["boot_seconds"] == report.boot_seconds
     assert report.ok, report.reason
     assert all(p["received"] == p["sent"] for p in report.ping)
