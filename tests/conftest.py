@@ -1,8 +1,12 @@
-"""Shared fixtures: the repository root, the Odroid C4 board, the kernel tree, and the
---cpu-load option that runs the suite on a machine kept busy."""
+"""Shared fixtures: the session's build root, the boards, the kernel tree, the C4 guest DTB,
+and the --cpu-load option that runs the suite on a machine kept busy.
+
+Paths, markers and helpers the test modules share are in tests/harness.py.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,14 +15,29 @@ from pathlib import Path
 import pytest
 
 from netvm.board import Board, load_board
+from netvm.guest.devicetree import DtbResult
 from netvm.guest.kernelsrc import KernelSource, debian_source
+from tests.harness import BUILD_DIR_ENV, C4_INITRD, ROOT, build_test_dtb
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="session")
-def root() -> Path:
-    return ROOT
+@pytest.fixture(scope="session", autouse=True)
+def build_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every build of the session goes to one temporary build root ($NETVM_BUILD_DIR,
+    which Workspace.at and the `invoke` the tests start read), never to the repository's
+    build/: a user's own build there is left alone, and the session's tests still share
+    the kernels they build. The variable is restored afterwards."""
+    # Named build/ so that a root whose build/ it is can be handed to what takes one.
+    path = tmp_path_factory.mktemp("netvm") / "build"
+    path.mkdir()
+    saved = os.environ.get(BUILD_DIR_ENV)
+    os.environ[BUILD_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop(BUILD_DIR_ENV, None)
+        else:
+            os.environ[BUILD_DIR_ENV] = saved
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +46,22 @@ def odroidc4() -> Board:
 
 
 @pytest.fixture(scope="session")
+def qemu_board() -> Board:
+    return load_board("qemu_virt_aarch64", ROOT)
+
+
+@pytest.fixture(scope="session")
 def kernel_src() -> KernelSource:
     """Debian's linux-source-6.12, extracted once into the netvm cache."""
     return debian_source("linux-source-6.12")
+
+
+@pytest.fixture(scope="session")
+def c4_dtb(
+    odroidc4: Board, kernel_src: KernelSource, tmp_path_factory: pytest.TempPathFactory
+) -> DtbResult:
+    """The C4 board's guest DTB (kernel's DTS + netvm's overlay, real dtc), built once."""
+    return build_test_dtb(odroidc4, kernel_src, tmp_path_factory.mktemp("c4-dtb"), C4_INITRD)
 
 
 # --- a loaded machine ------------------------------------------------------------------

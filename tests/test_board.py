@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from netvm.board import Board, load_board, queue_region_size
 from netvm.core.errors import USER_ERROR_EXIT, UserError
+from tests.harness import FIXTURES, ROOT, invoke_in_process, run_invoke
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = sorted((ROOT / "tests" / "fixtures" / "boards").glob("*/board.yaml"))
-INVOKE = str(Path(sys.executable).with_name("invoke"))
+BOARD_FIXTURES = sorted((FIXTURES / "boards").glob("*/board.yaml"))
 
 
 def test_odroidc4_matches_the_upstream_contract(odroidc4: Board) -> None:
@@ -43,10 +40,10 @@ def test_unknown_board_name_lists_known_boards() -> None:
 
 
 def test_there_are_enough_malformed_fixtures() -> None:
-    assert len(FIXTURES) >= 15
+    assert len(BOARD_FIXTURES) >= 15
 
 
-@pytest.mark.parametrize("board_file", FIXTURES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("board_file", BOARD_FIXTURES, ids=lambda p: p.parent.name)
 def test_malformed_board_library_error(board_file: Path) -> None:
     expected = (board_file.parent / "expected.txt").read_text()
     with pytest.raises(UserError) as err:
@@ -54,12 +51,20 @@ def test_malformed_board_library_error(board_file: Path) -> None:
     assert err.value.render() + "\n" == expected
 
 
-@pytest.mark.parametrize("board_file", FIXTURES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("board_file", BOARD_FIXTURES, ids=lambda p: p.parent.name)
 def test_malformed_board_cli_exits_2_without_traceback(board_file: Path) -> None:
+    # `invoke validate` in this process: its parsing, task and exit status for each fixture.
     rel = str(board_file.relative_to(ROOT))
-    proc = subprocess.run(
-        [INVOKE, "validate", "--board", rel], cwd=ROOT, capture_output=True, text=True
-    )
+    got = invoke_in_process("validate", "--board", rel)
+    assert got.returncode == USER_ERROR_EXIT
+    assert got.stderr == (board_file.parent / "expected.txt").read_text()
+    assert got.stdout == ""
+
+
+def test_malformed_board_cli_process_exits_2_without_traceback() -> None:
+    # The same through a real `invoke` process, for one fixture.
+    board_file = FIXTURES / "boards" / "unknown_key" / "board.yaml"
+    proc = run_invoke("validate", "--board", str(board_file.relative_to(ROOT)))
     assert proc.returncode == USER_ERROR_EXIT
     assert proc.stderr == (board_file.parent / "expected.txt").read_text()
     assert "Traceback" not in proc.stderr

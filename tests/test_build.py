@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,10 +12,7 @@ from netvm.board import Board, load_board
 from netvm.builder import build as build_module
 from netvm.builder.build import ARTIFACT_NAMES, BuildOptions, build
 from netvm.core.workspace import Workspace
-
-ROOT = Path(__file__).resolve().parent.parent
-INVOKE = str(Path(sys.executable).with_name("invoke"))
-
+from tests.harness import ROOT, copy_board, invoke_in_process, run_invoke
 
 # The pipeline's own behaviour does not need a kernel or initramfs built per test:
 # test_kernel.py and test_rootfs.py build those once.
@@ -53,16 +48,12 @@ def test_manifest_shape_and_caching(odroidc4: Board, tmp_path: Path) -> None:
 
 
 def test_a_board_change_rebuilds_the_dtb(odroidc4: Board, tmp_path: Path) -> None:
-    board_dir = tmp_path / "boards" / "odroidc4"
-    board_dir.mkdir(parents=True)
-    text = odroidc4.file.read_text()
-    (board_dir / "kernel.config").write_text((odroidc4.dir / "kernel.config").read_text())
-    (board_dir / "board.yaml").write_text(text)
+    board_file = copy_board(tmp_path / "boards" / "odroidc4")
     ws = Workspace(ROOT, tmp_path / "build")
     opts = BuildOptions(skip=FAST)
-    build(load_board(str(board_dir / "board.yaml"), ROOT), ws, opts)
-    (board_dir / "board.yaml").write_text(text.replace("maxcpus=1 nosmp", "maxcpus=1"))
-    changed = build(load_board(str(board_dir / "board.yaml"), ROOT), ws, opts)
+    build(load_board(str(board_file), ROOT), ws, opts)
+    board_file.write_text(board_file.read_text().replace("maxcpus=1 nosmp", "maxcpus=1"))
+    changed = build(load_board(str(board_file), ROOT), ws, opts)
     assert statuses(changed)["render"] == "built" and statuses(changed)["dtb"] == "built"
 
 
@@ -88,26 +79,20 @@ def test_a_tampered_artifact_is_rebuilt(odroidc4: Board, tmp_path: Path) -> None
     assert statuses(again)["dtb"] == "built" and again["artifacts"]["dtb"]["sha256"] == good
 
 
-def test_invoke_build_json_prints_the_manifest() -> None:
+def test_invoke_build_json_prints_the_manifest(odroidc4: Board) -> None:
     args = ["--board", "odroidc4", "--skip", "kernel", "--skip", "rootfs", "--json", "-"]
-    proc = subprocess.run(
-        [INVOKE, "build", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    manifest = json.loads(proc.stdout)
-    assert manifest == json.loads((ROOT / "build/odroidc4/manifest.json").read_text())
+    got = invoke_in_process("build", *args)
+    assert got.returncode == 0, got.stderr
+    manifest = json.loads(got.stdout)
+    written = Workspace.at(ROOT).build_dir(odroidc4) / "manifest.json"
+    assert manifest == json.loads(written.read_text())
     assert manifest["artifacts"]["dtb"] is not None
     notes = {s["name"]: s.get("note") for s in manifest["steps"]}
     assert notes["kernel"] == "not run: --skip kernel"
 
 
 def test_skipping_an_unknown_step_is_a_user_error() -> None:
-    proc = subprocess.run(
-        [INVOKE, "build", "--skip", "kernle"], cwd=ROOT, capture_output=True, text=True
-    )
+    proc = run_invoke("build", "--skip", "kernle")
     assert proc.returncode == 2
     assert "--skip kernle: not a step that can be skipped" in proc.stderr
     assert "choose from kernel, rootfs, dtb, microkit" in proc.stderr

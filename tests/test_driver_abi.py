@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
+from netvm_driver import abi
+from netvm_driver.abi import Connection, DataPassing
 
-from netvm_driver import abi  # noqa: E402
-from netvm_driver.abi import Connection, DataPassing  # noqa: E402
-
-from netvm.board import Board  # noqa: E402
-from netvm.sim.layout import sim_layout  # noqa: E402
-from netvm.sim.vmm import data_passing_page  # noqa: E402
+from netvm.board import Board
+from netvm.sim.layout import sim_layout
+from netvm.sim.vmm import data_passing_page
+from tests.harness import ROOT
 
 
 def test_data_passing_page_is_616_bytes_with_upstream_offsets() -> None:

@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from netvm_driver.config import ConfigError, load_config, parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.config import ConfigError, load_config, parse_config  # noqa: E402
-
-FIXTURE = ROOT / "tests" / "fixtures" / "odroidc4-driver.json"
+from tests.harness import DRIVER_JSON, run_driver
 
 
 def fixture() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(FIXTURE.read_text())
+    data: dict[str, Any] = json.loads(DRIVER_JSON.read_text())
     return data
 
 
-def run_driver(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "netvm_driver", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT / "driver",
-        timeout=30,
-    )
-
-
 def test_rendered_config_is_accepted() -> None:
-    cfg = load_config(FIXTURE)
+    cfg = load_config(DRIVER_JSON)
     assert cfg.interface == "eth0"
     assert cfg.capacity("rx_free") == 512 and cfg.capacity("tx_active") == 1024
     assert [(c.offset, c.size) for c in cfg.tx_clients] == [(0, 0x100000), (0x100000, 0x100000)]
@@ -88,7 +72,7 @@ def test_wrong_buffer_size_and_version() -> None:
 def test_help_and_self_check() -> None:
     helped = run_driver("--help")
     assert helped.returncode == 0 and "--sim-devices" in helped.stdout
-    checked = run_driver("--config", str(FIXTURE), "--self-check")
+    checked = run_driver("--config", str(DRIVER_JSON), "--self-check")
     assert checked.returncode == 0, checked.stderr
     assert "ok (board odroidc4, interface eth0" in checked.stdout
 
@@ -106,7 +90,7 @@ def test_bad_config_exits_2_with_one_line_per_finding(tmp_path: Path) -> None:
 
 def test_missing_devices_fail_cleanly_listing_what_was_found(tmp_path: Path) -> None:
     # No UIO devices in this host (or none named like ours): a clear error, exit 1.
-    proc = run_driver("--config", str(FIXTURE), "--interface", "lo")
+    proc = run_driver("--config", str(DRIVER_JSON), "--interface", "lo")
     assert proc.returncode == 1, proc.stderr
     assert "UIO(NET): *** Starting up" in proc.stderr
     assert "UIO(NET)|ERROR: no UIO device named 'data_passing'" in proc.stderr

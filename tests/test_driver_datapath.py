@@ -10,29 +10,21 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import sys
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from netvm_driver.datapath import DataPath, check_data_passing, read_data_passing
+from netvm_driver.devmem import COPY_ALIGN
+from netvm_driver.log import RateLimitedLog
+from netvm_driver.stats import Stats
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.config import parse_config  # noqa: E402
-from netvm_driver.datapath import DataPath, check_data_passing, read_data_passing  # noqa: E402
-from netvm_driver.device import Devices, open_sim_devices  # noqa: E402
-from netvm_driver.devmem import COPY_ALIGN, DeviceMemory, padded_window  # noqa: E402
-from netvm_driver.log import RateLimitedLog  # noqa: E402
-from netvm_driver.stats import Stats  # noqa: E402
-
-from netvm.board import Board  # noqa: E402
-from netvm.sim.frames import checksum, ip_bytes, mac_bytes  # noqa: E402
-from netvm.sim.layout import sim_layout  # noqa: E402
-from netvm.sim.virt import VirtNet  # noqa: E402
-from netvm.sim.vmm import SimDevices, create_devices  # noqa: E402
+from netvm.board import Board
+from netvm.sim.frames import checksum, ip_bytes, mac_bytes
+from tests.harness import DriverEnv, SimDriver, assert_first_buffer_reused
 
 PEER_MAC = bytes.fromhex("0200000000aa")
 PEER_IP = ip_bytes("10.0.0.1")
@@ -63,38 +55,11 @@ class FakeSocket:
         return len(data)
 
 
-class SpyMemory(DeviceMemory):
-    """Records every frame copy the data path asks for."""
-
-    __slots__ = ("views", "windows")
-
-    def __init__(self, name: str, buf: memoryview) -> None:
-        super().__init__(name, buf)
-        self.views: list[tuple[int, int]] = []
-        self.windows: list[tuple[int, int]] = []
-
-    def kernel_view(self, offset: int, length: int) -> memoryview:
-        self.views.append((offset, length))
-        return super().kernel_view(offset, length)
-
-    def copy_out(self, offset: int, length: int) -> bytes:
-        self.windows.append(padded_window(offset, length, self.size))
-        return super().copy_out(offset, length)
-
-
 @dataclass
-class Env:
-    sim: SimDevices
-    virt: VirtNet
-    devices: Devices
-    sock: FakeSocket
-    stats: Stats
-    path: DataPath
+class Env(DriverEnv):
+    """The data path on a scripted socket."""
 
-    def conserved(self) -> dict[str, object]:
-        self.virt.on_tx_doorbell()
-        self.virt.on_rx_doorbell()
-        return self.virt.conservation()
+    sock: FakeSocket
 
     def doorbell_rings(self, name: str) -> int:
         try:
@@ -103,35 +68,31 @@ class Env:
             return 0
 
 
-def make_env(board: Board, tmp: Path, *, fill_tx_checksums: bool = False) -> Env:
-    layout = sim_layout(board, ROOT)
-    sim = create_devices(layout, tmp / "run")
-    virt = VirtNet(sim)
-    config = parse_config(layout.driver_config, "driver.json")
-    devices = open_sim_devices(config, str(sim.devices_file), lambda _m: None)
-    dp = read_data_passing(devices)
-    assert check_data_passing(dp, config) == []
-    for name in ("rx_data", "tx_data"):
-        devices.regions[name] = SpyMemory(name, devices.regions[name]._mv)
+@contextmanager
+def make_env(board: Board, tmp: Path, *, fill_tx_checksums: bool = False) -> Iterator[Env]:
+    drv = SimDriver.open(board, tmp)
+    dp = read_data_passing(drv.devices)
+    assert check_data_passing(dp, drv.config) == []
     sock, stats = FakeSocket(), Stats()
     path = DataPath(
-        config,
-        devices,
+        drv.config,
+        drv.devices,
         dp,
         sock,  # type: ignore[arg-type]
         stats,
         fill_tx_checksums=fill_tx_checksums,
         ratelog=RateLimitedLog(sink=lambda _m: None),
     )
-    return Env(sim, virt, devices, sock, stats, path)
+    try:
+        yield Env(drv.sim, drv.virt, drv.devices, stats, path, sock)
+    finally:
+        drv.close()
 
 
 @pytest.fixture
 def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
-    e = make_env(odroidc4, tmp_path)
-    yield e
-    e.devices.close()
-    e.sim.close()
+    with make_env(odroidc4, tmp_path) as e:
+        yield e
 
 
 def udp_frame(dst_ip: str, payload: bytes, dst_mac: bytes, port: int = 1235) -> bytes:
@@ -188,11 +149,7 @@ def test_frames_land_in_rx_free_buffers_in_order_with_their_length(env: Env) -> 
 def test_oversize_frame_is_dropped_counted_and_its_buffer_reused(env: Env) -> None:
     env.sock.rx.extend([b"\x11" * 9014, b"\x22" * 100])
     env.path.process_rx()
-    assert env.stats.rx_dropped_oversize == 1
-    assert env.stats.rx_frames == 1
-    assert env.virt.rx_active.read(0) == (env.virt.layout.rx_io_base, 100)  # first buffer
-    assert env.virt.rx_free.head == 1
-    assert env.conserved()["ok"]
+    assert_first_buffer_reused(env, dropped=1, kept=100)
 
 
 def test_bad_rx_free_descriptors_are_skipped_and_no_frame_is_lost(env: Env) -> None:
@@ -336,39 +293,35 @@ def test_link_down_send_error_drops_but_returns_the_buffer(env: Env) -> None:
 
 
 def test_every_frame_copy_is_inside_one_buffer_and_aligned(odroidc4: Board, tmp_path: Path) -> None:
-    e = make_env(odroidc4, tmp_path, fill_tx_checksums=True)
-    for size in (1, 13, 200, 1472):
-        e.sock.rx.append(udp_frame("10.0.0.2", b"z" * size, client_mac(e)))
-        e.sock.rx.append(udp_frame("10.0.0.3", b"y" * size, client_mac(e, 1)))
-    e.path.process_rx()
-    e.virt.on_rx_doorbell()
-    e.path.process_tx()
-    assert len(e.sock.sent) == 8
-    rx_views = e.path.rx_data.views  # type: ignore[attr-defined]
-    assert rx_views and all(off % 2048 == 0 and n == 2048 for off, n in rx_views)
-    windows = e.path.tx_data.windows  # type: ignore[attr-defined]
-    assert len(windows) == 8
-    for start, end in windows:
-        assert start % COPY_ALIGN == 0 and end % COPY_ALIGN == 0
-        assert start // 2048 == (end - 1) // 2048  # never leaves its buffer
-    e.devices.close()
-    e.sim.close()
+    with make_env(odroidc4, tmp_path, fill_tx_checksums=True) as e:
+        for size in (1, 13, 200, 1472):
+            e.sock.rx.append(udp_frame("10.0.0.2", b"z" * size, client_mac(e)))
+            e.sock.rx.append(udp_frame("10.0.0.3", b"y" * size, client_mac(e, 1)))
+        e.path.process_rx()
+        e.virt.on_rx_doorbell()
+        e.path.process_tx()
+        assert len(e.sock.sent) == 8
+        rx_views = e.rx_data.views
+        assert rx_views and all(off % 2048 == 0 and n == 2048 for off, n in rx_views)
+        windows = e.tx_data.windows
+        assert len(windows) == 8
+        for start, end in windows:
+            assert start % COPY_ALIGN == 0 and end % COPY_ALIGN == 0
+            assert start // 2048 == (end - 1) // 2048  # never leaves its buffer
 
 
 def test_fill_tx_checksums_fixes_zero_checksums(odroidc4: Board, tmp_path: Path) -> None:
-    e = make_env(odroidc4, tmp_path, fill_tx_checksums=True)
-    client = e.virt.clients[0]
-    io = client.pool.popleft()
-    frame = bytearray(udp_frame("10.0.0.1", b"offloaded", PEER_MAC))
-    frame[24:26] = b"\0\0"  # IP header checksum left to "hardware"
-    frame[40:42] = b"\0\0"  # UDP checksum too
-    off = client.layout.tx_map_offset + (io - client.layout.tx_io_base)
-    e.sim.regions["tx_data"][off : off + len(frame)] = bytes(frame)
-    e.virt._enqueue_tx(io, len(frame))
-    e.virt.flush()
-    e.path.process_tx()
-    sent = e.sock.sent[0]
-    assert sent == udp_frame("10.0.0.1", b"offloaded", PEER_MAC)
-    assert e.stats.tx_checksums_filled == 1
-    e.devices.close()
-    e.sim.close()
+    with make_env(odroidc4, tmp_path, fill_tx_checksums=True) as e:
+        client = e.virt.clients[0]
+        io = client.pool.popleft()
+        frame = bytearray(udp_frame("10.0.0.1", b"offloaded", PEER_MAC))
+        frame[24:26] = b"\0\0"  # IP header checksum left to "hardware"
+        frame[40:42] = b"\0\0"  # UDP checksum too
+        off = client.layout.tx_map_offset + (io - client.layout.tx_io_base)
+        e.sim.regions["tx_data"][off : off + len(frame)] = bytes(frame)
+        e.virt._enqueue_tx(io, len(frame))
+        e.virt.flush()
+        e.path.process_tx()
+        sent = e.sock.sent[0]
+        assert sent == udp_frame("10.0.0.1", b"offloaded", PEER_MAC)
+        assert e.stats.tx_checksums_filled == 1

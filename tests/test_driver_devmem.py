@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.devmem import (  # noqa: E402
+from netvm_driver.devmem import (
     COPY_ALIGN,
     DeviceMemory,
     DeviceMemoryError,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import DRIVER_DIR
+
 NS = "netvm-offloads-test"
 pytestmark = pytest.mark.netns
 
@@ -49,7 +49,7 @@ def disable_in_namespace(socket_args: str, iface: str) -> str:
     )
     return subprocess.run(
         ["ip", "netns", "exec", NS, sys.executable, "-c", script],
-        env={"PYTHONPATH": str(ROOT / "driver")},
+        env={"PYTHONPATH": str(DRIVER_DIR)},
         capture_output=True,
         text=True,
         check=True,

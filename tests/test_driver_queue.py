@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections import deque
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.devmem import DeviceMemory  # noqa: E402
-from netvm_driver.queue import (  # noqa: E402
+from netvm_driver.devmem import DeviceMemory
+from netvm_driver.queue import (
     Consumer,
     Producer,
     QueueConfigError,

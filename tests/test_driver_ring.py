@@ -11,24 +11,17 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.config import parse_config  # noqa: E402
-from netvm_driver.datapath import DataPath, read_data_passing  # noqa: E402
-from netvm_driver.device import Devices, open_sim_devices  # noqa: E402
-from netvm_driver.devmem import DeviceMemory, DeviceMemoryError  # noqa: E402
-from netvm_driver.log import RateLimitedLog  # noqa: E402
-from netvm_driver.ring import (  # noqa: E402
+from netvm_driver.datapath import DataPath, read_data_passing
+from netvm_driver.devmem import DeviceMemory, DeviceMemoryError
+from netvm_driver.log import RateLimitedLog
+from netvm_driver.ring import (
     TP_STATUS_AVAILABLE,
     TP_STATUS_BLK_TMO,
     TP_STATUS_SEND_REQUEST,
@@ -37,12 +30,10 @@ from netvm_driver.ring import (  # noqa: E402
     RxRing,
     TxRing,
 )
-from netvm_driver.stats import Stats  # noqa: E402
+from netvm_driver.stats import Stats
 
-from netvm.board import Board  # noqa: E402
-from netvm.sim.layout import sim_layout  # noqa: E402
-from netvm.sim.virt import VirtNet  # noqa: E402
-from netvm.sim.vmm import SimDevices, create_devices  # noqa: E402
+from netvm.board import Board
+from tests.harness import DriverEnv, SimDriver, assert_first_buffer_reused
 
 BLOCK = 8192
 BLOCKS = 4
@@ -88,25 +79,6 @@ class FakeSock:
         return total
 
 
-class SpyMemory(DeviceMemory):
-    """Records every frame copy the data path asks for (flat triples, as passed)."""
-
-    __slots__ = ("ins", "outs")
-
-    def __init__(self, name: str, buf: memoryview) -> None:
-        super().__init__(name, buf)
-        self.ins: list[tuple[int, int, int]] = []
-        self.outs: list[tuple[int, int, int]] = []
-
-    def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
-        self.ins += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
-        super().copy_frames_in(src, moves)
-
-    def copy_frames_out(self, dst: memoryview, moves: Sequence[int]) -> None:
-        self.outs += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
-        super().copy_frames_out(dst, moves)
-
-
 def write_block(
     ring: bytearray, block: int, frames: list[bytes | tuple[bytes, int]], *, timeout: bool = False
 ) -> None:
@@ -129,44 +101,18 @@ def block_status(ring: bytearray, block: int) -> int:
 
 
 @dataclass
-class Env:
-    sim: SimDevices
-    virt: VirtNet
-    devices: Devices
-    stats: Stats
-    path: DataPath
+class Env(DriverEnv):
+    """The data path with packet rings in bytearrays (and a fake TX socket)."""
+
     rx_ring: bytearray
     tx_ring: bytearray
     tx: TxRing
     tx_sock: FakeSock
 
-    @property
-    def rx_data(self) -> SpyMemory:
-        mem = self.path.rx_data
-        assert isinstance(mem, SpyMemory)
-        return mem
-
-    @property
-    def tx_data(self) -> SpyMemory:
-        mem = self.path.tx_data
-        assert isinstance(mem, SpyMemory)
-        return mem
-
-    def conserved(self) -> dict[str, object]:
-        self.virt.on_tx_doorbell()
-        self.virt.on_rx_doorbell()
-        return self.virt.conservation()
-
 
 @pytest.fixture
 def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
-    layout = sim_layout(odroidc4, ROOT)
-    sim = create_devices(layout, tmp_path / "run")
-    virt = VirtNet(sim)
-    config = parse_config(layout.driver_config, "driver.json")
-    devices = open_sim_devices(config, str(sim.devices_file), lambda _m: None)
-    for name in ("rx_data", "tx_data"):
-        devices.regions[name] = SpyMemory(name, devices.regions[name]._mv)
+    drv = SimDriver.open(odroidc4, tmp_path)
     rx_buf = bytearray(BLOCK * BLOCKS)
     tx_buf = bytearray(TX_BLOCK * 2)
     rx = RxRing(FakeSock(), rx_buf, BLOCK, BLOCKS, 1)  # type: ignore[arg-type]
@@ -175,18 +121,17 @@ def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
     tx_sock.tx = tx
     stats = Stats()
     path = DataPath(
-        config,
-        devices,
-        read_data_passing(devices),
+        drv.config,
+        drv.devices,
+        read_data_passing(drv.devices),
         None,
         stats,
         ratelog=RateLimitedLog(sink=lambda _m: None),
         rx_ring=rx,
         tx_ring=tx,
     )
-    yield Env(sim, virt, devices, stats, path, rx_buf, tx_buf, tx, tx_sock)
-    devices.close()
-    sim.close()
+    yield Env(drv.sim, drv.virt, drv.devices, stats, path, rx_buf, tx_buf, tx, tx_sock)
+    drv.close()
 
 
 def frame(i: int, size: int) -> bytes:
@@ -235,11 +180,7 @@ def test_oversize_and_truncated_ring_frames_are_dropped_counted_and_buffers_reus
         [b"\x11" * 3000, (b"\x22" * 1000, 1600), b"\x33" * 100],  # 3000 > 2048; snapped
     )
     env.path.process_rx()
-    assert env.stats.rx_dropped_oversize == 2
-    assert env.stats.rx_frames == 1
-    assert env.virt.rx_active.read(0) == (env.virt.layout.rx_io_base, 100)  # first buffer
-    assert env.virt.rx_free.head == 1
-    assert env.conserved()["ok"]
+    assert_first_buffer_reused(env, dropped=2, kept=100)
 
 
 def test_bad_rx_free_descriptors_are_skipped_without_losing_ring_frames(env: Env) -> None:

@@ -14,16 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from netvm_driver import jsonio
+from netvm_driver.__main__ import OPTIONS, DriverArgs, parse_args
+from netvm_driver.cli import UsageError, help_text, parse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver import jsonio  # noqa: E402
-from netvm_driver.__main__ import OPTIONS, DriverArgs, parse_args  # noqa: E402
-from netvm_driver.cli import UsageError, help_text, parse  # noqa: E402
-
-FIXTURE = ROOT / "tests" / "fixtures" / "odroidc4-driver.json"
-
+from tests.harness import DRIVER_DIR, DRIVER_JSON, run_driver
 
 # ---------------------------------------------------------------------------- jsonio
 
@@ -31,7 +26,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "odroidc4-driver.json"
 @pytest.mark.parametrize(
     "text",
     [
-        FIXTURE.read_text(),
+        DRIVER_JSON.read_text(),
         '  {"a": [1, -2.5e3, true, false, null, "\\u00e9\\n"], "b": {}}\n',
         "[]",
         '"x"',
@@ -91,13 +86,7 @@ def test_dumps_round_trips_sorted_on_one_line() -> None:
 def test_a_bad_config_file_names_line_and_column(tmp_path: Path) -> None:
     bad = tmp_path / "driver.json"
     bad.write_text('{\n  "interface": "eth0",\n  "uio": {,\n}\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "netvm_driver", "--config", str(bad), "--self-check"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT / "driver",
-        timeout=30,
-    )
+    proc = run_driver("--config", str(bad), "--self-check")
     assert proc.returncode == 2
     assert f"{bad}:3:11: invalid JSON: Expecting property name" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -172,7 +161,7 @@ def test_start_up_imports_none_of_the_slow_modules() -> None:
         [sys.executable, "-S", "-c", probe],
         capture_output=True,
         text=True,
-        cwd=ROOT / "driver",
+        cwd=DRIVER_DIR,
         timeout=30,
         check=True,
     )

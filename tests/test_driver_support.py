@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import tty
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.checksum import fill_checksums, internet_checksum  # noqa: E402
-from netvm_driver.log import RateLimitedLog  # noqa: E402
-from netvm_driver.loop import ack_irq  # noqa: E402
-from netvm_driver.stats import COUNTERS, Stats  # noqa: E402
+from netvm_driver.checksum import fill_checksums, internet_checksum
+from netvm_driver.log import RateLimitedLog
+from netvm_driver.loop import ack_irq
+from netvm_driver.stats import COUNTERS, Stats
 
 # A real frame: ping request captured from Linux (IPv4 header checksum 0xb861).
 ICMP_HDR = bytes.fromhex("4500005400004000400126a70a0000010a000002")

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.uio import UioError, match, scan  # noqa: E402
+from netvm_driver.uio import UioError, match, scan
 
 
 def add_uio(

@@ -5,11 +5,11 @@ boot check."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from netvm.sim import driverlog
+from tests.harness import DRIVER_DIR
 
-DRIVER = Path(__file__).resolve().parent.parent / "driver" / "netvm_driver"
+DRIVER = DRIVER_DIR / "netvm_driver"
 
 
 def driver_source() -> str:

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import shutil
-import socket
 import subprocess
-import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,14 +20,19 @@ import pytest
 from netvm.board import Board, GitPin, MicrokitSpec
 from netvm.core.errors import UserError
 from netvm.core.files import COMPLETE_STAMP
-from netvm.core.pipeline import Artifact, StepRunner
 from netvm.microkit.fetch import fetch_git, fetch_sdk
 from netvm.microkit.handoff import fetch_missing, resolve_inputs, run_step
+from tests.harness import (
+    C4_DISPLAY,
+    STANDIN_LIBVMM,
+    STANDIN_PYTHON,
+    STANDIN_SDK,
+    ServedDirectory,
+    closed_port,
+    runner_with_guest,
+    standin_sdk_archive,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
-STANDIN_PYTHON = str(FIXTURES / "standin-sdfgen" / "python")  # stand-in driver-VM sdfgen
-DISPLAY = "boards/odroidc4/board.yaml"
 PLATFORM = "linux-x86-64"
 HINT = "pass --libvmm DIR"
 
@@ -65,14 +66,14 @@ def test_clone_checks_out_the_pinned_commit_and_reuses_the_cache(tmp_path: Path)
     first, second = make_repo(repo)
     cache = tmp_path / "cache"
     pin = GitPin(f"file://{repo}", first[:8])  # abbreviated, like the board's pins
-    got = fetch_git("libvmm", pin, "microkit.libvmm", DISPLAY, HINT, cache=cache)
+    got = fetch_git("libvmm", pin, "microkit.libvmm", C4_DISPLAY, HINT, cache=cache)
     assert got.finding is None and got.path == cache / f"libvmm-{first[:8]}"
     assert git(got.path, "rev-parse", "HEAD") == first != second
     assert (got.path / "PINNED").read_text() == "first\n"  # not the branch tip
     assert got.provenance == f"verified: fetched file://{repo} at git commit {first}"
     # Reuse: with the repository gone, the cached clone still serves (no network needed).
     shutil.rmtree(repo)
-    again = fetch_git("libvmm", pin, "microkit.libvmm", DISPLAY, HINT, cache=cache)
+    again = fetch_git("libvmm", pin, "microkit.libvmm", C4_DISPLAY, HINT, cache=cache)
     assert again == got
     assert [p.name for p in cache.iterdir()] == [f"libvmm-{first[:8]}"]  # no leftovers
 
@@ -82,10 +83,10 @@ def test_a_commit_the_repository_lacks_is_a_finding(tmp_path: Path) -> None:
     make_repo(repo)
     cache = tmp_path / "cache"
     pin = GitPin(str(repo), "deadbeef")
-    got = fetch_git("sddf", pin, "microkit.sddf", DISPLAY, HINT, cache=cache)
+    got = fetch_git("sddf", pin, "microkit.sddf", C4_DISPLAY, HINT, cache=cache)
     assert got.path is None and got.finding is not None
     assert str(got.finding) == (
-        f"{DISPLAY}: microkit.sddf: {repo} has no commit deadbeef (or the prefix is "
+        f"{C4_DISPLAY}: microkit.sddf: {repo} has no commit deadbeef (or the prefix is "
         f"ambiguous) (hint: {HINT})"
     )
     assert list(cache.iterdir()) == []  # the failed clone is not left to look cached
@@ -96,17 +97,17 @@ def test_a_stale_cached_clone_is_replaced(tmp_path: Path) -> None:
     first, second = make_repo(repo)
     cache = tmp_path / "cache"
     pin = GitPin(str(repo), first)
-    got = fetch_git("libvmm", pin, "k", DISPLAY, HINT, cache=cache)
+    got = fetch_git("libvmm", pin, "k", C4_DISPLAY, HINT, cache=cache)
     assert got.path is not None
     git(got.path, "checkout", "-q", second)  # someone moved the cached tree
-    again = fetch_git("libvmm", pin, "k", DISPLAY, HINT, cache=cache)
+    again = fetch_git("libvmm", pin, "k", C4_DISPLAY, HINT, cache=cache)
     assert again.path is not None and git(again.path, "rev-parse", "HEAD") == first
 
 
 def test_unreachable_repository_says_what_and_how(tmp_path: Path) -> None:
     port = closed_port()
     pin = GitPin(f"http://127.0.0.1:{port}/libvmm", "ecd3666a")
-    got = fetch_git("libvmm", pin, "microkit.libvmm", DISPLAY, HINT, cache=tmp_path)
+    got = fetch_git("libvmm", pin, "microkit.libvmm", C4_DISPLAY, HINT, cache=tmp_path)
     assert got.finding is not None
     assert got.finding.message.startswith(
         f"cannot clone libvmm from http://127.0.0.1:{port}/libvmm: "
@@ -134,7 +135,7 @@ def test_only_the_needed_submodule_is_initialised(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GIT_CONFIG_GLOBAL", str(env_git))
         got = fetch_git(
-            "libvmm", pin, "k", DISPLAY, HINT, cache=tmp_path / "c", submodules=("dep/sddf",)
+            "libvmm", pin, "k", C4_DISPLAY, HINT, cache=tmp_path / "c", submodules=("dep/sddf",)
         )
     assert got.path is not None, got.finding
     assert git(got.path / "dep" / "sddf", "rev-parse", "HEAD") == sddf_first
@@ -144,46 +145,18 @@ def test_only_the_needed_submodule_is_initialised(tmp_path: Path) -> None:
 # --- the SDK archive ---------------------------------------------------------------------
 
 
-def make_sdk_archive(where: Path, version: str = "2.0.1") -> Path:
-    where.mkdir(parents=True, exist_ok=True)
-    archive = where / f"microkit-sdk-{version}-{PLATFORM}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(FIXTURES / "standin-microkit-sdk", arcname=f"microkit-sdk-{version}")
-    return archive
-
-
-class Served:
-    """A directory on http://127.0.0.1:PORT/, counting the requests per path."""
-
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        requests = self.requests
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a: object, **kw: object) -> None:
-                super().__init__(*a, directory=str(root), **kw)  # type: ignore[arg-type]
-
-            def log_message(self, format: str, *args: object) -> None:
-                requests.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+class Served(ServedDirectory):
+    """SDK archives on http://127.0.0.1:PORT/VERSION/, as upstream publishes them."""
 
     def template(self) -> str:
-        return (
-            f"http://127.0.0.1:{self.port}/{{version}}/microkit-sdk-{{version}}-{{platform}}.tar.gz"
-        )
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.url("{version}/microkit-sdk-{version}-{platform}.tar.gz")
 
 
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[Served, str]]:
-    archive = make_sdk_archive(tmp_path / "www" / "2.0.1")
+    archive = standin_sdk_archive(
+        tmp_path / "www" / "2.0.1" / f"microkit-sdk-2.0.1-{PLATFORM}.tar.gz"
+    )
     server = Served(tmp_path / "www")
     yield server, hashlib.sha256(archive.read_bytes()).hexdigest()
     server.close()
@@ -199,7 +172,7 @@ def test_sdk_is_downloaded_verified_unpacked_once(
     server, sha = served
     cache = tmp_path / "cache"
     spec = spec_with(odroidc4, sha)
-    got = fetch_sdk(spec, PLATFORM, DISPLAY, "h", cache=cache, url_template=server.template())
+    got = fetch_sdk(spec, PLATFORM, C4_DISPLAY, "h", cache=cache, url_template=server.template())
     assert got.finding is None and got.path == cache / f"sdk-{sha[:16]}" / "microkit-sdk-2.0.1"
     assert (got.path / "bin" / "microkit").is_file()
     assert got.provenance.endswith(f"archive sha256 {sha}")
@@ -207,7 +180,7 @@ def test_sdk_is_downloaded_verified_unpacked_once(
     marker = got.path.parent / COMPLETE_STAMP
     stamp = marker.stat().st_mtime_ns
     server.close()  # the cache must serve the second call on its own
-    again = fetch_sdk(spec, PLATFORM, DISPLAY, "h", cache=cache, url_template=server.template())
+    again = fetch_sdk(spec, PLATFORM, C4_DISPLAY, "h", cache=cache, url_template=server.template())
     assert again == got and marker.stat().st_mtime_ns == stamp  # not unpacked again
 
 
@@ -219,7 +192,7 @@ def test_sdk_with_the_wrong_hash_is_discarded(
     got = fetch_sdk(
         spec_with(odroidc4, "0" * 64),
         PLATFORM,
-        DISPLAY,
+        C4_DISPLAY,
         "h",
         cache=cache,
         url_template=server.template(),
@@ -237,7 +210,7 @@ def test_sdk_without_a_pinned_hash_is_never_downloaded(
     got = fetch_sdk(
         odroidc4.microkit,  # the real board: every platform's hash is null
         PLATFORM,
-        DISPLAY,
+        C4_DISPLAY,
         "pass --microkit-sdk DIR",
         cache=tmp_path,
         url_template=server.template(),
@@ -251,18 +224,12 @@ def test_sdk_without_a_pinned_hash_is_never_downloaded(
     assert server.requests == []
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_unreachable_sdk_host_is_a_clear_finding(odroidc4: Board, tmp_path: Path) -> None:
     port = closed_port()
     got = fetch_sdk(
         spec_with(odroidc4, "0" * 64),
         PLATFORM,
-        DISPLAY,
+        C4_DISPLAY,
         "h",
         cache=tmp_path,
         url_template=f"http://127.0.0.1:{port}/{{version}}/sdk-{{platform}}.tar.gz",
@@ -279,23 +246,13 @@ def test_unreachable_sdk_host_is_a_clear_finding(odroidc4: Board, tmp_path: Path
 # --- the build step fetching what was not given -----------------------------------------
 
 
-def runner_with_guest(tmp_path: Path) -> StepRunner:
-    runner = StepRunner(tmp_path / "build", force=False)
-    (tmp_path / "guest").mkdir(parents=True)
-    for name in ("kernel_image", "initramfs", "dts", "dtb"):
-        path = tmp_path / "guest" / name
-        path.write_text(f"placeholder {name}\n")
-        runner.artifacts[name] = Artifact.of(path)
-    return runner
-
-
 def test_build_step_fetches_all_three_and_builds(
     odroidc4: Board, tmp_path: Path, served: tuple[Served, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, sha = served
     libvmm_up, sddf_up = tmp_path / "libvmm-up", tmp_path / "sddf-up"
-    libvmm_first, _ = make_repo(libvmm_up, FIXTURES / "standin-libvmm")
-    sddf_first, _ = make_repo(sddf_up, FIXTURES / "standin-libvmm" / "dep" / "sddf")
+    libvmm_first, _ = make_repo(libvmm_up, STANDIN_LIBVMM)
+    sddf_first, _ = make_repo(sddf_up, STANDIN_LIBVMM / "dep" / "sddf")
     board = dataclasses.replace(
         odroidc4,
         microkit=dataclasses.replace(
@@ -310,7 +267,7 @@ def test_build_step_fetches_all_three_and_builds(
     given = resolve_inputs({}, None, env, cwd=tmp_path, config_dir=tmp_path, fetch=True)
     given = dataclasses.replace(given, python=STANDIN_PYTHON)
     runner = runner_with_guest(tmp_path)
-    run_step(board, DISPLAY, runner, given, require_image=True)
+    run_step(board, C4_DISPLAY, runner, given, require_image=True)
     rec = runner.records[-1]
     assert (rec.name, rec.status) == ("microkit", "built")
     assert runner.artifacts["loader_img"].path.is_file()
@@ -327,7 +284,7 @@ def test_build_step_fetches_all_three_and_builds(
     ]
     # A second build reuses the cache (server gone) and make is not run again.
     server.close()
-    run_step(board, DISPLAY, runner, given, require_image=True)
+    run_step(board, C4_DISPLAY, runner, given, require_image=True)
     assert runner.records[-1].status == "cached"
 
 
@@ -348,7 +305,7 @@ def test_offline_build_names_each_missing_input_and_how(
     env = {"NETVM_MICROKIT_SDK_URL": f"http://127.0.0.1:{port}/{{version}}/{{platform}}.tgz"}
     given = resolve_inputs({}, None, env, cwd=tmp_path, config_dir=tmp_path, fetch=True)
     runner = runner_with_guest(tmp_path)
-    run_step(board, DISPLAY, runner, given, require_image=False)
+    run_step(board, C4_DISPLAY, runner, given, require_image=False)
     rec = runner.records[-1]
     assert rec.status == "skipped"  # exit 0 without --require-image, with the reasons
     # One short line; --require-image gives every reason in full.
@@ -357,7 +314,7 @@ def test_offline_build_names_each_missing_input_and_how(
         "(--require-image says why)"
     )
     with pytest.raises(UserError) as err:
-        run_step(board, DISPLAY, runner_with_guest(tmp_path / "b"), given, require_image=True)
+        run_step(board, C4_DISPLAY, runner_with_guest(tmp_path / "b"), given, require_image=True)
     assert [f.key for f in err.value.findings] == [
         f"microkit.sdk_sha256.{PLATFORM}",
         "microkit.libvmm",
@@ -371,13 +328,13 @@ def test_offline_build_names_each_missing_input_and_how(
 
 def test_fetch_missing_leaves_given_inputs_alone(odroidc4: Board, tmp_path: Path) -> None:
     given = resolve_inputs(
-        {"microkit_sdk": str(FIXTURES / "standin-microkit-sdk"), "libvmm": "x", "sddf": "y"},
+        {"microkit_sdk": str(STANDIN_SDK), "libvmm": "x", "sddf": "y"},
         None,
         {},
         cwd=tmp_path,
         config_dir=tmp_path,
         fetch=True,
     )
-    outcome = fetch_missing(odroidc4, DISPLAY, given, cache=tmp_path / "c")
+    outcome = fetch_missing(odroidc4, C4_DISPLAY, given, cache=tmp_path / "c")
     assert outcome.inputs == given and outcome.failures == {}
     assert not (tmp_path / "c").exists()  # nothing fetched, nothing touched

@@ -18,7 +18,6 @@ import re
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,11 +47,9 @@ from netvm.target.sdcard import (
     write_card,
 )
 from netvm.target.tftp import TftpServer
+from tests.harness import FIXTURES, ROOT, invoke_in_process, run_invoke
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "flash"
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-INVOKE = str(Path(sys.executable).with_name("invoke"))
 QEMU_LOAD = 0x40400000  # QEMU virt RAM (kernel_addr_r); the C4's 0x20000000 is not RAM there
 
 
@@ -220,10 +217,9 @@ def test_plan_reads_loader_img_from_the_manifest(odroidc4: Board, tmp_path: Path
 def test_cli_dry_run_tftp(tmp_path: Path) -> None:
     image = tmp_path / "loader.img"
     image.write_bytes(b"sel4")
-    proc = subprocess.run(
-        [INVOKE, "flash", "--board", "odroidc4", "--serial", "/dev/null", "--image", str(image),
-         "--server-ip", "10.1.1.1", "--dry-run"],
-        cwd=ROOT, capture_output=True, text=True,
+    proc = invoke_in_process(
+        "flash", "--board", "odroidc4", "--serial", "/dev/null", "--image", str(image),
+        "--server-ip", "10.1.1.1", "--dry-run",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1:] == [
@@ -238,12 +234,7 @@ def test_cli_dry_run_tftp(tmp_path: Path) -> None:
 def test_cli_tftp_without_serial_is_a_user_error(tmp_path: Path) -> None:
     image = tmp_path / "loader.img"
     image.write_bytes(b"sel4")
-    proc = subprocess.run(
-        [INVOKE, "flash", "--board", "odroidc4", "--image", str(image)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_invoke("flash", "--board", "odroidc4", "--image", str(image))
     assert proc.returncode == USER_ERROR_EXIT
     assert proc.stderr.startswith("error: --method tftp needs --serial DEV")
     assert "Traceback" not in proc.stderr
@@ -258,7 +249,7 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("payload")
     obj = out / "payload.o"
     subprocess.run(
-        ["aarch64-linux-gnu-as", "-o", str(obj), str(FIXTURES / "payload.S")], check=True
+        ["aarch64-linux-gnu-as", "-o", str(obj), str(FIXTURES / "flash" / "payload.S")], check=True
     )
     image = out / "Image"
     subprocess.run(["aarch64-linux-gnu-objcopy", "-O", "binary", str(obj), str(image)], check=True)

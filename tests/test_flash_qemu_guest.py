@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netvm.board import load_board
+from netvm.board import Board
 from netvm.builder.build import BuildOptions, build
 from netvm.core.workspace import Workspace
 from netvm.target.flash import (
@@ -27,15 +27,14 @@ from netvm.target.flash import (
     FlashOptions,
     flash_board,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT
 
 
 @pytest.mark.qemu
-def test_flash_boots_the_qemu_guest_to_the_driver(tmp_path: Path) -> None:
+def test_flash_boots_the_qemu_guest_to_the_driver(qemu_board: Board, tmp_path: Path) -> None:
     if not QEMU_UBOOT.is_file():
         pytest.fail(f"{QEMU_UBOOT} missing: apt-get install u-boot-qemu")
-    board = load_board("qemu_virt_aarch64", ROOT)
+    board = qemu_board
     # Cached: returns the built artifacts.
     manifest = build(board, Workspace.at(ROOT), BuildOptions())
     sizes = {k: manifest["artifacts"][k]["bytes"] for k in ("kernel_image", "dtb", "initramfs")}

@@ -14,8 +14,8 @@ from netvm.core.workspace import Workspace
 from netvm.guest.kconfig import merged_requests, parse_fragment
 from netvm.guest.kernel import ARM64_IMAGE_MAGIC, configure, diffconfig
 from netvm.guest.kernelsrc import KernelSource
+from tests.harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 # Requests the 6.12 arm64 tree cannot honour from allnoconfig, one per kind of reason.
@@ -127,19 +127,19 @@ def test_diffconfig_without_a_configured_kernel_is_a_user_error(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_the_odroidc4_kernel_builds_audited_and_small(odroidc4: Board) -> None:
-    """One real kernel build (in the repository's build dir, so later builds reuse it)."""
-    manifest = build(
-        odroidc4, Workspace.at(ROOT), BuildOptions(skip=frozenset({"rootfs", "microkit"}))
-    )
+    """One real kernel build (in the session's build dir, so later builds reuse it)."""
+    ws = Workspace.at(ROOT)
+    manifest = build(odroidc4, ws, BuildOptions(skip=frozenset({"rootfs", "microkit"})))
     step = next(s for s in manifest["steps"] if s["name"] == "kernel")
     assert step["status"] in ("built", "cached")
     arts = manifest["artifacts"]
-    image = ROOT / arts["kernel_image"]["path"]
+    # Manifest paths are relative to the workspace's root when inside it.
+    image = ws.root / arts["kernel_image"]["path"]
     assert image.read_bytes()[56:60] == ARM64_IMAGE_MAGIC
     assert arts["kernel_image"]["bytes"] <= 5 * MiB
-    audit = json.loads((ROOT / arts["kernel_audit"]["path"]).read_text())
+    audit = json.loads((ws.root / arts["kernel_audit"]["path"]).read_text())
     assert audit["mismatches"] == []
-    config = (ROOT / arts["kernel_config"]["path"]).read_text().splitlines()
+    config = (ws.root / arts["kernel_config"]["path"]).read_text().splitlines()
     for needed in (
         "CONFIG_UIO_PDRV_GENIRQ=y",
         "CONFIG_PACKET=y",
@@ -155,7 +155,5 @@ def test_the_odroidc4_kernel_builds_audited_and_small(odroidc4: Board) -> None:
     assert details["image_bytes"] == arts["kernel_image"]["bytes"]
     print(f"Image {details['image_bytes']} bytes, built in {details['build_seconds']} s")
 
-    again = build(
-        odroidc4, Workspace.at(ROOT), BuildOptions(skip=frozenset({"rootfs", "microkit"}))
-    )
+    again = build(odroidc4, ws, BuildOptions(skip=frozenset({"rootfs", "microkit"})))
     assert next(s for s in again["steps"] if s["name"] == "kernel")["status"] == "cached"

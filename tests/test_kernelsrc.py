@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import socket
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 
 from netvm.core.errors import UserError
 from netvm.guest.kernelsrc import local_source, tarball_source
+from tests.harness import ServedDirectory, closed_port
 
 MAKEFILE = "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 99\nEXTRAVERSION =\n"
 
@@ -36,21 +33,8 @@ def tarball(tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture()
 def server(tarball: tuple[Path, str]) -> Iterator[tuple[str, list[str]]]:
     """An HTTP server on localhost serving the tarball; yields its URL and request log."""
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, fmt: str, *args: object) -> None:
-            requests.append(self.path)
-
-    handler = functools.partial(Handler, directory=str(tarball[0].parent))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}/{tarball[0].name}", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with ServedDirectory.serving(tarball[0].parent) as served:
+        yield served.url(tarball[0].name), served.requests
 
 
 @pytest.fixture(autouse=True)
@@ -84,11 +68,8 @@ def test_a_wrong_sha256_is_refused_and_nothing_is_kept(
 
 
 def test_offline_is_a_clear_error() -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with pytest.raises(UserError) as err:
-        tarball_source(f"http://127.0.0.1:{port}/linux-6.12.99.tar.xz", "1" * 64)
+        tarball_source(f"http://127.0.0.1:{closed_port()}/linux-6.12.99.tar.xz", "1" * 64)
     finding = err.value.findings[0]
     assert finding.message.startswith("cannot download kernel tarball http://127.0.0.1:")
     assert "place the file at" in finding.hint and "linux-6.12.99.tar.xz" in finding.hint

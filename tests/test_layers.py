@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "netvm"
+from tests.harness import ROOT
+
+PACKAGE = ROOT / "netvm"
 
 # Lowest first. `netvm` itself (its version) sits below them all.
 LAYERS = ("core", "board", "guest", "microkit", "builder", "sim", "target", "bench")

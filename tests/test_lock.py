@@ -8,11 +8,8 @@ packed into an archive here, because no real SDK can exist on the test machines.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,22 +21,23 @@ from netvm.core.files import file_sha256
 from netvm.core.workspace import cache_dir
 from netvm.guest.kernelsrc import KernelSource
 from netvm.microkit.handoff import host_platform, resolve_inputs
-
-ROOT = Path(__file__).resolve().parent.parent
-STANDIN_SDK = ROOT / "tests" / "fixtures" / "microkit" / "standin-microkit-sdk"
-INVOKE = str(Path(sys.executable).with_name("invoke"))
+from tests.harness import (
+    ROOT,
+    STANDIN_SDK,
+    CliResult,
+    copy_board,
+    invoke_in_process,
+    scratch_name,
+    standin_sdk_archive,
+    without_netvm_inputs,
+)
 
 
 @pytest.fixture()
 def board_copy(tmp_path: Path) -> Board:
     """The C4 board in a directory of its own, so its lock file is the test's."""
-    board_dir = tmp_path / "board"
-    board_dir.mkdir()
-    name = f"locktest_{tmp_path.name.lower().replace('-', '_')}"[:40]
-    text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
-    (board_dir / "board.yaml").write_text(text.replace("name: odroidc4", f"name: {name}", 1))
-    shutil.copy(ROOT / "boards" / "odroidc4" / "kernel.config", board_dir)
-    return load_board(str(board_dir / "board.yaml"), ROOT)
+    board_file = copy_board(tmp_path / "board", name=scratch_name("locktest", tmp_path))
+    return load_board(str(board_file), ROOT)
 
 
 def sdk_archive(tmp_path: Path, marker: str) -> Path:
@@ -47,10 +45,7 @@ def sdk_archive(tmp_path: Path, marker: str) -> Path:
     tree = tmp_path / f"sdk-{marker}" / "microkit-sdk-2.0.1"
     shutil.copytree(STANDIN_SDK, tree)
     (tree / "marker").write_text(marker)
-    archive = tmp_path / f"sdk-{marker}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tree, arcname=tree.name)
-    return archive
+    return standin_sdk_archive(tmp_path / f"sdk-{marker}.tar.gz", tree)
 
 
 def lock_inputs(kernel_src: KernelSource, sdk: Path | None = None) -> LockInputs:
@@ -168,15 +163,13 @@ def test_drift_of_plain_data() -> None:
     ]
 
 
-def test_cli_lock_and_locked_build(board_copy: Board) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
+def test_cli_lock_and_locked_build(board_copy: Board, build_root: Path) -> None:
+    env = without_netvm_inputs()
     board = str(board_copy.file)
     skip = ["--skip", "kernel", "--skip", "rootfs", "--skip", "dtb", "--skip", "microkit"]
 
-    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [INVOKE, *args, "--board", board], cwd=ROOT, capture_output=True, text=True, env=env
-        )
+    def invoke(*args: str) -> CliResult:
+        return invoke_in_process(*args, "--board", board, env=env)
 
     made = invoke("lock")
     assert made.returncode == 0, made.stderr
@@ -194,4 +187,4 @@ def test_cli_lock_and_locked_build(board_copy: Board) -> None:
         "netvm.lock: microkit.sdfgen.commit: locked '9912db6275621f1691d2149ce6f063ca7bbb488e', "
         f"now '{moved}'"
     ) in bad.stderr
-    shutil.rmtree(ROOT / "build" / board_copy.name, ignore_errors=True)
+    shutil.rmtree(build_root / board_copy.name, ignore_errors=True)

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +24,11 @@ from invoke import Config
 from netvm.board import Board, GitPin, SdfgenPin, load_board
 from netvm.builder.build import BuildOptions, build
 from netvm.core.errors import USER_ERROR_EXIT, Finding, UserError
-from netvm.core.pipeline import Artifact, StepRunner
+from netvm.core.pipeline import StepRunner
 from netvm.core.workspace import Workspace
 from netvm.microkit.checks import check_given_files
 from netvm.microkit.handoff import (
+    CheckedInputs,
     GuestArtifacts,
     MicrokitInputs,
     check_inputs,
@@ -37,18 +37,25 @@ from netvm.microkit.handoff import (
     resolve_inputs,
     run_step,
 )
+from tests.harness import (
+    C4_DISPLAY,
+    MICROKIT_FIXTURES,
+    ROOT,
+    STANDIN_LIBVMM,
+    STANDIN_PYTHON,
+    STANDIN_SDK,
+    copy_board,
+    invoke_in_process,
+    needs_real_toolchain,
+    runner_with_guest,
+    scratch_name,
+    standin_sdk_archive,
+    without_netvm_inputs,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "microkit"
-STANDIN_SDK = FIXTURES / "standin-microkit-sdk"
-STANDIN_LIBVMM = FIXTURES / "standin-libvmm"
-# python3 with the stand-in of the driver-VM sdfgen on its path (standin-sdfgen/)
-STANDIN_PYTHON = str(FIXTURES / "standin-sdfgen" / "python")
 LIBVMM_PIN = "ecd3666a836bb4d1094a64af81ef11b482302d73"
 SDDF_PIN = "5febd61c5be1e719d3c51bddba63e258a433ac05"
 SDFGEN_PIN = "9912db6275621f1691d2149ce6f063ca7bbb488e"
-INVOKE = str(Path(sys.executable).with_name("invoke"))
-DISPLAY = "boards/odroidc4/board.yaml"
 
 
 def inputs(**kw: object) -> MicrokitInputs:
@@ -56,22 +63,6 @@ def inputs(**kw: object) -> MicrokitInputs:
     flags.update({k: str(v) if v is not None else None for k, v in kw.items()})
     got = resolve_inputs(flags, None, {}, cwd=ROOT, config_dir=ROOT)
     return dataclasses.replace(got, python=STANDIN_PYTHON)
-
-
-def runner_with_guest(tmp_path: Path) -> StepRunner:
-    runner = StepRunner(tmp_path / "build", force=False)
-    files = {
-        "kernel_image": b"placeholder-kernel-image\n",
-        "initramfs": b"placeholder-initramfs\n",
-        "dts": b"/dts-v1/;\n/ { placeholder; };\n",
-        "dtb": b"placeholder-dtb\n",
-    }
-    (tmp_path / "guest").mkdir()
-    for name, data in files.items():
-        path = tmp_path / "guest" / name
-        path.write_bytes(data)
-        runner.artifacts[name] = Artifact.of(path)
-    return runner
 
 
 def record(runner: StepRunner) -> dict[str, str]:
@@ -97,14 +88,10 @@ def test_odroidc4_pins_the_upstream_inputs(odroidc4: Board) -> None:
 
 
 def test_bad_pins_are_reported_with_their_keys(tmp_path: Path) -> None:
-    text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
-    text = text.replace(f"commit: {LIBVMM_PIN}", "commit: main").replace(
-        "linux-x86-64: null", "linux-x86-64: abc"
-    )
-    (tmp_path / "board.yaml").write_text(text)
-    shutil.copy(ROOT / "boards" / "odroidc4" / "kernel.config", tmp_path)
+    edit = {f"commit: {LIBVMM_PIN}": "commit: main", "linux-x86-64: null": "linux-x86-64: abc"}
+    board_file = copy_board(tmp_path, edit=edit)
     with pytest.raises(UserError) as err:
-        load_board(str(tmp_path / "board.yaml"), ROOT)
+        load_board(str(board_file), ROOT)
     keys = [f.key for f in err.value.findings]
     assert keys == ["microkit.sdk_sha256.linux-x86-64", "microkit.libvmm.commit"]
     assert "never guess a hash" in err.value.findings[0].hint
@@ -183,21 +170,15 @@ def test_require_image_without_inputs_is_an_error(odroidc4: Board, tmp_path: Pat
 
 
 @pytest.fixture()
-def scratch_board(tmp_path: Path) -> Iterator[Path]:
+def scratch_board(tmp_path: Path, build_root: Path) -> Iterator[Path]:
     """A copy of the C4 board under another name, so the CLI writes its own build dir."""
-    name = f"mktest_{tmp_path.name.lower().replace('-', '_')}"[:40]
-    board_dir = tmp_path / "board"
-    board_dir.mkdir()
-    text = (ROOT / "boards" / "odroidc4" / "board.yaml").read_text()
-    (board_dir / "board.yaml").write_text(text.replace("name: odroidc4", f"name: {name}", 1))
-    shutil.copy(ROOT / "boards" / "odroidc4" / "kernel.config", board_dir)
-    yield board_dir / "board.yaml"
-    shutil.rmtree(ROOT / "build" / name, ignore_errors=True)
+    name = scratch_name("mktest", tmp_path)
+    yield copy_board(tmp_path / "board", name=name)
+    shutil.rmtree(build_root / name, ignore_errors=True)
 
 
 def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Path) -> None:
     base = [
-        INVOKE,
         "build",
         "--board",
         str(scratch_board),
@@ -208,8 +189,8 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
         "--skip",
         "dtb",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETVM_")}
-    ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, env=env)
+    env = without_netvm_inputs()
+    ok = invoke_in_process(*base, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "microkit  skipped" in ok.stdout
     # The skip is said once, in one short line; the build never touched the network.
@@ -217,9 +198,7 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
     (line,) = [ln for ln in ok.stdout.splitlines() if "loader.img not built" in ln]
     assert len(line) < 120 and "docs/microkit.md" in line
     assert "fetching" not in ok.stderr
-    strict = subprocess.run(
-        [*base, "--require-image"], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    strict = invoke_in_process(*base, "--require-image", env=env)
     assert strict.returncode == USER_ERROR_EXIT
     assert "Traceback" not in strict.stderr
     assert "microkit.sdk_version: loader.img needs the Microkit SDK" in strict.stderr
@@ -230,7 +209,7 @@ def test_cli_build_exit_status_with_and_without_require_image(scratch_board: Pat
 
 
 def test_standin_inputs_pass_with_provenance(odroidc4: Board, tmp_path: Path) -> None:
-    checked = check_inputs(odroidc4, DISPLAY, inputs(), tmp_path)
+    checked = check_inputs(odroidc4, C4_DISPLAY, inputs(), tmp_path)
     assert checked.sdk_version == "2.0.1"
     assert checked.sdfgen_version == f"0.27.0 (commit {SDFGEN_PIN[:12]})"
     assert checked.example == STANDIN_LIBVMM / "examples" / "eth_driver_vm"
@@ -248,7 +227,7 @@ def test_sdk_version_mismatch_is_explained(odroidc4: Board, tmp_path: Path) -> N
     shutil.copytree(STANDIN_SDK, sdk)
     (sdk / "VERSION").write_text("2.2.0\n")
     with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
+        check_inputs(odroidc4, C4_DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
     assert err.value.render() == (
         f"error: boards/odroidc4/board.yaml: microkit.sdk_version: the Microkit SDK at {sdk} "
         "(--microkit-sdk) is version 2.2.0, the board pins 2.0.1 (hint: use "
@@ -264,7 +243,7 @@ def test_sdk_without_the_board_lists_its_boards(tmp_path: Path) -> None:
     shutil.rmtree(sdk / "board" / "odroidc4" / "release")
     board = load_board("odroidc4", ROOT)
     with pytest.raises(UserError) as err:
-        check_inputs(board, DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
+        check_inputs(board, C4_DISPLAY, inputs(microkit_sdk=sdk), tmp_path / "work")
     (finding,) = err.value.findings
     assert finding.key == "microkit.board"
     assert finding.message == f"the SDK at {sdk} has no board 'odroidc4' in config 'release'"
@@ -272,22 +251,20 @@ def test_sdk_without_the_board_lists_its_boards(tmp_path: Path) -> None:
 
 
 def make_archive(tmp_path: Path) -> Path:
-    archive = tmp_path / "microkit-sdk-2.0.1-linux-x86-64.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(STANDIN_SDK, arcname="microkit-sdk-2.0.1")
-    return archive
+    return standin_sdk_archive(tmp_path / "microkit-sdk-2.0.1-linux-x86-64.tar.gz")
+
+
+def check_archive(board: Board, archive: Path, work: Path) -> CheckedInputs:
+    """check_inputs with the SDK given as `archive`, on linux-x86-64."""
+    return check_inputs(
+        board, C4_DISPLAY, inputs(microkit_sdk=archive), work, platform_name="linux-x86-64"
+    )
 
 
 def test_unpinned_sdk_archive_is_refused(odroidc4: Board, tmp_path: Path) -> None:
     archive = make_archive(tmp_path)
     with pytest.raises(UserError) as err:
-        check_inputs(
-            odroidc4,
-            DISPLAY,
-            inputs(microkit_sdk=archive),
-            tmp_path / "work",
-            platform_name="linux-x86-64",
-        )
+        check_archive(odroidc4, archive, tmp_path / "work")
     (finding,) = err.value.findings
     assert finding.key == "microkit.sdk_sha256.linux-x86-64"
     assert "no sha256 is pinned for the linux-x86-64 SDK archive" in finding.message
@@ -303,9 +280,7 @@ def test_pinned_sdk_archive_is_verified_and_unpacked(odroidc4: Board, tmp_path: 
         odroidc4,
         microkit=dataclasses.replace(odroidc4.microkit, sdk_sha256=(("linux-x86-64", digest),)),
     )
-    checked = check_inputs(
-        pinned, DISPLAY, inputs(microkit_sdk=archive), tmp_path / "w", platform_name="linux-x86-64"
-    )
+    checked = check_archive(pinned, archive, tmp_path / "w")
     assert checked.sdk == tmp_path / "w" / f"sdk-{digest[:16]}" / "microkit-sdk-2.0.1"
     assert (checked.sdk / "bin" / "microkit").is_file()
     assert checked.provenance["microkit_sdk"] == f"verified: archive sha256 {digest}"
@@ -314,13 +289,7 @@ def test_pinned_sdk_archive_is_verified_and_unpacked(odroidc4: Board, tmp_path: 
         microkit=dataclasses.replace(pinned.microkit, sdk_sha256=(("linux-x86-64", "0" * 64),)),
     )
     with pytest.raises(UserError) as err:
-        check_inputs(
-            wrong,
-            DISPLAY,
-            inputs(microkit_sdk=archive),
-            tmp_path / "w2",
-            platform_name="linux-x86-64",
-        )
+        check_archive(wrong, archive, tmp_path / "w2")
     assert f"has sha256 {digest}, the board pins {'0' * 64}" in str(err.value)
 
 
@@ -339,7 +308,7 @@ def test_libvmm_commit_is_checked_against_the_pin(odroidc4: Board, tmp_path: Pat
     libvmm = tmp_path / "libvmm"
     head = git_copy(STANDIN_LIBVMM, libvmm)
     with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
+        check_inputs(odroidc4, C4_DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
     (finding,) = err.value.findings
     assert finding.key == "microkit.libvmm.commit"
     assert finding.message == (
@@ -349,7 +318,7 @@ def test_libvmm_commit_is_checked_against_the_pin(odroidc4: Board, tmp_path: Pat
     pinned = dataclasses.replace(
         odroidc4, microkit=dataclasses.replace(odroidc4.microkit, libvmm=GitPin(None, head[:10]))
     )
-    checked = check_inputs(pinned, DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
+    checked = check_inputs(pinned, C4_DISPLAY, inputs(libvmm=libvmm), tmp_path / "w")
     assert checked.provenance["libvmm"] == f"verified: git commit {head}"
 
 
@@ -358,7 +327,7 @@ def standin_sdfgen_copy(
 ) -> str:
     """A copy of the stand-in sdfgen with another version, install record or API."""
     root = tmp_path / "sdfgen-variant"
-    shutil.copytree(FIXTURES / "standin-sdfgen", root)
+    shutil.copytree(MICROKIT_FIXTURES / "standin-sdfgen", root)
     info = root / "sdfgen-0.27.0.dist-info"
     meta = info / "METADATA"
     meta.write_text(meta.read_text().replace("Version: 0.27.0", f"Version: {version}"))
@@ -375,7 +344,7 @@ def standin_sdfgen_copy(
 
 def sdfgen_finding(odroidc4: Board, tmp_path: Path, python: str, also: str = "") -> Finding:
     with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path)
+        check_inputs(odroidc4, C4_DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path)
     (finding,) = err.value.findings
     assert finding.key == "microkit.sdfgen"
     # Every sdfgen problem says in one line how to get the pinned one.
@@ -424,7 +393,7 @@ def test_sdfgen_release_without_driver_vm_support(odroidc4: Board, tmp_path: Pat
 def test_sdfgen_from_a_local_tree_is_accepted_unverified(odroidc4: Board, tmp_path: Path) -> None:
     python = standin_sdfgen_copy(tmp_path, version="0.27.0", commit=None, driver_vm=True)
     checked = check_inputs(
-        odroidc4, DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path
+        odroidc4, C4_DISPLAY, dataclasses.replace(inputs(), python=python), tmp_path
     )
     assert checked.sdfgen_version == "0.27.0"
     assert checked.provenance["sdfgen"] == (
@@ -454,7 +423,7 @@ def test_missing_host_tools_are_one_error(
     ]
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, inputs(), tmp_path)
+        check_inputs(odroidc4, C4_DISPLAY, inputs(), tmp_path)
     (tools,) = err.value.findings  # everything else passes
     assert tools.key == "microkit"
     assert tools.message == (
@@ -470,7 +439,7 @@ def test_all_problems_come_in_one_error(odroidc4: Board, tmp_path: Path) -> None
     (sdk / "VERSION").write_text("1.4.1\n")
     bad = dataclasses.replace(inputs(microkit_sdk=sdk, libvmm=tmp_path / "nope"), sddf=None)
     with pytest.raises(UserError) as err:
-        check_inputs(odroidc4, DISPLAY, bad, tmp_path / "w")
+        check_inputs(odroidc4, C4_DISPLAY, bad, tmp_path / "w")
     assert [f.key for f in err.value.findings] == [
         "microkit.sddf",
         "microkit.sdk_version",
@@ -482,7 +451,7 @@ def test_all_problems_come_in_one_error(odroidc4: Board, tmp_path: Path) -> None
 
 
 def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
-    checked = check_inputs(odroidc4, DISPLAY, inputs(), tmp_path / "w")
+    checked = check_inputs(odroidc4, C4_DISPLAY, inputs(), tmp_path / "w")
     guest = GuestArtifacts(
         Path("/g/Image"), Path("/g/initramfs.cpio.gz"), Path("/g/guest.dts"), Path("/g/guest.dtb")
     )
@@ -511,7 +480,7 @@ def test_make_command_line_is_exact(odroidc4: Board, tmp_path: Path) -> None:
 
 def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) -> None:
     runner = runner_with_guest(tmp_path)
-    run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+    run_step(odroidc4, C4_DISPLAY, runner, inputs(), require_image=True)
     rec = runner.records[-1]
     assert (rec.name, rec.status) == ("microkit", "built")
     loader = runner.artifacts["loader_img"]
@@ -535,7 +504,7 @@ def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) 
     assert log.read_text().startswith("$ make -C ")
     assert rec.details["sdk_version"] == "2.0.1"
 
-    run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+    run_step(odroidc4, C4_DISPLAY, runner, inputs(), require_image=True)
     assert runner.records[-1].status == "cached"
 
 
@@ -544,7 +513,7 @@ def test_loader_img_is_the_same_when_built_again(odroidc4: Board, tmp_path: Path
     images = []
     for _ in range(2):
         shutil.rmtree(runner.build_dir / "microkit", ignore_errors=True)
-        run_step(odroidc4, DISPLAY, runner, inputs(), require_image=True)
+        run_step(odroidc4, C4_DISPLAY, runner, inputs(), require_image=True)
         assert runner.records[-1].status == "built"
         images.append(runner.artifacts["loader_img"])
     assert images[0].sha256 == images[1].sha256
@@ -572,7 +541,7 @@ def test_failing_make_reports_the_log_tail(
     monkeypatch.setenv("STANDIN_FAIL", "1")
     runner = runner_with_guest(tmp_path)
     with pytest.raises(UserError) as err:
-        run_step(odroidc4, DISPLAY, runner, inputs(), require_image=False)
+        run_step(odroidc4, C4_DISPLAY, runner, inputs(), require_image=False)
     (finding,) = err.value.findings
     assert finding.key == "microkit"
     assert "exited with status 2" in finding.message
@@ -588,7 +557,7 @@ def test_wrong_inputs_fail_the_step_even_without_require_image(
     with pytest.raises(UserError):
         run_step(
             odroidc4,
-            DISPLAY,
+            C4_DISPLAY,
             runner,
             inputs(libvmm=tmp_path / "missing", sddf=STANDIN_LIBVMM / "dep" / "sddf"),
             require_image=False,
@@ -631,10 +600,7 @@ REAL_TOOLCHAIN = ("NETVM_MICROKIT_SDK", "NETVM_LIBVMM", "NETVM_SDDF", "NETVM_MIC
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not all(os.environ.get(v) for v in REAL_TOOLCHAIN),
-    reason="needs the real toolchain: set " + ", ".join(REAL_TOOLCHAIN) + " (docs/microkit.md)",
-)
+@needs_real_toolchain(REAL_TOOLCHAIN, "docs/microkit.md")
 def test_real_toolchain_builds_the_same_loader_img_twice(odroidc4: Board, tmp_path: Path) -> None:
     given = resolve_inputs({}, None, os.environ, cwd=ROOT, config_dir=ROOT)
     options = BuildOptions(microkit=given, require_image=True)

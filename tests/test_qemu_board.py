@@ -6,27 +6,31 @@ Fast tests (no guest boots). Regenerate the golden files after an intended chang
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from netvm.board import Board, QemuBaseSpec, Region, load_board, parse_board
+from netvm.board import Board, QemuBaseSpec, Region
 from netvm.board.layout import check_board
 from netvm.core.errors import UserError
-from netvm.core.yamlio import load_yaml
-from netvm.guest.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
+from netvm.guest.devicetree import DtbResult, check_guest_dtb, initrd_window
 from netvm.guest.fdt import cells, parse_dtb, strings, u64_pairs
 from netvm.guest.kernelsrc import KernelSource
 from netvm.guest.qemu_machine import VIRTIO_DEVICES, dump_base_dts, machine_args
-from netvm.guest.render import planned_files, render_all, uio_node_name
+from netvm.guest.render import planned_files, uio_node_name
 from netvm.target.qemu import GuestImages, RunPaths, qemu_command
+from tests.harness import (
+    GOLDEN,
+    HAVE_QEMU,
+    ROOT,
+    build_test_dtb,
+    check_golden,
+    needs_qemu,
+    reparsed_findings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 BOARD = "qemu_virt_aarch64"
-GOLDEN = ROOT / "tests" / "golden" / BOARD
 RENDERED = (
     "overlay.dts",
     "sim.json",
@@ -36,30 +40,11 @@ RENDERED = (
     "rootfs_overlay/etc/netvm/netvm.conf",
 )
 INITRD = Region(0x4E800000, 0x800000)
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed"
-)
-
-
-@pytest.fixture(scope="module")
-def qemu_board() -> Board:
-    return load_board(BOARD, ROOT)
 
 
 def _reparse(board: Board, edit: dict[str, object]) -> list[str]:
     """Findings (as text) after changing top-level keys of the board file."""
-    data = load_yaml(board.file, BOARD)
-    for dotted, value in edit.items():
-        node = data
-        *path, last = dotted.split(".")
-        for key in path:
-            node = node[key]
-        node[last] = value
-    try:
-        parse_board(data, board.file, "board.yaml")
-    except UserError as exc:
-        return [str(f) for f in exc.findings]
-    return []
+    return [str(f) for f in reparsed_findings(board, edit)]
 
 
 def test_rendered_files_are_planned(qemu_board: Board) -> None:
@@ -68,12 +53,7 @@ def test_rendered_files_are_planned(qemu_board: Board) -> None:
 
 @pytest.mark.parametrize("rel", RENDERED)
 def test_rendered_file_matches_golden(qemu_board: Board, rel: str) -> None:
-    text = planned_files(qemu_board, ROOT)[rel][0].decode()
-    golden = GOLDEN / rel
-    if os.environ.get("NETVM_UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text()
+    check_golden(planned_files(qemu_board, ROOT)[rel][0].decode(), GOLDEN / BOARD / rel)
 
 
 def test_board_model(qemu_board: Board) -> None:
@@ -163,14 +143,12 @@ def test_qemu_base_is_dumped_once_and_cached(qemu_board: Board, tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def guest(qemu_board: Board, kernel_src: KernelSource, tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("qemu-system-aarch64") is None:
+def guest(
+    qemu_board: Board, kernel_src: KernelSource, tmp_path_factory: pytest.TempPathFactory
+) -> DtbResult:
+    if not HAVE_QEMU:  # the base tree is QEMU's own
         pytest.skip("qemu-system-aarch64 not installed")
-    out = tmp_path_factory.mktemp("qemu-dtb")
-    rendered = render_all(qemu_board, out / "render", ROOT)
-    return build_guest_dtb(
-        qemu_board, rendered.overlay_dts, kernel_src, out / "dtb", header="test", initrd=INITRD
-    )
+    return build_test_dtb(qemu_board, kernel_src, tmp_path_factory.mktemp("qemu-dtb"), INITRD)
 
 
 def test_guest_dtb_is_qemus_tree_plus_overlay(guest, qemu_board: Board) -> None:

@@ -1,6 +1,6 @@
 """The generated guest under QEMU (TCG) with the simulated VMM on its shared RAM.
 
-One guest build (build/qemu_virt_aarch64, cached by input hash) and one boot serve the
+One guest build (qemu_virt_aarch64 in the build root, cached by input hash) and one boot serve the
 whole module; the reboot test comes last because it reboots that guest. Needs root (the
 peer namespace and its tap) and qemu-system-aarch64. The VMM is netvm's SIMULATION of
 it (netvm.target.qemu_vmm); everything inside the guest is the real generated system.
@@ -8,68 +8,52 @@ it (netvm.target.qemu_vmm); everything inside the guest is the real generated sy
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from netvm.board import Board, load_board
+from netvm.board import Board
 from netvm.core.workspace import Workspace
 from netvm.target.qemu import QemuRun, RunOptions, guest_images, uio_problems
+from tests.harness import QEMU_GUEST, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the peer namespace and tap"),
-    pytest.mark.skipif(
-        shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed"
-    ),
-]
+pytestmark = QEMU_GUEST
 
 
 @pytest.fixture(scope="module")
-def board() -> Board:
-    return load_board("qemu_virt_aarch64", ROOT)
-
-
-@pytest.fixture(scope="module")
-def guest(board: Board) -> Iterator[QemuRun]:
+def guest(qemu_board: Board) -> Iterator[QemuRun]:
     options = RunOptions()
-    images = guest_images(board, Workspace.at(ROOT), options, progress=lambda _msg: None)
-    with QemuRun(board, Workspace.at(ROOT), images, options) as run:
+    images = guest_images(qemu_board, Workspace.at(ROOT), options, progress=lambda _msg: None)
+    with QemuRun(qemu_board, Workspace.at(ROOT), images, options) as run:
         _, line = run.wait_ready()
         print(f"\nQEMU start -> driver event loop: {line.seconds:.2f} s (bar: 2 s under TCG)")
         yield run
 
 
-def test_uio_devices_have_the_boards_names_and_sizes(guest: QemuRun, board: Board) -> None:
+def test_uio_devices_have_the_boards_names_and_sizes(guest: QemuRun, qemu_board: Board) -> None:
     seen = guest.uio_devices()
-    assert uio_problems(board, seen) == []
-    assert set(seen) == {d.name for d in board.uio}
+    assert uio_problems(qemu_board, seen) == []
+    assert set(seen) == {d.name for d in qemu_board.uio}
 
 
-def test_driver_start_up_log(guest: QemuRun, board: Board) -> None:
+def test_driver_start_up_log(guest: QemuRun, qemu_board: Board) -> None:
     console = guest.require_console()
     log = console.driver_log()
     text = "\n".join(log)
     assert "*** Starting up" in text
     assert "*** Setting up UIO devices by name" in text
     for name in ("data_passing", "rx_free", "tx_free", "rx_active", "tx_active"):
-        assert f"({name}) with size {board.uio_device(name).maps[0].size:#x}" in text
+        assert f"({name}) with size {qemu_board.uio_device(name).maps[0].size:#x}" in text
     assert "*** Checking the data passing page" in text
     assert "entering event loop" in text
     assert not [ln for ln in log if "|ERROR" in ln]
 
 
-def test_init_mounted_named_and_prioritised_the_guest(guest: QemuRun, board: Board) -> None:
+def test_init_mounted_named_and_prioritised_the_guest(guest: QemuRun, qemu_board: Board) -> None:
     console = guest.require_console()
     mounts = {line.split()[1] for line in console.run("cat /proc/mounts", 20) if " " in line}
     assert {"/proc", "/sys", "/dev"} <= mounts
-    assert console.run("hostname", 20)[-1] == board.name
+    assert console.run("hostname", 20)[-1] == qemu_board.name
     # The driver runs at the default priority, the console shell below it (netvm-init).
     nice = console.run(
         'for p in /proc/[0-9]*; do read -r s < $p/stat; set -- $s; echo "$2 ${19}"; done', 20

@@ -12,43 +12,31 @@ import os
 import pty
 import re
 import select
-import shutil
 import subprocess
-import sys
 import termios
 import time
 from pathlib import Path
 
-import pytest
-
-from netvm.board import load_board
+from netvm.board import Board
 from netvm.core.workspace import Workspace
 from netvm.guest.render import sim_settings
 from netvm.sim.netns import NetnsConfig
 from netvm.target.qemu import RUN_PREFIX, RunOptions, run_qemu_check
+from tests.harness import INVOKE, QEMU_GUEST, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-INVOKE = str(Path(sys.executable).with_name("invoke"))
-
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the peer namespace and tap"),
-    pytest.mark.skipif(
-        shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed"
-    ),
-]
+pytestmark = QEMU_GUEST
 
 
-def test_check_boots_reaches_the_driver_and_reports() -> None:
-    board = load_board("qemu_virt_aarch64", ROOT)
-    report = run_qemu_check(board, Workspace.at(ROOT), RunOptions(check=True))
+def test_check_boots_reaches_the_driver_and_reports(qemu_board: Board) -> None:
+    board = qemu_board
+    ws = Workspace.at(ROOT)
+    report = run_qemu_check(board, ws, RunOptions(check=True))
     print("\n" + report.summary())
     assert report.boot_seconds is not None, report.reason
     assert report.uio_problems == [] and len(report.uio) == len(board.uio)
     assert any("entering event loop" in line for line in report.driver_log)
     assert report.ended == "guest powered off"
-    saved = json.loads((ROOT / "build" / board.name / "qemu" / "check.json").read_text())
+    saved = json.loads((ws.build_dir(board) / "qemu" / "check.json").read_text())
     assert saved["boot_seconds"] == report.boot_seconds
     assert report.ok, report.reason
     assert all(p["received"] == p["sent"] for p in report.ping)
@@ -83,8 +71,10 @@ class Terminal:
         os.write(self.fd, keys)
 
 
-def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c() -> None:
-    board = load_board("qemu_virt_aarch64", ROOT)
+def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
+    qemu_board: Board,
+) -> None:
+    board = qemu_board
     peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     child, fd = pty.fork()
     if child == 0:  # `invoke run` with the pseudo-terminal as its terminal, as from a shell
@@ -129,8 +119,8 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c() ->
     assert not (Path("/dev/shm") / f"{RUN_PREFIX}{child}").exists()
 
 
-def test_interrupted_check_says_in_which_phase_and_cleans_up() -> None:
-    board = load_board("qemu_virt_aarch64", ROOT)
+def test_interrupted_check_says_in_which_phase_and_cleans_up(qemu_board: Board) -> None:
+    board = qemu_board
     peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     proc = subprocess.Popen(
         [INVOKE, "run", "--board", board.name, "--check"],

@@ -12,17 +12,12 @@ import os
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "driver"))
-
 from netvm_driver import pl011
 
 WORD = struct.Struct("=i")

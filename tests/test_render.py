@@ -14,9 +14,8 @@ import pytest
 
 from netvm.board import Board
 from netvm.guest.render import GUEST_DRIVER_DIR, planned_files, render_all
+from tests.harness import DRIVER_DIR, FIXTURES, GOLDEN, ROOT, check_golden
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden" / "odroidc4"
 # Files rendered from the board model (the rest of the overlay is copied verbatim).
 RENDERED = (
     "overlay.dts",
@@ -29,12 +28,7 @@ RENDERED = (
 
 @pytest.mark.parametrize("rel", RENDERED)
 def test_rendered_file_matches_golden(odroidc4: Board, rel: str) -> None:
-    text = planned_files(odroidc4, ROOT)[rel][0].decode()
-    golden = GOLDEN / rel
-    if os.environ.get("NETVM_UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text()
+    check_golden(planned_files(odroidc4, ROOT)[rel][0].decode(), GOLDEN / "odroidc4" / rel)
 
 
 def test_every_rendered_file_says_it_is_generated(odroidc4: Board) -> None:
@@ -72,9 +66,9 @@ def test_staged_overlay_holds_static_files_driver_and_config(
         copy = staged / path.relative_to(ROOT / "rootfs_overlay")
         assert copy.read_bytes() == path.read_bytes()
         assert os.access(copy, os.X_OK) == os.access(path, os.X_OK)
-    driver = [p for p in (ROOT / "driver" / "netvm_driver").rglob("*.py")]
+    driver = [p for p in (DRIVER_DIR / "netvm_driver").rglob("*.py")]
     for path in driver:
-        rel = path.relative_to(ROOT / "driver" / "netvm_driver")
+        rel = path.relative_to(DRIVER_DIR / "netvm_driver")
         assert (staged / GUEST_DRIVER_DIR / rel).read_bytes() == path.read_bytes()
     config = json.loads((staged / "etc/netvm/driver.json").read_text())
     assert config["uio"]["tx_free"] == {"paddr": 0x210000, "size": 0x5000, "capacity": 1024}
@@ -95,7 +89,7 @@ def test_driver_and_sim_fixtures_are_what_the_board_renders(
     odroidc4: Board, fixture: str, rel: str
 ) -> None:
     # The driver and simulation tests run on these fixtures; they must not drift.
-    path = ROOT / "tests" / "fixtures" / fixture
+    path = FIXTURES / fixture
     rendered = json.loads(planned_files(odroidc4, ROOT)[rel][0])
     if rel == "sim.json":
         del rendered["generated"]  # run_sim takes the settings without it

@@ -22,8 +22,8 @@ from netvm.guest import cpio, rootfs
 from netvm.guest.buildroot import defconfig_name, export_external_tree
 from netvm.guest.render import render_all
 from netvm.guest.rootfs import InitramfsResult, build_initramfs
+from tests.harness import DRIVER_DIR, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EPOCH = 1704067200
 MiB = 1024 * 1024
 FUNCTIONS = ROOT / "rootfs_overlay/usr/lib/netvm/init-functions.sh"
@@ -133,7 +133,7 @@ def test_the_guest_python_runs_the_driver(guest_root: Path) -> None:
     assert "--interface" in help_.stdout
     # The driver goes as bytecode compiled at build time (the guest python's magic was
     # checked), with the same modules as its sources.
-    sources = sorted(p.stem for p in (ROOT / "driver/netvm_driver").glob("*.py"))
+    sources = sorted(p.stem for p in (DRIVER_DIR / "netvm_driver").glob("*.py"))
     assert sorted(p.stem for p in entry.glob("*.pyc")) == sources
     assert not list(entry.glob("*.py"))
 

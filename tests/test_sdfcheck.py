@@ -11,82 +11,76 @@ and runs when its paths are given (REAL_TOOLCHAIN below).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from netvm.board import Board, Region
+from netvm.board import Board
 from netvm.core.errors import USER_ERROR_EXIT, UserError
 from netvm.core.workspace import Workspace
-from netvm.guest.devicetree import DtbResult, build_guest_dtb
-from netvm.guest.kernelsrc import KernelSource
-from netvm.guest.render import render_all
+from netvm.guest.devicetree import DtbResult
 from netvm.microkit.checks import (
     GuestTree,
+    SystemReport,
     check_files,
     check_given_files,
     format_report,
     load_guest_tree,
     parse_system,
 )
+from tests.harness import (
+    ROOT,
+    SYSTEMS,
+    check_golden,
+    import_file,
+    invoke_in_process,
+    needs_real_toolchain,
+    run_invoke,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ROOT / "tests" / "fixtures" / "system"
 GOOD = SYSTEMS / "odroidc4-good.system"
 BROKEN = sorted(p for p in SYSTEMS.glob("*.system") if not p.stem.endswith("-good"))
-INVOKE = str(Path(sys.executable).with_name("invoke"))
-INITRD = Region(0x2E800000, 0x800000)
-
-
-@pytest.fixture(scope="module")
-def guest(odroidc4: Board, kernel_src: KernelSource, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("sdfcheck")
-    rendered = render_all(odroidc4, out / "render", ROOT)
-    return build_guest_dtb(
-        odroidc4, rendered.overlay_dts, kernel_src, out / "dtb", header="test", initrd=INITRD
-    )
 
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
+def check(
+    board: Board, guest: DtbResult, system: Path, display: str | None = None, **kw: bool
+) -> SystemReport:
+    """check_given_files on the guest DTB and `system`, named as `invoke check` names them."""
+    return check_given_files(
+        board,
+        dtb=guest.dtb,
+        system=system,
+        dtb_display="guest.dtb",
+        system_display=display or rel(system),
+        **kw,
+    )
+
+
 # The real toolchain's inputs, as `invoke build` takes them from the environment.
-REAL_TOOLCHAIN = ("NETVM_MICROKIT_PYTHON", "NETVM_LIBVMM", "NETVM_SDDF")
-
-
-@pytest.mark.skipif(
-    not all(os.environ.get(v) for v in REAL_TOOLCHAIN),
-    reason="needs the real toolchain: set " + ", ".join(REAL_TOOLCHAIN) + " (docs/microkit.md)",
-)
+@needs_real_toolchain(("NETVM_MICROKIT_PYTHON", "NETVM_LIBVMM", "NETVM_SDDF"), "docs/microkit.md")
 def test_good_fixture_is_what_the_real_toolchain_renders(
-    odroidc4: Board, guest: DtbResult, tmp_path: Path
+    odroidc4: Board, c4_dtb: DtbResult, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(SYSTEMS))
-    try:
-        from render_real import render_real_system
-    finally:
-        sys.path.remove(str(SYSTEMS))
+    render_real_system = import_file(SYSTEMS / "render_real.py").render_real_system
     rendered = render_real_system(
         odroidc4,
-        guest.dtb,
+        c4_dtb.dtb,
         python=os.environ["NETVM_MICROKIT_PYTHON"],
         libvmm=Path(os.environ["NETVM_LIBVMM"]),
         sddf=Path(os.environ["NETVM_SDDF"]),
         out=tmp_path,
     )
     print("real toolchain: rendered the system description with upstream's meta.py")
-    if os.environ.get("NETVM_UPDATE_GOLDEN"):
-        GOOD.write_text(rendered)  # then re-derive the broken fixtures' defects by hand
-    assert rendered == GOOD.read_text()
+    # Updated with the golden files; then re-derive the broken fixtures' defects by hand.
+    check_golden(rendered, GOOD)
 
 
-def test_good_system_passes_every_check(odroidc4: Board, guest: DtbResult) -> None:
-    report = check_given_files(
-        odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display=rel(GOOD)
-    )
+def test_good_system_passes_every_check(odroidc4: Board, c4_dtb: DtbResult) -> None:
+    report = check(odroidc4, c4_dtb, GOOD)
     assert report.errors == []
     assert (report.vm, report.vmm) == ("linux", "net_driver_vm")
     checked = "\n".join(report.checked)
@@ -122,33 +116,20 @@ def test_good_system_passes_every_check(odroidc4: Board, guest: DtbResult) -> No
 
 
 @pytest.mark.parametrize("system", BROKEN, ids=lambda p: p.stem)
-def test_broken_system_exact_findings(odroidc4: Board, guest: DtbResult, system: Path) -> None:
+def test_broken_system_exact_findings(odroidc4: Board, c4_dtb: DtbResult, system: Path) -> None:
     with pytest.raises(UserError) as err:
-        check_given_files(
-            odroidc4,
-            dtb=guest.dtb,
-            system=system,
-            dtb_display="guest.dtb",
-            system_display=rel(system),
-        )
+        check(odroidc4, c4_dtb, system)
     assert err.value.render() + "\n" == system.with_suffix(".expected").read_text()
 
 
-def test_strict_turns_fault_warnings_into_errors(odroidc4: Board, guest: DtbResult) -> None:
+def test_strict_turns_fault_warnings_into_errors(odroidc4: Board, c4_dtb: DtbResult) -> None:
     with pytest.raises(UserError) as err:
-        check_given_files(
-            odroidc4,
-            dtb=guest.dtb,
-            system=GOOD,
-            dtb_display="guest.dtb",
-            system_display=rel(GOOD),
-            strict=True,
-        )
+        check(odroidc4, c4_dtb, GOOD, strict=True)
     assert any(f.key == "/soc/bus@ff800000/ir@8000" for f in err.value.findings)
 
 
-def test_reg_translation_through_bus_ranges(guest: DtbResult) -> None:
-    tree = load_guest_tree(guest.dtb, "guest.dtb")
+def test_reg_translation_through_bus_ranges(c4_dtb: DtbResult) -> None:
+    tree = load_guest_tree(c4_dtb.dtb, "guest.dtb")
     assert tree.regs("/soc/bus@ff600000/mdio-multiplexer@4c000") == [(0xFF64C000, 0xA4)]
     assert tree.regs("/soc/ethernet@ff3f0000") == [(0xFF3F0000, 0x10000), (0xFF634540, 0x8)]
     assert tree.regs("/cpus/cpu@0") is None  # CPU ids are not addresses
@@ -204,12 +185,9 @@ def test_missing_inputs_say_how_to_supply_them(odroidc4: Board, tmp_path: Path) 
     assert "pass --system FILE" in err2.value.findings[0].hint
 
 
-def test_cli_exit_status(guest: DtbResult) -> None:
-    env = dict(os.environ)
-    base = [INVOKE, "check", "--board", "odroidc4", "--dtb", str(guest.dtb)]
-    good = subprocess.run(
-        [*base, "--system", rel(GOOD)], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+def test_cli_exit_status(c4_dtb: DtbResult) -> None:
+    base = ["check", "--board", "odroidc4", "--dtb", str(c4_dtb.dtb)]
+    good = invoke_in_process(*base, "--system", rel(GOOD))
     assert good.returncode == 0, good.stderr
     assert good.stdout.splitlines()[-1] == (
         "tests/fixtures/system/odroidc4-good.system: virtual machine 'linux' of "
@@ -217,23 +195,18 @@ def test_cli_exit_status(guest: DtbResult) -> None:
     )
     # The warnings come as one line per kind; --verbose gives each.
     assert len(good.stdout.splitlines()) == 3
-    verbose = subprocess.run(
-        [*base, "--system", rel(GOOD), "--verbose"], cwd=ROOT, capture_output=True, text=True
-    )
+    verbose = invoke_in_process(*base, "--system", rel(GOOD), "--verbose")
     assert len(verbose.stdout.splitlines()) == 19 + 1
+    # A failed check, through a real `invoke` process.
     bad_system = SYSTEMS / "partial-uio.system"
-    bad = subprocess.run(
-        [*base, "--system", rel(bad_system)], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    bad = run_invoke(*base, "--system", rel(bad_system))
     assert bad.returncode == USER_ERROR_EXIT
     assert bad.stderr == bad_system.with_suffix(".expected").read_text()
     assert "Traceback" not in bad.stderr
 
 
-def test_format_report_groups_warnings_by_kind(odroidc4: Board, guest: DtbResult) -> None:
-    report = check_given_files(
-        odroidc4, dtb=guest.dtb, system=GOOD, dtb_display="guest.dtb", system_display="g"
-    )
+def test_format_report_groups_warnings_by_kind(odroidc4: Board, c4_dtb: DtbResult) -> None:
+    report = check(odroidc4, c4_dtb, GOOD, display="g")
     lines = format_report(report).splitlines()
     assert lines[0] == (
         "warning: 19 enabled DT nodes whose MMIO no <map> covers: each faults at boot if a "

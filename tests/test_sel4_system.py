@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,14 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from netvm.board import Board, load_board, parse_board
+from netvm.board import Board, load_board
 from netvm.core.errors import UserError
 from netvm.core.workspace import Workspace
-from netvm.core.yamlio import load_yaml
-from netvm.guest.devicetree import build_guest_dtb, check_guest_dtb, initrd_window
+from netvm.guest.devicetree import check_guest_dtb, initrd_window
 from netvm.guest.fdt import cells, parse_dtb, strings, u64_pairs
 from netvm.guest.kernelsrc import KernelSource
-from netvm.guest.render import render_all
 from netvm.microkit.checks import check_given_files as check_system
 from netvm.microkit.handoff import CheckedInputs, GuestArtifacts, make_command
 from netvm.microkit.system import SECTIONS, board_entry, render_system
@@ -45,73 +42,70 @@ from netvm.target.sel4_run import (
     qemu_command,
     sel4_board,
 )
+from tests.harness import (
+    GOLDEN,
+    HAVE_QEMU,
+    ROOT,
+    SYSTEMS,
+    build_test_dtb,
+    check_golden,
+    needs_real_toolchain,
+    reparsed_findings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden" / "sel4" / "qemu_virt_aarch64"
-FIXTURE_SYSTEM = ROOT / "tests" / "fixtures" / "system" / "qemu_virt_aarch64-good.system"
+SEL4_GOLDEN = GOLDEN / "sel4" / "qemu_virt_aarch64"
+FIXTURE_SYSTEM = SYSTEMS / "qemu_virt_aarch64-good.system"
 REAL_ENV = ("NETVM_MICROKIT_SDK", "NETVM_LIBVMM", "NETVM_SDDF", "NETVM_MICROKIT_PYTHON")
 
 
 @pytest.fixture(scope="module")
-def qemu() -> Board:
-    return load_board("qemu_virt_aarch64", ROOT)
-
-
-@pytest.fixture(scope="module")
-def variant(qemu: Board) -> Board:
-    assert qemu.sel4 is not None
-    return qemu.sel4
+def variant(qemu_board: Board) -> Board:
+    assert qemu_board.sel4 is not None
+    return qemu_board.sel4
 
 
 # --- the board variant -----------------------------------------------------------------
 
 
-def test_variant_replaces_only_its_keys(qemu: Board, variant: Board) -> None:
-    assert variant.variant == "sel4" and qemu.variant == ""
-    assert qemu.microkit is None and variant.microkit is not None
+def test_variant_replaces_only_its_keys(qemu_board: Board, variant: Board) -> None:
+    assert variant.variant == "sel4" and qemu_board.variant == ""
+    assert qemu_board.microkit is None and variant.microkit is not None
     assert variant.microkit.board == "qemu_virt_aarch64"
     assert variant.microkit.system is not None
     assert variant.microkit.system.ethernet == "virtio_mmio@a003e00"
     # No doorbell (the VMM injects the IRQs), exactly the eleven UIO devices sdfgen wants.
-    assert [d.name for d in variant.uio] == [d.name for d in qemu.uio if d.name != "doorbell"]
+    assert [d.name for d in variant.uio] == [d.name for d in qemu_board.uio if d.name != "doorbell"]
     assert variant.guest.carveout is None
     # What the section does not name is the board's own.
     assert (variant.kernel, variant.net, variant.rootfs, variant.sim) == (
-        qemu.kernel,
-        qemu.net,
-        qemu.rootfs,
-        qemu.sim,
+        qemu_board.kernel,
+        qemu_board.net,
+        qemu_board.rootfs,
+        qemu_board.sim,
     )
-    assert sel4_board(qemu, Workspace.at(ROOT)) is variant
+    assert sel4_board(qemu_board, Workspace.at(ROOT)) is variant
 
 
-def _findings(qemu: Board, edit: dict[str, object]) -> list[str]:
-    data = load_yaml(qemu.file, "board.yaml")
-    for dotted, value in edit.items():
-        node = data
-        *path, last = dotted.split(".")
-        for key in path:
-            node = node[int(key)] if isinstance(node, list) else node[key]
-        node[last] = value
-    with pytest.raises(UserError) as err:
-        parse_board(data, qemu.file, "board.yaml")
-    return [f"{f.key}: {f.message}" for f in err.value.findings]
+def _findings(qemu_board: Board, edit: dict[str, object]) -> list[str]:
+    found = reparsed_findings(qemu_board, edit)
+    assert found, "the edited board parsed"
+    return [f"{f.key}: {f.message}" for f in found]
 
 
-def test_a_bad_value_in_the_sel4_section_is_reported_under_sel4(qemu: Board) -> None:
-    found = _findings(qemu, {"sel4.uio.7.irq": 400})
+def test_a_bad_value_in_the_sel4_section_is_reported_under_sel4(qemu_board: Board) -> None:
+    found = _findings(qemu_board, {"sel4.uio.7.irq": 400})
     assert found == [
         "sel4.uio.rx_irq.irq: SPI 400 does not exist on QEMU virt (SPIs 0-223)",
     ]
-    found = _findings(qemu, {"sel4.microkit.system.serial": "/pl011@9000000"})
+    found = _findings(qemu_board, {"sel4.microkit.system.serial": "/pl011@9000000"})
     assert found == [
         "sel4.microkit.system.serial: expected a node path without a leading '/', "
         "got '/pl011@9000000'"
     ]
 
 
-def test_the_sel4_section_takes_only_guest_keys(qemu: Board) -> None:
-    found = _findings(qemu, {"sel4.kernel": {}})
+def test_the_sel4_section_takes_only_guest_keys(qemu_board: Board) -> None:
+    found = _findings(qemu_board, {"sel4.kernel": {}})
     assert found[0].startswith("sel4.kernel: unknown key")
 
 
@@ -127,11 +121,7 @@ def test_a_board_without_a_system_cannot_run_sel4() -> None:
 def test_system_files_match_golden(variant: Board, tmp_path: Path) -> None:
     files = render_system(variant, tmp_path, ROOT, "Generated by netvm (test)")
     for path in files.files:
-        golden = GOLDEN / path.name
-        if os.environ.get("NETVM_UPDATE_GOLDEN"):
-            golden.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, golden)
-        assert path.read_text() == golden.read_text(), path.name
+        check_golden(path.read_text(), SEL4_GOLDEN / path.name)
 
 
 def test_system_files_come_from_the_board(variant: Board, tmp_path: Path) -> None:
@@ -265,15 +255,10 @@ def test_metaprogram_runs_meta_generate_with_the_board_entry(
 
 @pytest.fixture(scope="module")
 def sel4_dtb(variant: Board, kernel_src: KernelSource, tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("qemu-system-aarch64") is None:
+    if not HAVE_QEMU:  # the base tree is QEMU's own
         pytest.skip("qemu-system-aarch64 not installed")
-    out = tmp_path_factory.mktemp("sel4-dtb")
-    rendered = render_all(variant, out / "render", ROOT)
     initrd = initrd_window(variant, 12 << 20)
-    result = build_guest_dtb(
-        variant, rendered.overlay_dts, kernel_src, out / "dtb", header="test", initrd=initrd
-    )
-    return result, initrd
+    return build_test_dtb(variant, kernel_src, tmp_path_factory.mktemp("sel4-dtb"), initrd), initrd
 
 
 def test_sel4_guest_dtb_keeps_only_what_the_vmm_gives(variant: Board, sel4_dtb) -> None:
@@ -408,19 +393,18 @@ def test_first_echo_waits_for_every_target() -> None:
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.netns
-@pytest.mark.skipif(
-    not all(os.environ.get(v) for v in REAL_ENV),
-    reason="needs the real toolchain: set " + ", ".join(REAL_ENV) + " (docs/sel4-qemu.md)",
-)
-def test_real_whole_system_passes_the_check(qemu: Board, tmp_path: Path) -> None:
+@needs_real_toolchain(REAL_ENV, "docs/sel4-qemu.md")
+def test_real_whole_system_passes_the_check(qemu_board: Board, tmp_path: Path) -> None:
     """The real seL4 system (SDK, libvmm, sDDF, sdfgen as given), built and booted."""
     from netvm.builder.build import BuildOptions, build
     from netvm.microkit.handoff import resolve_inputs
     from netvm.target.sel4_run import Sel4Options, run_sel4_check
 
     inputs = resolve_inputs({}, None, os.environ, cwd=ROOT, config_dir=ROOT)
-    manifest = build(qemu, Workspace.at(ROOT), BuildOptions(microkit=inputs, require_image=True))
+    manifest = build(
+        qemu_board, Workspace.at(ROOT), BuildOptions(microkit=inputs, require_image=True)
+    )
     assert manifest["artifacts"]["loader_img"] is not None
-    report = run_sel4_check(qemu, Workspace.at(ROOT), Sel4Options())
+    report = run_sel4_check(qemu_board, Workspace.at(ROOT), Sel4Options())
     assert report.ok, report.summary()
-    assert report.queues["rx_free"] == qemu.net.rx_buffers
+    assert report.queues["rx_free"] == qemu_board.net.rx_buffers

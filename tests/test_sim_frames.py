@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from netvm.board import Board
 from netvm.sim.frames import Ignored, Reply, answer, checksum, ip_bytes, mac_bytes
 from netvm.sim.layout import sim_layout
+from tests.harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MAC = mac_bytes("02:00:00:00:00:10")
 IP = ip_bytes("10.0.0.2")
 PEER_MAC = bytes.fromhex("0a0b0c0d0e0f")

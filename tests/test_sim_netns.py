@@ -25,9 +25,9 @@ from netvm.board import Board
 from netvm.sim import SimOptions, Simulation
 from netvm.sim.netns import exists
 from netvm.sim.runner import LOCK_FILE
+from tests.harness import ROOT
 
 pytestmark = pytest.mark.netns
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACES = ("netvm-drv", "netvm-peer")
 
 
