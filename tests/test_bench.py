@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from netvm.bench import harness as bench_harness
 from netvm.bench.harness import (
     BenchOptions,
     Sample,
@@ -32,18 +31,11 @@ from netvm.sim import SimOptions, Simulation
 from tests.harness import ROOT
 
 
-@pytest.fixture
-def tools_root(build_root: Path) -> Path:
-    """What to hand build_tools as the root: it compiles into ROOT/build/bench and does not
-    read $NETVM_BUILD_DIR, so it gets the parent of the session's build root (a build/)."""
-    return build_root.parent
-
-
-def test_tools_compile_with_the_host_gcc_and_are_cached(tools_root: Path) -> None:
-    tools = build_tools(tools_root)
+def test_tools_compile_with_the_host_gcc_and_are_cached() -> None:
+    tools = build_tools(ROOT)
     for binary in (tools.gen, tools.baseline):
         assert binary.exists() and binary.stat().st_mode & 0o111
-    assert build_tools(tools_root).baseline == tools.baseline  # same source: not rebuilt
+    assert build_tools(ROOT).baseline == tools.baseline  # same source: not rebuilt
     usage = subprocess.run([str(tools.gen)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
 
@@ -119,8 +111,8 @@ def test_summary_takes_ratios_within_rounds_and_medians_across_them() -> None:
 
 
 @pytest.mark.netns
-def test_baseline_driver_echoes_through_the_simulation(odroidc4: Board, tools_root: Path) -> None:
-    tools = build_tools(tools_root)
+def test_baseline_driver_echoes_through_the_simulation(odroidc4: Board) -> None:
+    tools = build_tools(ROOT)
     cmd = f"python3 {tools.launcher} {tools.baseline}"
     sim = Simulation(odroidc4, SimOptions(driver_cmd=cmd, stats_interval=0.5), ROOT)
     sim.start()
@@ -153,9 +145,8 @@ def test_rates_split_cpu_per_frame_into_user_and_kernel_by_ticks() -> None:
 
 @pytest.mark.netns
 def test_quick_bench_end_to_end_writes_the_required_json(
-    tmp_path: Path, tools_root: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(bench_harness, "build_tools", lambda _root: build_tools(tools_root))
     out = tmp_path / "bench.json"
     opts = BenchOptions.quick_options(
         window=0.3, warmup=0.2, line_window=0.3, ping_count=10, json_path=out

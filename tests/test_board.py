@@ -36,11 +36,12 @@ def test_board_by_path_equals_board_by_name(odroidc4: Board) -> None:
 def test_unknown_board_name_lists_known_boards() -> None:
     with pytest.raises(UserError) as err:
         load_board("odroidc5", ROOT)
-    assert "known boards: odroidc4" in str(err.value)
+    shipped = sorted(p.parent.name for p in (ROOT / "boards").glob("*/board.yaml"))
+    assert f"known boards: {', '.join(shipped)};" in str(err.value)
 
 
 def test_there_are_enough_malformed_fixtures() -> None:
-    assert len(BOARD_FIXTURES) >= 15
+    assert len(BOARD_FIXTURES) >= 60
 
 
 @pytest.mark.parametrize("board_file", BOARD_FIXTURES, ids=lambda p: p.parent.name)

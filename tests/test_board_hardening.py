@@ -26,8 +26,8 @@ from netvm.guest.drivercheck import driver_findings
 from netvm.guest.fdt import parse_dtb
 from netvm.guest.kernelsrc import KernelSource
 from netvm.guest.render import block_comment, dts_string, render_all
+from tests.harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BOARDS = sorted((ROOT / "boards").glob("*/board.yaml"))
 HOSTILE = 'a */ / { evil; }; /* b "quoted" \\ back\nslash\ttab'
 

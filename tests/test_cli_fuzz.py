@@ -20,7 +20,6 @@ from netvm.core.cliargs import parse_int, parse_seconds
 from netvm.core.errors import USER_ERROR_EXIT, UserError
 from netvm.sim.runner import SimOptions, check_options
 
-ROOT = Path(__file__).resolve().parent.parent
 # Text a user might type, and text nobody should: numbers, signs, separators, shell and
 # U-Boot metacharacters, non-ASCII, empty.
 ARG = st.one_of(

@@ -18,18 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netvm_driver.abi import DATA_PASSING_SIZE, DataPassing
+from netvm_driver.config import DriverConfig, parse_config
+from netvm_driver.datapath import check_data_passing, read_data_passing
+from netvm_driver.device import Devices, open_sim_devices
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "driver"))
-
-from netvm_driver.abi import DATA_PASSING_SIZE, DataPassing  # noqa: E402
-from netvm_driver.config import DriverConfig, parse_config  # noqa: E402
-from netvm_driver.datapath import check_data_passing, read_data_passing  # noqa: E402
-from netvm_driver.device import Devices, open_sim_devices  # noqa: E402
-
-from netvm.board import Board  # noqa: E402
-from netvm.sim.layout import SimLayout, sim_layout  # noqa: E402
-from netvm.sim.vmm import SimDevices, create_devices  # noqa: E402
+from netvm.board import Board
+from netvm.sim.layout import SimLayout, sim_layout
+from netvm.sim.vmm import SimDevices, create_devices
+from tests.harness import ROOT
 
 # The simulated layout of the Odroid C4 (netvm.sim.layout): rx_data is 1 MiB at
 # 0x5FEFF000; the two 1 MiB client regions run downwards from 0x5FDFF000 with a page

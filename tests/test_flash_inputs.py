@@ -55,8 +55,7 @@ from netvm.target.uboot import (
     check_command,
     command_problem,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT
 
 IPV4 = "an IPv4 address (four numbers 0-255 joined by dots)"
 UNICAST = "a unicast IPv4 address (not 0.0.0.0, multicast or broadcast)"

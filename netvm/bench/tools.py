@@ -16,6 +16,7 @@ from pathlib import Path
 
 from netvm.core.errors import UserError
 from netvm.core.hosttools import compiler_version
+from netvm.core.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent
 # -fno-tree-loop-distribute-patterns keeps the baseline's byte-wise copies byte-wise
@@ -54,7 +55,7 @@ def compile_tool(name: str, out_dir: Path, cc: str = "gcc") -> Path:
 
 
 def build_tools(root: Path, cc: str = "gcc") -> Tools:
-    out_dir = root / "build" / "bench"
+    out_dir = Workspace.at(root).build_root / "bench"
     return Tools(
         gen=compile_tool("gen", out_dir, cc),
         baseline=compile_tool("baseline", out_dir, cc),
