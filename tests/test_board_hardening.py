@@ -228,7 +228,9 @@ def test_an_unquoted_mac_is_read_as_text_not_base_60(tmp_path: Path) -> None:
 
 # --- generated input: a finding or a board, never a traceback ------------------------
 
-ODROID = yaml.safe_load((ROOT / "boards" / "odroidc4" / "board.yaml").read_text())
+DOCS = {
+    f.parent.name: yaml.safe_load(f.read_text()) for f in BOARDS
+}  # the shipped boards as parsed YAML: the starting points of the generated input
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -256,7 +258,7 @@ def _paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, 
     return out
 
 
-PATHS = [p for p in _paths(ODROID) if p]
+PATHS = [(name, p) for name, doc in DOCS.items() for p in _paths(doc) if p]
 
 
 def _set(doc: object, path: tuple[object, ...], value: object) -> object:
@@ -269,15 +271,17 @@ def _set(doc: object, path: tuple[object, ...], value: object) -> object:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(PATHS), value=VALUES)
+@given(where=st.sampled_from(PATHS), value=VALUES)
 def test_any_one_value_replaced_gives_a_board_or_findings(
-    path: tuple[object, ...], value: object
+    where: tuple[str, tuple[object, ...]], value: object
 ) -> None:
-    """Replace one value anywhere in the real board by anything YAML can hold: the reader
-    returns a Board or raises UserError (file, key, message), nothing else."""
-    doc = _set(ODROID, path, value)
+    """Replace one value anywhere in a shipped board (its sel4 section included) by
+    anything YAML can hold: the reader returns a Board or raises UserError (file, key,
+    message), nothing else."""
+    name, path = where
+    doc = _set(DOCS[name], path, value)
     try:
-        parse_board(doc, ROOT / "boards" / "odroidc4" / "board.yaml", "board.yaml")
+        parse_board(doc, ROOT / "boards" / name / "board.yaml", "board.yaml")
     except UserError as exc:
         assert exc.findings and all(f.file == "board.yaml" and f.message for f in exc.findings)
 

@@ -467,7 +467,7 @@ def _read_microkit(r: _Reader, node: Any) -> MicrokitSpec | None:
     if isinstance(m.get("libvmm"), dict) and "example" in m["libvmm"]:
         example = r.str_(m["libvmm"]["example"], f"{key}.libvmm.example") or example
     sddf = _read_git_pin(r, m["sddf"], f"{key}.sddf", ()) if "sddf" in m else None
-    sdfgen = _read_sdfgen_pin(r, m["sdfgen"])
+    sdfgen = _read_sdfgen_pin(r, m["sdfgen"]) if "sdfgen" in m else None
     system = _read_microkit_system(r, m["system"]) if "system" in m else None
     if any(v is None for v in values) or sha is None or sdfgen is None:
         return None
@@ -715,8 +715,11 @@ def parse_board(data: Any, file: Path, display: str) -> Board:
         rootfs = _read_rootfs(r, top["rootfs"], file.parent)
     if r.collected:
         raise UserError(r.collected)
-    assert name and description and arch and cross and kernel and dt and guest and net and uio
-    assert flash_addr is not None and sim and rootfs
+    # No finding means every part was read (an empty list or string is a value, not None).
+    assert name is not None and description is not None and arch is not None
+    assert cross is not None and kernel is not None and dt is not None and guest is not None
+    assert net is not None and uio is not None and flash_addr is not None
+    assert sim is not None and rootfs is not None
     assert microkit is not None or "microkit" not in top
     board = Board(
         name=name,
