@@ -474,3 +474,21 @@ def bench(
 
 
 ns.add_task(bench)
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "out": "write the document here (default: build/B/sbom.spdx.json)",
+    }
+)
+@user_errors
+def sbom(c: Context, board: str = "odroidc4", out: str | None = None) -> None:
+    """Write an SPDX 2.3 SBOM of the guest as last built (docs/sbom.md)."""
+    from netvm.builder.sbom import write_sbom
+
+    result = write_sbom(load_board(board, ROOT), _workspace(), Path(out) if out else None)
+    print(f"wrote {display_path(result.path, ROOT)}: {result.summary()}")
+
+
+ns.add_task(sbom)
