@@ -381,7 +381,7 @@ def test_a_built_image_is_described_with_its_parts_and_inputs(
 
 # --- the copyright format ---------------------------------------------------------------
 
-HEADER = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+HEADER = "Format: copyright-format/1.0/\n\n"  # the format line, its URL left out
 
 
 def licence_of(body: str, header: str = HEADER) -> debcopyright.PackageLicence:
