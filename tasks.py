@@ -329,6 +329,98 @@ ns.add_task(flash)
 
 @task(
     help={
+        "board": "BOARD: remove this board's build directory (build/B, or under"
+        " $NETVM_BUILD_DIR); a name whose board file is gone works too",
+        "all": "remove every netvm build directory in the build root instead",
+        "cache": "with --all: also remove the download cache (kernel sources, packages,"
+        " Microkit inputs; ~/.cache/netvm or $NETVM_CACHE)",
+        "dry-run": "say what would be removed and remove nothing",
+    }
+)
+@user_errors
+def clean(
+    c: Context,
+    board: str = "odroidc4",
+    all_: bool = False,
+    cache: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Remove a board's build directory, or all of them (--all); never outside the build root."""
+    from netvm.builder.clean import clean as clean_lib
+
+    ws = _workspace()
+    result = clean_lib(ws, board=board, all_boards=all_, cache=cache, dry_run=dry_run)
+    print(result.summary(ws))
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "kernel-src": KERNEL_SRC_HELP,
+        "skip": "STEP (repeatable): a step the next build leaves out, as build --skip",
+        "microkit-sdk": MICROKIT_SDK_HELP,
+        "libvmm": LIBVMM_HELP,
+        "sddf": SDDF_HELP,
+        "json": "FILE: write the report as JSON to this file (- : on stdout, no text)",
+    },
+    iterable=["skip"],
+)
+@user_errors
+def info(
+    c: Context,
+    board: str = "odroidc4",
+    kernel_src: str | None = None,
+    skip: list[str] | None = None,
+    microkit_sdk: str | None = None,
+    libvmm: str | None = None,
+    sddf: str | None = None,
+    json_: str | None = None,
+) -> None:
+    """Show a board's resolved inputs and, per step, whether the next build reuses it."""
+    from netvm.builder.info import board_info, format_info
+
+    b = load_board(board, ROOT)
+    options = BuildOptions(
+        kernel_src=Path(kernel_src) if kernel_src else None,
+        skip=frozenset(skip or ()),
+        microkit=resolve_inputs(
+            {"microkit_sdk": microkit_sdk, "libvmm": libvmm, "sddf": sddf},
+            c.config.get("netvm"),
+            os.environ,
+            cwd=Path.cwd(),
+            config_dir=ROOT,
+        ),
+    )
+    doc = board_info(b, _workspace(), options)
+    if json_:
+        _write_json(json_, doc)
+        if json_ == "-":
+            return
+    print(format_info(doc))
+
+
+@task(help={"json": "FILE: also write the findings as JSON to this file (- : on stdout)"})
+@user_errors
+def doctor(c: Context, json_: str | None = None) -> None:
+    """Check this host for what each task needs: tools, packages, root, port 69, QEMU."""
+    from netvm.target.doctor import run_doctor
+
+    report = run_doctor(ROOT)
+    if json_:
+        _write_json(json_, report.as_dict())
+    if json_ != "-":
+        print(report.summary())
+    if not report.ok:
+        raise Exit(code=USER_ERROR_EXIT)
+
+
+ns.add_task(clean)
+ns.add_task(info)
+ns.add_task(doctor)
+
+
+@task(
+    help={
         "board": BOARD_HELP,
         "duration": f"{DURATION}: how long to run (default: until Ctrl-C)",
         "stats-json": "FILE: write driver and simulator counters and the conservation check here",
