@@ -2,6 +2,10 @@
 
 Each task parses its flags, calls one library function and prints the result. User
 errors (`netvm.core.errors.UserError`) are printed without a traceback and exit with 2.
+
+`task` is netvm's (`netvm.core.cli`): no invented short flags, the defaults shown in
+`--help`, a repeatable flag needs its value, and invoke's `--dry` is refused. Each help
+text starts with the kind of value its flag takes (BOARD, PATH, DURATION, ...).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
 from netvm.board import load_board
 from netvm.board.scaffold import new_board
 from netvm.builder import lock as lock_lib
 from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
+from netvm.core.cli import task
 from netvm.core.cliargs import parse_int, parse_seconds
 from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
 from netvm.core.workspace import Workspace, display_path
@@ -33,8 +38,18 @@ from netvm.target import flash as flash_lib
 ROOT = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
 
-BOARD_HELP = "board name under boards/ (e.g. odroidc4) or path to a board.yaml"
-KERNEL_SRC_HELP = "use this local kernel tree instead of the board's kernel source"
+BOARD_HELP = "BOARD: a board name under boards/ (e.g. odroidc4) or the path to a board.yaml"
+KERNEL_SRC_HELP = "DIR: use this local kernel tree instead of the board's kernel source"
+DURATION = "DURATION (90, 15s, 5m, 1h)"
+MICROKIT_SDK_HELP = (
+    "PATH: the Microkit SDK directory or .tar.gz archive (default: invoke.yaml"
+    " netvm.microkit_sdk, else $NETVM_MICROKIT_SDK)"
+)
+LIBVMM_HELP = (
+    "DIR: a libvmm checkout with the eth_driver_vm example (default: netvm.libvmm, else"
+    " $NETVM_LIBVMM)"
+)
+SDDF_HELP = "DIR: an sDDF checkout (default: netvm.sddf, $NETVM_SDDF, else libvmm's dep/sddf)"
 
 
 def user_errors(fn: F) -> F:
@@ -86,18 +101,17 @@ def render(c: Context, board: str = "odroidc4") -> None:
 
 
 @task(
+    name="build",
     help={
         "board": BOARD_HELP,
         "force": "re-run every step even if its inputs are unchanged",
         "kernel-src": KERNEL_SRC_HELP,
-        "json": "also write the manifest as JSON to this file (- : on stdout, no summary)",
-        "skip": "do not run this step (kernel, rootfs, dtb, microkit); repeatable",
+        "json": "FILE: also write the manifest as JSON to this file (- : on stdout, no summary)",
+        "skip": "STEP (repeatable): do not run this step: kernel, rootfs, dtb or microkit",
         "require-image": "fail (exit 2) when loader.img cannot be built, e.g. inputs missing",
-        "microkit-sdk": "Microkit SDK directory or archive (else invoke.yaml netvm.microkit_sdk"
-        " or $NETVM_MICROKIT_SDK)",
-        "libvmm": "libvmm checkout with the eth_driver_vm example (else netvm.libvmm or"
-        " $NETVM_LIBVMM)",
-        "sddf": "sDDF checkout (else netvm.sddf, $NETVM_SDDF, or libvmm's dep/sddf)",
+        "microkit-sdk": MICROKIT_SDK_HELP,
+        "libvmm": LIBVMM_HELP,
+        "sddf": SDDF_HELP,
         "locked": "fail before building if any input differs from boards/B/netvm.lock",
         "fetch": "fetch inputs given nowhere at the board's pins into the cache (else only"
         " given paths are used; invoke.yaml netvm.microkit.fetch: true makes it the default)",
@@ -151,9 +165,10 @@ def build_(
 @task(
     help={
         "board": BOARD_HELP,
-        "system": "Microkit .system file to check (default: the one the microkit step wrote)",
-        "dtb": "guest DTB to check (default: build/B/dtb/guest.dtb)",
-        "vm": "name of the driver VM's <virtual_machine> if the file has several",
+        "system": "FILE: the Microkit .system file to check (default: the one the microkit"
+        " step wrote)",
+        "dtb": "FILE: the guest DTB to check (default: build/B/dtb/guest.dtb)",
+        "vm": "NAME: the driver VM's <virtual_machine> name, if the file has several",
         "strict": "treat warnings (enabled DT nodes nothing maps) as errors",
         "verbose": "list every warning (default: one line per kind of warning)",
     }
@@ -184,25 +199,26 @@ def check(
 @task(
     help={
         "board": BOARD_HELP,
-        "method": "tftp (serve over the network, drive U-Boot on --serial) or sdcard",
-        "serial": "U-Boot console: a tty such as /dev/ttyUSB0, or unix:PATH (QEMU socket);"
-        " a QEMU board without it boots U-Boot under QEMU itself",
-        "baud": "serial baud rate (default 115200)",
-        "image": "file to flash instead of the build's loader.img",
-        "load-address": "load/start address instead of the board's flash.load_address",
-        "server-ip": "this machine's IP as the board sees it (default: the default route's)",
-        "bind": "address the TFTP server listens on (default 0.0.0.0)",
-        "port": "UDP port of the TFTP server (default 69; U-Boot always asks port 69)",
-        "ip": "static IP for the board (default: dhcp)",
-        "netmask": "netmask with --ip (default 255.255.255.0)",
-        "gateway": "gateway with --ip, if the server is on another subnet",
-        "success": "regular expression on the console that means the boot worked (default:"
-        " the driver's event-loop line; its start-up line on a QEMU board)",
-        "timeout": "seconds to wait for --success after the boot command (default 300)",
-        "device": "SD card block device (whole disk) or card image file, for --method sdcard",
+        "method": "METHOD: tftp (serve over the network, drive U-Boot on --serial) or sdcard",
+        "serial": "DEVICE: the U-Boot console, a tty such as /dev/ttyUSB0 or unix:PATH (a QEMU"
+        " socket) (default: none; a QEMU board then boots U-Boot under QEMU itself)",
+        "baud": "RATE: the serial baud rate",
+        "image": "FILE: the file to flash (default: the build's loader.img)",
+        "load-address": "ADDRESS: the load/start address (default: the board's flash.load_address)",
+        "server-ip": "IP: this machine's IP as the board sees it (default: the default route's)",
+        "bind": "IP: the address the TFTP server listens on",
+        "port": "PORT: the UDP port of the TFTP server (U-Boot always asks port 69)",
+        "ip": "IP: a static IP for the board (default: dhcp)",
+        "netmask": "NETMASK: the netmask with --ip",
+        "gateway": "IP: the gateway with --ip, if the server is on another subnet",
+        "success": "REGEX: on the console, means the boot worked (default: the driver's"
+        " event-loop line; its start-up line on a QEMU board)",
+        "timeout": f"{DURATION}: how long to wait for --success after the boot command",
+        "device": "PATH: the SD card block device (whole disk) or a card image file, for"
+        " --method sdcard",
         "force": "write a device that is mounted or not removable",
         "dry-run": "print the plan and write or send nothing",
-        "log": "console log file (default build/B/flash/console.log)",
+        "log": "FILE: the console log (default: build/B/flash/console.log)",
     }
 )
 @user_errors
@@ -283,8 +299,8 @@ def diffconfig(c: Context, board: str = "odroidc4") -> None:
 @task(
     name="new",
     help={
-        "name": "the new board's name (lowercase letters, digits, _): boards/NAME/",
-        "from": "the board to copy (a name under boards/ or a path to a board.yaml)",
+        "name": "NAME: the new board's name (lowercase letters, digits, _): boards/NAME/",
+        "from": "BOARD: the board to copy (a name under boards/ or the path to a board.yaml)",
     },
 )
 @user_errors
@@ -313,10 +329,102 @@ ns.add_task(flash)
 
 @task(
     help={
+        "board": "BOARD: remove this board's build directory (build/B, or under"
+        " $NETVM_BUILD_DIR); a name whose board file is gone works too",
+        "all": "remove every netvm build directory in the build root instead",
+        "cache": "with --all: also remove the download cache (kernel sources, packages,"
+        " Microkit inputs; ~/.cache/netvm or $NETVM_CACHE)",
+        "dry-run": "say what would be removed and remove nothing",
+    }
+)
+@user_errors
+def clean(
+    c: Context,
+    board: str = "odroidc4",
+    all_: bool = False,
+    cache: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Remove a board's build directory, or all of them (--all); never outside the build root."""
+    from netvm.builder.clean import clean as clean_lib
+
+    ws = _workspace()
+    result = clean_lib(ws, board=board, all_boards=all_, cache=cache, dry_run=dry_run)
+    print(result.summary(ws))
+
+
+@task(
+    help={
         "board": BOARD_HELP,
-        "duration": "seconds to run (default: until Ctrl-C)",
-        "stats-json": "write driver and simulator counters and the conservation check here",
-        "driver-cmd": "run this driver command instead of netvm_driver (see docs/sim.md)",
+        "kernel-src": KERNEL_SRC_HELP,
+        "skip": "STEP (repeatable): a step the next build leaves out, as build --skip",
+        "microkit-sdk": MICROKIT_SDK_HELP,
+        "libvmm": LIBVMM_HELP,
+        "sddf": SDDF_HELP,
+        "json": "FILE: write the report as JSON to this file (- : on stdout, no text)",
+    },
+    iterable=["skip"],
+)
+@user_errors
+def info(
+    c: Context,
+    board: str = "odroidc4",
+    kernel_src: str | None = None,
+    skip: list[str] | None = None,
+    microkit_sdk: str | None = None,
+    libvmm: str | None = None,
+    sddf: str | None = None,
+    json_: str | None = None,
+) -> None:
+    """Show a board's resolved inputs and, per step, whether the next build reuses it."""
+    from netvm.builder.info import board_info, format_info
+
+    b = load_board(board, ROOT)
+    options = BuildOptions(
+        kernel_src=Path(kernel_src) if kernel_src else None,
+        skip=frozenset(skip or ()),
+        microkit=resolve_inputs(
+            {"microkit_sdk": microkit_sdk, "libvmm": libvmm, "sddf": sddf},
+            c.config.get("netvm"),
+            os.environ,
+            cwd=Path.cwd(),
+            config_dir=ROOT,
+        ),
+    )
+    doc = board_info(b, _workspace(), options)
+    if json_:
+        _write_json(json_, doc)
+        if json_ == "-":
+            return
+    print(format_info(doc))
+
+
+@task(help={"json": "FILE: also write the findings as JSON to this file (- : on stdout)"})
+@user_errors
+def doctor(c: Context, json_: str | None = None) -> None:
+    """Check this host for what each task needs: tools, packages, root, port 69, QEMU."""
+    from netvm.target.doctor import run_doctor
+
+    report = run_doctor(ROOT)
+    if json_:
+        _write_json(json_, report.as_dict())
+    if json_ != "-":
+        print(report.summary())
+    if not report.ok:
+        raise Exit(code=USER_ERROR_EXIT)
+
+
+ns.add_task(clean)
+ns.add_task(info)
+ns.add_task(doctor)
+
+
+@task(
+    help={
+        "board": BOARD_HELP,
+        "duration": f"{DURATION}: how long to run (default: until Ctrl-C)",
+        "stats-json": "FILE: write driver and simulator counters and the conservation check here",
+        "driver-cmd": "COMMAND: run this driver command instead of netvm_driver (see docs/sim.md)",
     }
 )
 @user_errors
@@ -353,9 +461,9 @@ ns.add_task(sim)
         "driver then finds no data-passing page)",
         "sel4": "boot the whole seL4 system (loader.img from invoke build with the Microkit"
         " inputs) instead of netvm's simulation; Ctrl-A X quits",
-        "boot-timeout": "seconds from QEMU start to the driver's event loop (default 60;"
-        " with --sel4 also to the first echo, default 240)",
-        "json": "also write the --check report as JSON to this file (- for stdout)",
+        "boot-timeout": f"{DURATION}: from QEMU start to the driver's event loop (default:"
+        " 60s; with --sel4 also to the first echo, default: 240s)",
+        "json": "FILE: also write the --check report as JSON to this file (- for stdout)",
     }
 )
 @user_errors
@@ -368,8 +476,7 @@ def run(
     boot_timeout: str | None = None,
     json_: str | None = None,
 ) -> None:
-    """Boot the guest under QEMU (TCG): with netvm's simulated VMM, or (--sel4) the whole
-    seL4 system."""
+    """Boot the guest under QEMU: with netvm's simulated VMM, or (--sel4) the whole seL4 system."""
     from netvm.target import qemu, sel4_run
 
     timeout = parse_seconds("--boot-timeout", boot_timeout or ("240" if sel4 else "60"))
@@ -404,8 +511,8 @@ ns.add_task(run)
     help={
         "board": BOARD_HELP,
         "kernel-src": KERNEL_SRC_HELP,
-        "microkit-sdk": "the Microkit SDK archive (or directory) whose hash to record: every"
-        " later --locked build must be given the same",
+        "microkit-sdk": "PATH: the Microkit SDK archive (or directory) whose hash to record:"
+        " every later --locked build must be given the same",
     }
 )
 @user_errors
@@ -439,10 +546,11 @@ ns.add_task(lock)
     help={
         "board": BOARD_HELP,
         "quick": "one short round (under a minute) instead of 3 full rounds",
-        "json": "write every measurement, the medians, ratios and targets here",
-        "rounds": "rounds of measurements (default 3; --quick: 1)",
+        "json": "FILE: write every measurement, the medians, ratios and targets here",
+        "rounds": "NUMBER: rounds of measurements (default: 3; with --quick: 1)",
         "build-figures": "also time a no-op `invoke build` and a driver-only change rebuild",
-        "driver-arg": "extra option for netvm_driver under test; repeatable",
+        "driver-arg": "OPTION (repeatable): an extra option for netvm_driver under test, e.g."
+        " --driver-arg=--batch=64",
     },
     iterable=["driver_arg"],
 )
@@ -452,7 +560,7 @@ def bench(
     board: str = "odroidc4",
     quick: bool = False,
     json: str | None = None,
-    rounds: str = "0",
+    rounds: str | None = None,
     build_figures: bool = False,
     driver_arg: list[str] | None = None,
 ) -> None:
@@ -465,9 +573,8 @@ def bench(
         "build_figures": build_figures,
         "driver_args": tuple(driver_arg or ()),
     }
-    count = parse_int("--rounds", rounds, 0, 1000)
-    if count:
-        kw["rounds"] = count
+    if rounds is not None:
+        kw["rounds"] = parse_int("--rounds", rounds, 1, 1000)
     opts = BenchOptions.quick_options(**kw) if quick else BenchOptions(**kw)
     doc = run_bench(opts, ROOT, progress=_progress)
     print(report(doc))
@@ -479,7 +586,7 @@ ns.add_task(bench)
 @task(
     help={
         "board": BOARD_HELP,
-        "out": "write the document here (default: build/B/sbom.spdx.json)",
+        "out": "FILE: write the document here (default: build/B/sbom.spdx.json)",
     }
 )
 @user_errors

@@ -81,7 +81,8 @@ BAUD = (
     "U-Boot boards)"
 )
 TIMEOUT = (
-    "is not a number of seconds above 0 and at most 86400 (hint: e.g. --timeout 300 (the default))"
+    "expected a duration above 0 and at most 24h, got {} (hint: seconds (90, 1.5) or with a "
+    "unit (15s, 5m, 1h, 1m30s))"
 )
 SERIAL_HINT = (
     "(hint: give the board's console: a tty such as /dev/ttyUSB0 (see ls /dev/serial/by-id/), "
@@ -492,7 +493,7 @@ def test_timeout_is_a_sane_number_of_seconds(value: object) -> None:
     with pytest.raises(UserError) as err:
         FlashOptions(method="tftp", timeout=value)  # type: ignore[arg-type]
     shown = repr(value) if isinstance(value, str) else str(value)
-    assert error_text(err) == f"--timeout {shown} {TIMEOUT}"
+    assert error_text(err) == "--timeout: " + TIMEOUT.format(shown)
 
 
 def test_numbers_typed_as_text_become_numbers() -> None:
@@ -536,7 +537,7 @@ def test_flash_tftp_checks_its_numbers_before_starting(tmp_path: Path, image: Pa
         ({"port": 0}, f"--port 0 {PORT}"),
         ({"port": 70000}, f"--port 70000 {PORT}"),
         ({"baud": 1}, f"--baud 1 {BAUD}"),
-        ({"timeout": -1.0}, f"--timeout -1.0 {TIMEOUT}"),
+        ({"timeout": -1.0}, "--timeout: " + TIMEOUT.format("-1.0")),
     ]:
         with pytest.raises(UserError) as err:
             flash_tftp(go_plan(image, 0x20000000), **common, **kwargs)  # type: ignore[arg-type]

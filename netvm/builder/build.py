@@ -2,7 +2,9 @@
 
 Owns the order of the steps, what each step's inputs are (so an unchanged step is
 cached), and the manifest ``build/<board>/manifest.json``. The work of each step lives
-in its own module; this one only wires them together.
+in its own module; this one only wires them together. Each step's inputs are computed by
+one function (`kernel_inputs`, …) that the build and `plan_build` (`invoke info`: what
+the next build would reuse, without running it) share.
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ import fcntl
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from netvm import __version__
-from netvm.board import Board, DebianKernelSource, TarballKernelSource
+from netvm.board import Board, DebianKernelSource, Region, TarballKernelSource
 from netvm.builder.lock import LockInputs, check_locked
 from netvm.builder.manifest import MANIFEST_NAME
 from netvm.core.errors import Finding, UserError
 from netvm.core.files import file_sha256, tree_digest
 from netvm.core.hosttools import tool_version
-from netvm.core.pipeline import Artifact, StepOutput, StepRunner
+from netvm.core.pipeline import Artifact, PlanRunner, Prediction, StepOutput, StepRunner
 from netvm.core.progress import Progress, silent
 from netvm.core.workspace import Workspace, cache_dir, display_path
 from netvm.guest.buildroot import export_external_tree
@@ -198,6 +201,63 @@ def _build(
     return manifest
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the next `build` of a board would do, found without running a step."""
+
+    board: Board
+    build_dir: Path
+    src: KernelSource
+    versions: dict[str, str]  # as the manifest would record them
+    steps: list[Prediction] = field(default_factory=list)
+
+
+def plan_build(board: Board, ws: Workspace, options: BuildOptions) -> BuildPlan:
+    """The steps `build(board, ws, options)` would run, each predicted "cached",
+    "rebuild" (with the inputs that changed since the last build) or "skipped", from the
+    state files the last build wrote. Each step's inputs are computed by the same
+    functions the build uses; the rendering goes to a temporary directory, nothing is
+    fetched (a missing Microkit input is reported as the build reports it) and nothing
+    is written under the build directory, except what checking a given Microkit SDK
+    archive unpacks there, as a build would."""
+    if options.microkit is not None:
+        options = replace(options, microkit=replace(options.microkit, fetch=False))
+    header = header_text(board, ws.root)
+    versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
+    pending: dict[str, str] = {}
+    out = ws.build_dir(board)
+    runner = PlanRunner(out, reads=STEP_READS, outputs=STEP_OUTPUTS, pending=pending)
+    with tempfile.TemporaryDirectory(prefix="netvm-plan-") as tmp:
+        g = GuestBuild.prepare(
+            board, ws, options, runner, header, versions, render_dir=Path(tmp) / "render"
+        )
+        run_steps(g)
+        steps = list(runner.predictions)
+        if board.sel4 is not None:
+            sel4_runner = PlanRunner(
+                ws.build_dir(board.sel4),
+                reads=STEP_READS,
+                outputs=STEP_OUTPUTS,
+                pending=pending,
+                label="sel4 ",
+            )
+            kernel = {k: v for k, v in runner.artifacts.items() if k in KERNEL_ARTIFACTS}
+            run_steps(
+                GuestBuild.prepare(
+                    board.sel4,
+                    ws,
+                    options,
+                    sel4_runner,
+                    header,
+                    versions,
+                    kernel=kernel,
+                    render_dir=Path(tmp) / "sel4-render",
+                )
+            )
+            steps += sel4_runner.predictions
+    return BuildPlan(board, out, g.src, dict(sorted(versions.items())), steps)
+
+
 def image_board(board: Board) -> Board | None:
     """The board (or its seL4 variant) whose build makes loader.img, if any."""
     if board.microkit is not None:
@@ -237,17 +297,20 @@ class GuestBuild:
         versions: dict[str, str],
         *,
         kernel: dict[str, Artifact] | None = None,
+        render_dir: Path | None = None,
     ) -> GuestBuild:
         """Render (cheap, so it always runs; "cached" when no file changed) and resolve
-        the kernel tree and tool versions every later step's key names."""
+        the kernel tree and tool versions every later step's key names. `render_dir`
+        renders elsewhere than the build directory's render/ (a plan writes nothing
+        there); every input is computed relative to it, so the keys are the same."""
         out = runner.build_dir
         # The driver's own rules first: a board it would refuse at boot builds nothing.
         check_driver_rules(board, ws.root)
-        rendered = render_all(board, out / "render", ws.root)
+        rendered = render_all(board, render_dir or out / "render", ws.root)
         overlay_files = [p for p in rendered.files if rendered.rootfs_overlay in p.parents]
         runner.run(
             "render",
-            {"files": tree_digest(rendered.files, rendered.root)},
+            render_inputs(rendered),
             lambda: StepOutput({}, {"files": len(rendered.files)}),
         )
         # The staged overlay is a directory: its digest covers names, modes and contents.
@@ -262,6 +325,11 @@ class GuestBuild:
         versions["dtc"] = tool_version(["dtc", "--version"])
         versions["cross_gcc"] = tool_version([f"{board.cross_compile}gcc", "--version"])
         return cls(board, ws, options, runner, header, versions, rendered, src, kernel)
+
+    @property
+    def planning(self) -> bool:
+        """True when the steps are only predicted (`plan_build`): nothing is written."""
+        return isinstance(self.runner, PlanRunner)
 
     def skipped(self, name: str) -> bool:
         """True (and recorded) when the user asked not to run step `name`."""
@@ -307,24 +375,30 @@ def kernel_step(g: GuestBuild) -> None:
         files = {"kernel_config": cfg.config, "kernel_image": image.image}
         return StepOutput(dict(files, kernel_audit=cfg.audit_json), details)
 
-    g.runner.run(
-        "kernel",
-        {
-            "fragments": tree_digest(g.rendered.kernel_fragments, g.rendered.root),
-            "kernel_source": g.versions["kernel_source"],
-            "kernel_path": str(src.path),
-            "cross_gcc": g.versions["cross_gcc"],
-            "allowed": sorted(board.kernel.allow_mismatch),
-        },
-        make_kernel,
-    )
+    g.runner.run("kernel", kernel_inputs(g), make_kernel)
+
+
+def render_inputs(rendered: Rendered) -> dict[str, Any]:
+    return {"files": tree_digest(rendered.files, rendered.root)}
+
+
+def kernel_inputs(g: GuestBuild) -> dict[str, Any]:
+    return {
+        "fragments": tree_digest(g.rendered.kernel_fragments, g.rendered.root),
+        "kernel_source": g.versions["kernel_source"],
+        "kernel_path": str(g.src.path),
+        "cross_gcc": g.versions["cross_gcc"],
+        "allowed": sorted(g.board.kernel.allow_mismatch),
+    }
 
 
 def rootfs_step(g: GuestBuild) -> None:
     spec = g.board.rootfs
     overlay = g.rendered.rootfs_overlay
     if spec.provider == "buildroot":
-        tree = export_external_tree(g.board, overlay, g.out / "buildroot-external", g.ws.root)
+        tree = g.out / "buildroot-external"
+        if not g.planning:
+            export_external_tree(g.board, overlay, tree, g.ws.root)
         g.runner.skip(
             "rootfs",
             f"provider buildroot: build {g.ws.display(tree)} with your Buildroot "
@@ -333,7 +407,7 @@ def rootfs_step(g: GuestBuild) -> None:
         return
     if g.skipped("rootfs"):
         return
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
+    epoch = source_date_epoch()
 
     def make_rootfs() -> StepOutput:
         result = build_initramfs(
@@ -349,33 +423,33 @@ def rootfs_step(g: GuestBuild) -> None:
         )
         return StepOutput({"initramfs": result.path}, result.report())
 
+    g.runner.run("rootfs", rootfs_inputs(g, epoch), make_rootfs)
+
+
+def source_date_epoch() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_SOURCE_DATE_EPOCH))
+
+
+def rootfs_inputs(g: GuestBuild, epoch: int) -> dict[str, Any]:
+    spec = g.board.rootfs
     debian = spec.provider == "debian"
-    g.runner.run(
-        "rootfs",
-        {
-            "overlay": g.runner.artifacts["rootfs_overlay"].sha256,
-            "provider": spec.provider,
-            "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
-            "packages": DEBIAN_PACKAGES if debian else None,
-            "apt_lists": apt_lists_state() if debian else None,
-            "python_modules": spec.python_modules,
-            "compression": spec.compression,
-            "epoch": epoch,
-            "recipe": tree_digest(ROOTFS_RECIPE, GUEST_CODE),
-        },
-        make_rootfs,
-    )
+    return {
+        "overlay": g.runner.artifacts["rootfs_overlay"].sha256,
+        "provider": spec.provider,
+        "base_cpio": file_sha256(spec.base_cpio) if spec.base_cpio else None,
+        "packages": DEBIAN_PACKAGES if debian else None,
+        "apt_lists": apt_lists_state() if debian else None,
+        "python_modules": spec.python_modules,
+        "compression": spec.compression,
+        "epoch": epoch,
+        "recipe": tree_digest(ROOTFS_RECIPE, GUEST_CODE),
+    }
 
 
 def dtb_step(g: GuestBuild) -> None:
     if g.skipped("dtb"):
         return
-    initramfs = g.runner.artifacts.get("initramfs")
-    kernel_image = g.runner.artifacts.get("kernel_image")
-    initrd = None
-    if initramfs is not None:
-        kernel_bytes = kernel_image.bytes if kernel_image else 0
-        initrd = initrd_window(g.board, initramfs.bytes, kernel_bytes)
+    initrd = dtb_initrd(g)
 
     def make_dtb() -> StepOutput:
         result = build_guest_dtb(
@@ -389,20 +463,30 @@ def dtb_step(g: GuestBuild) -> None:
         details: dict[str, Any] = {"initrd": str(initrd) if initrd else None}
         return StepOutput({"dtb": result.dtb, "dts": result.dts}, details)
 
-    g.runner.run(
-        "dtb",
-        {
-            "overlay": tree_digest([g.rendered.overlay_dts], g.rendered.root),
-            # A QEMU base is described by the QEMU version and machine options it is dumped with.
-            "base": g.board.devicetree.base or base_description(g.board),
-            "kernel_source": g.versions["kernel_source"],
-            "kernel_path": str(g.src.path),
-            "initrd": str(initrd),
-            "dtc": g.versions["dtc"],
-            "recipe": tree_digest(DTB_RECIPE, GUEST_CODE),
-        },
-        make_dtb,
-    )
+    g.runner.run("dtb", dtb_inputs(g, initrd), make_dtb)
+
+
+def dtb_initrd(g: GuestBuild) -> Region | None:
+    """The initramfs window the guest DTB names, from the sizes the earlier steps made."""
+    initramfs = g.runner.artifacts.get("initramfs")
+    kernel_image = g.runner.artifacts.get("kernel_image")
+    if initramfs is None:
+        return None
+    kernel_bytes = kernel_image.bytes if kernel_image else 0
+    return initrd_window(g.board, initramfs.bytes, kernel_bytes)
+
+
+def dtb_inputs(g: GuestBuild, initrd: Region | None) -> dict[str, Any]:
+    return {
+        "overlay": tree_digest([g.rendered.overlay_dts], g.rendered.root),
+        # A QEMU base is described by the QEMU version and machine options it is dumped with.
+        "base": g.board.devicetree.base or base_description(g.board),
+        "kernel_source": g.versions["kernel_source"],
+        "kernel_path": str(g.src.path),
+        "initrd": str(initrd),
+        "dtc": g.versions["dtc"],
+        "recipe": tree_digest(DTB_RECIPE, GUEST_CODE),
+    }
 
 
 def microkit_step(g: GuestBuild) -> None:
@@ -429,6 +513,19 @@ STEPS: tuple[tuple[str, Callable[[GuestBuild], None]], ...] = (
     ("microkit", microkit_step),
 )
 SKIPPABLE = tuple(name for name, _ in STEPS)  # render is not: every step reads its files
+# What each step writes, and which earlier outputs it reads (rootfs_overlay comes from
+# render, which always runs): a plan predicts a step that reads the output of a step
+# it rebuilds to be rebuilt after it.
+STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "kernel": KERNEL_ARTIFACTS,
+    "rootfs": ("initramfs",),
+    "dtb": ("dtb", "dts"),
+    "microkit": ("loader_img",),
+}
+STEP_READS: dict[str, tuple[str, ...]] = {
+    "dtb": ("initramfs", "kernel_image"),
+    "microkit": ("kernel_image", "initramfs", "dts", "dtb"),
+}
 
 
 def run_steps(g: GuestBuild) -> None:

@@ -21,7 +21,6 @@ expand on the command line (`netvm.target.uboot.check_command`).
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 
 from netvm.board import Board
 from netvm.builder.manifest import MANIFEST_NAME, read_manifest
+from netvm.core.cliargs import parse_seconds
 from netvm.core.errors import Finding, UserError
 from netvm.core.workspace import Workspace
 from netvm.target.tftp import PLAIN_NAME_TEXT, TftpServer, is_plain_name
@@ -202,20 +202,10 @@ def parse_baud(value: object) -> int:
 
 
 def parse_timeout(value: object) -> float:
-    seconds = math.nan
-    if not isinstance(value, bool) and isinstance(value, int | float | str):
-        try:
-            seconds = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):
-            seconds = math.nan
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
-        raise _flag_error(
-            "--timeout",
-            value,
-            f"a number of seconds above 0 and at most {MAX_TIMEOUT:g}",
-            f"e.g. --timeout {DEFAULT_TIMEOUT:g} (the default)",
-        )
-    return seconds
+    """--timeout: a duration as every task reads one (netvm.core.cliargs), at most a day."""
+    if not isinstance(value, str | int | float):
+        value = str(value)
+    return parse_seconds("--timeout", value, high=MAX_TIMEOUT)
 
 
 def parse_success(value: str) -> re.Pattern[str]:
