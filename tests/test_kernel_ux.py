@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shlex
 import shutil
 import subprocess
 import threading
@@ -25,7 +26,7 @@ from netvm.board import Board, load_board
 from netvm.builder.build import BuildOptions, build
 from netvm.core.errors import USER_ERROR_EXIT, UserError
 from netvm.core.progress import Console, StepProgress
-from netvm.core.toollog import TAIL_LINES, ToolLog
+from netvm.core.toollog import TAIL_LINES, ToolBroke, ToolLog
 from netvm.core.workspace import Workspace
 from netvm.guest.kernel import (
     CONFIG_RECORD,
@@ -281,6 +282,22 @@ def test_tool_log_names_a_tool_that_is_not_installed(tmp_path: Path) -> None:
     assert (tmp_path / "step" / "build.log").read_text() == (
         "$ netvm-no-such-tool --flag\nnetvm: cannot run netvm-no-such-tool: No such file or"
         " directory\n"
+    )
+
+
+def test_a_tool_failing_on_netvms_own_inputs_keeps_its_traceback(tmp_path: Path) -> None:
+    log = ToolLog(tmp_path / "build.log", display="build/x/rootfs/build.log")
+    script = "echo 'readelf: Error: Not an ELF file' >&2; exit 1"
+    run = log.capture(["sh", "-c", script])
+    with pytest.raises(ToolBroke) as err:
+        log.check(run, "readelf -d x", internal=True)
+    assert not isinstance(err.value, UserError)
+    assert str(err.value) == (
+        "readelf -d x failed (exit status 1) (log: build/x/rootfs/build.log):\n"
+        "  readelf: Error: Not an ELF file"
+    )
+    assert (tmp_path / "build.log").read_text() == (
+        f"$ sh -c {shlex.quote(script)}\nreadelf: Error: Not an ELF file\n"
     )
 
 

@@ -3,7 +3,9 @@
 Owns running a tool for a step with its whole output (stdout and stderr) written to the
 step's ``build.log`` (a fresh log each time the step runs), echoed to the terminal when
 the user asked for it (`invoke build --verbose`), and a tool that fails as a `ToolFailed`:
-a user error naming the log and quoting the last lines of what the tool printed.
+a user error naming the log and quoting the last lines of what the tool printed. A tool
+whose failure would be netvm's own fault (e.g. readelf on a file of a verified package)
+fails as a `ToolBroke` instead, which keeps its traceback.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class ToolFailed(UserError):
         else:
             message = f"{what} failed (exit status {status}) and printed nothing"
         super().__init__([Finding(log, "", message + quoted, hint)])
+
+
+class ToolBroke(RuntimeError):
+    """A tool netvm runs on its own inputs failed: not the user's doing, so a traceback."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +169,13 @@ class ToolLog:
         self._write(f, line)
         return ToolRun(tuple(cmd), NOT_FOUND, (line,), "", line)
 
-    def check(self, run: ToolRun, what: str, hint: str = "") -> ToolRun:
-        """`run`, or a ToolFailed naming this log when it exited non-zero."""
-        if run.status != 0:
-            raise ToolFailed(what, run.status, self.display or run.cmd[0], run.tail, hint)
-        return run
+    def check(self, run: ToolRun, what: str, hint: str = "", *, internal: bool = False) -> ToolRun:
+        """`run`, or, when it exited non-zero, a ToolFailed naming this log (a ToolBroke
+        for an `internal` run, one whose failure would not be the user's doing)."""
+        if run.status == 0:
+            return run
+        if internal:
+            quoted = "".join(f"\n  {line}" for line in run.tail)
+            where = f" (log: {self.display})" if self.display else ""
+            raise ToolBroke(f"{what} failed (exit status {run.status}){where}:{quoted}")
+        raise ToolFailed(what, run.status, self.display or run.cmd[0], run.tail, hint)

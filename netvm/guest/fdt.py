@@ -83,4 +83,5 @@ def decompile(dtb: Path, log: ToolLog | None = None) -> str:
     `log` gets dtc's complaints, not the text."""
     log = log or ToolLog(None)
     cmd = ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)]
-    return log.check(log.capture(cmd, log_stdout=False), f"dtc decompiling {dtb.name}").stdout
+    run = log.capture(cmd, log_stdout=False)
+    return log.check(run, f"dtc decompiling {dtb.name}", internal=True).stdout

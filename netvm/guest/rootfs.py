@@ -191,7 +191,8 @@ def unpack(debs: Iterable[Path], dest: Path, log: ToolLog | None = None) -> None
     """dpkg-deb -x: the files only; no maintainer script runs."""
     log = log or ToolLog(None)
     for deb in debs:
-        log.check(log.stream(["dpkg-deb", "-x", str(deb), str(dest)]), f"dpkg-deb -x {deb.name}")
+        run = log.stream(["dpkg-deb", "-x", str(deb), str(dest)])
+        log.check(run, f"dpkg-deb -x {deb.name}", internal=True)  # a verified package
 
 
 def resolved_packages(
@@ -276,7 +277,9 @@ def needed_libraries(elf: Path, log: ToolLog | None = None) -> list[str]:
     """DT_NEEDED sonames of an ELF file (empty for a static one)."""
     log = log or ToolLog(None)
     proc = log.check(
-        log.capture(["aarch64-linux-gnu-readelf", "-d", str(elf)]), f"readelf -d {elf.name}"
+        log.capture(["aarch64-linux-gnu-readelf", "-d", str(elf)]),
+        f"readelf -d {elf.name}",
+        internal=True,
     )
     out = []
     for line in proc.stdout.splitlines():
@@ -357,7 +360,7 @@ def busybox_applets(full_root: Path, log: ToolLog | None = None) -> frozenset[st
     """The applets this busybox build has (it runs under qemu-user to say)."""
     log = log or ToolLog(None)
     cmd = ["qemu-aarch64-static", "-L", str(full_root), str(full_root / BUSYBOX), "--list"]
-    proc = log.check(log.capture(cmd), "busybox --list")
+    proc = log.check(log.capture(cmd), "busybox --list", internal=True)
     return frozenset(proc.stdout.split())
 
 
