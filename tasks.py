@@ -26,11 +26,13 @@ from netvm.builder import lock as lock_lib
 from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
 from netvm.core.cli import task
 from netvm.core.cliargs import parse_int, parse_seconds
-from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Interrupted, UserError
+from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Finding, Interrupted, UserError
+from netvm.core.progress import Console
 from netvm.core.workspace import Workspace, display_path
 from netvm.guest import kernel as kernel_lib
 from netvm.guest.drivercheck import check_driver_rules
 from netvm.guest.render import render_all
+from netvm.guest.toolchain import toolchain_findings
 from netvm.microkit import checks as sdfcheck
 from netvm.microkit.handoff import resolve_inputs
 from netvm.target import flash as flash_lib
@@ -104,9 +106,11 @@ def render(c: Context, board: str = "odroidc4") -> None:
     name="build",
     help={
         "board": BOARD_HELP,
-        "force": "re-run every step even if its inputs are unchanged",
+        "force": "re-run every step even if its inputs are unchanged, and regenerate a"
+        " hand-edited kernel .config (see kernel.savefragment)",
         "kernel-src": KERNEL_SRC_HELP,
         "json": "FILE: also write the manifest as JSON to this file (- : on stdout, no summary)",
+        "verbose": "also print every tool's output (it always goes to build/B/STEP/build.log)",
         "skip": "STEP (repeatable): do not run this step: kernel, rootfs, dtb or microkit",
         "require-image": "fail (exit 2) when loader.img cannot be built, e.g. inputs missing",
         "microkit-sdk": MICROKIT_SDK_HELP,
@@ -132,6 +136,7 @@ def build_(
     sddf: str | None = None,
     fetch: bool = False,
     locked: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Build the guest (render, kernel, rootfs, DTB, Microkit image) and write the manifest."""
     b = load_board(board, ROOT)
@@ -149,9 +154,10 @@ def build_(
         ),
         require_image=require_image,
         locked=locked,
+        verbose=verbose,
     )
     ws = _workspace()
-    manifest = build(b, ws, options, progress=_progress)
+    manifest = build(b, ws, options, progress=Console(sys.stderr))
     if json_:
         _write_json(json_, manifest)
         if json_ == "-":
@@ -270,11 +276,21 @@ def flash(
 @task(help={"board": BOARD_HELP})
 @user_errors
 def validate(c: Context, board: str = "odroidc4") -> None:
-    """Check a board file (schema, layout, the guest driver's rules); report every finding."""
+    """Check a board file (schema, layout, driver rules) and this machine's build tools.
+
+    Every finding is reported: the schema and layout, the guest driver's own rules, and
+    whether the cross compiler, make and dtc the build needs are installed."""
     b = load_board(board, ROOT)
+    findings: list[Finding] = []
     for guest in (b, b.sel4):
         if guest is not None:
-            check_driver_rules(guest, ROOT)
+            try:
+                check_driver_rules(guest, ROOT)
+            except UserError as exc:
+                findings += exc.findings
+    findings += toolchain_findings(b)
+    if findings:
+        raise UserError(findings)
     print(f"{b.file.relative_to(ROOT) if ROOT in b.file.parents else b.file}: ok")
 
 
@@ -297,6 +313,35 @@ def diffconfig(c: Context, board: str = "odroidc4") -> None:
 
 
 @task(
+    help={
+        "board": BOARD_HELP,
+        "to": "FILE: the fragment to merge into (default: the board's first kernel.fragments"
+        " file, or a new boards/B/kernel.config)",
+        "kernel-src": KERNEL_SRC_HELP,
+    }
+)
+@user_errors
+def savefragment(
+    c: Context, board: str = "odroidc4", to: str | None = None, kernel_src: str | None = None
+) -> None:
+    """Write what a hand edit (kernel.menuconfig) changed into the board's kernel fragment."""
+    b = load_board(board, ROOT)
+    src = kernel_source(b, Path(kernel_src) if kernel_src else None)
+    kdir = _workspace().build_dir(b) / "kernel"
+    fragments = b.kernel.fragments
+    target = Path(to).resolve() if to else (fragments[0] if fragments else b.dir / "kernel.config")
+    saved = kernel_lib.save_fragment(
+        src.path,
+        kdir,
+        target,
+        kernel_version=src.version,
+        arch=b.arch,
+        cross_compile=b.cross_compile,
+    )
+    print(kernel_lib.saved_report(saved, b, ROOT))
+
+
+@task(
     name="new",
     help={
         "name": "NAME: the new board's name (lowercase letters, digits, _): boards/NAME/",
@@ -316,6 +361,7 @@ board_ns.add_task(board_new)
 kernel_ns = Collection("kernel")
 kernel_ns.add_task(menuconfig)
 kernel_ns.add_task(diffconfig)
+kernel_ns.add_task(savefragment)
 
 ns = Collection()
 ns.add_collection(kernel_ns)

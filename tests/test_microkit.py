@@ -501,6 +501,7 @@ def test_step_runs_make_and_records_loader_img(odroidc4: Board, tmp_path: Path) 
     for value in seen.values():  # every input reached the make as an absolute path
         assert value.endswith("[command line]")
     log = Path(rec.details["log"])
+    assert log == runner.build_dir / "microkit" / "build.log"
     assert log.read_text().startswith("$ make -C ")
     assert rec.details["sdk_version"] == "2.0.1"
 

@@ -28,12 +28,13 @@ from netvm.core.errors import Finding, UserError
 from netvm.core.files import file_sha256, tree_digest
 from netvm.core.hosttools import tool_version
 from netvm.core.pipeline import Artifact, PlanRunner, Prediction, StepOutput, StepRunner
-from netvm.core.progress import Progress, silent
+from netvm.core.progress import Progress, StepProgress, show_status, silent
+from netvm.core.toollog import LOG_NAME, ToolLog
 from netvm.core.workspace import Workspace, cache_dir, display_path
 from netvm.guest.buildroot import export_external_tree
 from netvm.guest.devicetree import build_guest_dtb, initrd_window
 from netvm.guest.drivercheck import check_driver_rules
-from netvm.guest.kernel import build_kernel_image, configure
+from netvm.guest.kernel import build_kernel_image, configure, hand_edits
 from netvm.guest.kernelsrc import (
     KernelSource,
     debian_source,
@@ -43,6 +44,7 @@ from netvm.guest.kernelsrc import (
 from netvm.guest.qemu_machine import base_description
 from netvm.guest.render import Rendered, header_text, render_all
 from netvm.guest.rootfs import DEBIAN_PACKAGES, apt_lists_state, build_initramfs
+from netvm.guest.toolchain import DTB_TOOLS, KERNEL_TOOLS, toolchain_findings
 from netvm.microkit import handoff as microkit
 from netvm.microkit.handoff import MicrokitInputs
 
@@ -76,6 +78,7 @@ class BuildOptions:
     microkit: MicrokitInputs | None = None  # SDK/libvmm/sDDF; None: loader.img is skipped
     require_image: bool = False  # a build that cannot make loader.img is an error (CI)
     locked: bool = False  # fail before any step if an input differs from netvm.lock
+    verbose: bool = False  # the tools' output to the terminal too (it always goes to build.log)
 
     def __post_init__(self) -> None:
         unknown = sorted(self.skip - set(SKIPPABLE))
@@ -331,6 +334,18 @@ class GuestBuild:
         """True when the steps are only predicted (`plan_build`): nothing is written."""
         return isinstance(self.runner, PlanRunner)
 
+    def tool_log(self, step: str) -> ToolLog:
+        """A fresh build.log in the step's directory, echoed to the terminal with --verbose."""
+        path = self.out / step / LOG_NAME
+        echo = self.runner.progress if self.options.verbose else None
+        return ToolLog(path, display=self.ws.display(path), echo=echo)
+
+    def need_tools(self, tools: tuple[str, ...]) -> None:
+        """Refuse to start a step whose tools this machine does not have."""
+        missing = toolchain_findings(self.board, tools)
+        if missing:
+            raise UserError(missing)
+
     def skipped(self, name: str) -> bool:
         """True (and recorded) when the user asked not to run step `name`."""
         if name in self.options.skip:
@@ -348,22 +363,31 @@ def kernel_step(g: GuestBuild) -> None:
     board, src, kdir = g.board, g.src, g.out / "kernel"
 
     def make_kernel() -> StepOutput:
-        cfg = configure(
-            src.path,
-            kdir,
-            g.rendered.kernel_fragments,
-            kernel_version=src.version,
-            arch=board.arch,
-            cross_compile=board.cross_compile,
-            allowed=board.kernel.allow_mismatch,
-        )
-        image = build_kernel_image(
-            src.path,
-            kdir,
-            arch=board.arch,
-            cross_compile=board.cross_compile,
-            progress=g.runner.progress,
-        )
+        edits = {} if g.options.force else hand_edits(kdir)
+        if edits:
+            raise UserError([hand_edit_finding(g, kdir / ".config", edits)])
+        g.need_tools(KERNEL_TOOLS)
+        log = g.tool_log("kernel")
+        with StepProgress(g.runner.progress, g.runner.label + "kernel") as status:
+            cfg = configure(
+                src.path,
+                kdir,
+                g.rendered.kernel_fragments,
+                kernel_version=src.version,
+                arch=board.arch,
+                cross_compile=board.cross_compile,
+                allowed=board.kernel.allow_mismatch,
+                log=log,
+                status=status,
+            )
+            image = build_kernel_image(
+                src.path,
+                kdir,
+                arch=board.arch,
+                cross_compile=board.cross_compile,
+                log=log,
+                status=status,
+            )
         details = {
             "image_bytes": image.bytes,
             "build_seconds": round(image.seconds, 1),
@@ -390,6 +414,28 @@ def kernel_inputs(g: GuestBuild) -> dict[str, Any]:
         "cross_gcc": g.versions["cross_gcc"],
         "allowed": sorted(g.board.kernel.allow_mismatch),
     }
+
+
+def board_arg(board: Board, root: Path) -> str:
+    """How `--board` names `board` on the command line: its name when it is a board under
+    boards/, else its file."""
+    if board.file.resolve() == (root / "boards" / board.name / "board.yaml").resolve():
+        return board.name
+    return display_path(board.file, root)
+
+
+def hand_edit_finding(g: GuestBuild, config: Path, edits: dict[str, str]) -> Finding:
+    shown = ", ".join(f"CONFIG_{sym}" for sym in list(edits)[:5])
+    if len(edits) > 5:
+        shown += f" and {len(edits) - 5} more"
+    return Finding(
+        g.ws.display(config),
+        "",
+        f"edited by hand since netvm wrote it ({shown}); building would regenerate it "
+        "from the fragments and drop those edits",
+        "save them into the board's kernel fragment with `invoke kernel.savefragment "
+        f"--board {board_arg(g.board, g.ws.root)}`, or build with --force to discard them",
+    )
 
 
 def rootfs_step(g: GuestBuild) -> None:
@@ -419,7 +465,9 @@ def rootfs_step(g: GuestBuild) -> None:
             base_cpio=spec.base_cpio,
             extra_modules=spec.python_modules,
             compress=spec.compression == "gzip",
-            progress=g.runner.progress,
+            # On a terminal its notes take the step's status line.
+            progress=lambda line: show_status(g.runner.progress, line),
+            log=g.tool_log("rootfs"),
         )
         return StepOutput({"initramfs": result.path}, result.report())
 
@@ -452,6 +500,7 @@ def dtb_step(g: GuestBuild) -> None:
     initrd = dtb_initrd(g)
 
     def make_dtb() -> StepOutput:
+        g.need_tools(DTB_TOOLS)
         result = build_guest_dtb(
             g.board,
             g.rendered.overlay_dts,
@@ -459,6 +508,7 @@ def dtb_step(g: GuestBuild) -> None:
             g.out / "dtb",
             header=g.header,
             initrd=initrd,
+            log=g.tool_log("dtb"),
         )
         details: dict[str, Any] = {"initrd": str(initrd) if initrd else None}
         return StepOutput({"dtb": result.dtb, "dts": result.dts}, details)
@@ -502,6 +552,7 @@ def microkit_step(g: GuestBuild) -> None:
         require_image=g.options.require_image,
         root=g.ws.root,
         header=g.header,
+        echo=g.runner.progress if g.options.verbose else None,
     )
 
 

@@ -28,7 +28,9 @@ class Finding:
         where = "".join(f"{part}: " for part in (self.file, self.key) if part)
         text = where + self.message
         if self.hint:
-            text += f" (hint: {self.hint})"
+            # After quoted lines (a tool's output), the hint goes on a line of its own.
+            text += "\n  " if "\n" in self.message else " "
+            text += f"(hint: {self.hint})"
         return text
 
     def as_dict(self) -> dict[str, str]:

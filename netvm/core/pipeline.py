@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from netvm.core.files import file_sha256
-from netvm.core.progress import Progress, silent
+from netvm.core.progress import Progress, end_status, show_status, silent
 
 STATUSES = ("built", "cached", "skipped", "failed")
 
@@ -123,11 +123,13 @@ class StepRunner:
             arts, details = cached
             record = StepRecord(label, "cached", time.monotonic() - start, details=details)
         else:
-            self.progress(f"[{label}] running")
+            # On a terminal the step's own status line takes over this one.
+            show_status(self.progress, f"[{label}] running")
             try:
                 output = run()
             except BaseException:
                 self.records.append(StepRecord(label, "failed", time.monotonic() - start))
+                end_status(self.progress, keep=True)
                 raise
             arts = {k: Artifact.of(p) for k, p in output.files.items()}
             details = dict(output.details)
@@ -135,6 +137,7 @@ class StepRunner:
             record = StepRecord(label, "built", time.monotonic() - start, details=details)
         self.artifacts.update(arts)
         self.records.append(record)
+        end_status(self.progress)
         self.progress(f"[{label}] {record.status} ({record.seconds:.2f} s)")
         return record
 

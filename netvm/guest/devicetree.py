@@ -10,12 +10,12 @@ checking the compiled blob against the board model. Does not render the overlay
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from netvm.board import PAGE_SIZE, Board, Region
 from netvm.core.errors import Finding, Findings, UserError
+from netvm.core.toollog import ToolLog
 from netvm.core.workspace import cache_dir
 from netvm.guest.fdt import cells, decompile, parse_dtb, strings, u64_pairs
 from netvm.guest.kernelsrc import KernelSource
@@ -86,7 +86,9 @@ def initrd_fragment(window: Region, header: str) -> str:
     )
 
 
-def preprocess_base(src: KernelSource, base: str, out: Path, display: str) -> Path:
+def preprocess_base(
+    src: KernelSource, base: str, out: Path, display: str, log: ToolLog | None = None
+) -> Path:
     """Run the kernel's DTS preprocessing (cpp with its include paths) on `base`."""
     dts = src.path / base
     if not dts.is_file():
@@ -110,7 +112,8 @@ def preprocess_base(src: KernelSource, base: str, out: Path, display: str) -> Pa
         str(out),
         str(dts),
     ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    log = log or ToolLog(None)
+    log.check(log.capture(cmd), f"cpp on {base}")
     return out
 
 
@@ -160,9 +163,12 @@ def build_guest_dtb(
     *,
     header: str,
     initrd: Region | None,
+    log: ToolLog | None = None,
 ) -> DtbResult:
-    """Compile base + overlay (+ initrd window) into ``guest.dtb`` and check it."""
+    """Compile base + overlay (+ initrd window) into ``guest.dtb`` and check it; cpp's
+    and dtc's output goes to `log`."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    log = log or ToolLog(None)
     flags: tuple[str, ...]
     if board.devicetree.base_qemu is not None:
         # QEMU's own tree for the boot's machine options, kept next to the output to read.
@@ -177,7 +183,7 @@ def build_guest_dtb(
     else:
         assert board.devicetree.base is not None
         base_pp = preprocess_base(
-            src, board.devicetree.base, out_dir / "base.pp.dts", board.display_file
+            src, board.devicetree.base, out_dir / "base.pp.dts", board.display_file, log
         )
         base_text = base_pp.read_text()
         flags = DTC_FLAGS
@@ -190,15 +196,11 @@ def build_guest_dtb(
     source = out_dir / "guest.src.dts"
     source.write_text("".join(parts))
     dtb = out_dir / "guest.dtb"
-    proc = subprocess.run(
-        ["dtc", "-I", "dts", "-O", "dtb", *flags, "-o", str(dtb), str(source)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
+    proc = log.capture(["dtc", "-I", "dts", "-O", "dtb", *flags, "-o", str(dtb), str(source)])
+    if proc.status != 0:
         raise UserError([dtc_finding(board, overlay, source, proc.stderr)])
     dts = out_dir / "guest.dts"
-    decompiled = decompile(dtb)
+    decompiled = decompile(dtb, log)
     dts.write_text(f"/* {header} Decompiled guest DTB, for reading. */\n" + decompiled)
     size = dtb.stat().st_size
     if size > board.guest.dtb_max_size:

@@ -7,8 +7,9 @@ what `dtc` produced without extra Python dependencies. Read-only; version 17 blo
 from __future__ import annotations
 
 import struct
-import subprocess
 from pathlib import Path
+
+from netvm.core.toollog import ToolLog
 
 FDT_MAGIC = 0xD00DFEED
 _BEGIN_NODE, _END_NODE, _PROP, _NOP, _END = 1, 2, 3, 4, 9
@@ -77,11 +78,10 @@ def u64_pairs(value: bytes) -> list[tuple[int, int]]:
     return [((c[i] << 32) | c[i + 1], (c[i + 2] << 32) | c[i + 3]) for i in range(0, len(c) - 3, 4)]
 
 
-def decompile(dtb: Path) -> str:
-    """The DTS text `dtc` makes of `dtb` (for reading and for diffing; raises on failure)."""
-    return subprocess.run(
-        ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def decompile(dtb: Path, log: ToolLog | None = None) -> str:
+    """The DTS text `dtc` makes of `dtb` (for reading and for diffing; raises on failure).
+    `log` gets dtc's complaints, not the text."""
+    log = log or ToolLog(None)
+    cmd = ["dtc", "-q", "-I", "dtb", "-O", "dts", str(dtb)]
+    run = log.capture(cmd, log_stdout=False)
+    return log.check(run, f"dtc decompiling {dtb.name}", internal=True).stdout

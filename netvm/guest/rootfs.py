@@ -17,7 +17,6 @@ import json
 import os
 import py_compile
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from netvm.board import INITRAMFS_NAMES
 from netvm.core.errors import UserError
 from netvm.core.files import file_sha256, fill_once, short_key
 from netvm.core.progress import Progress, silent
+from netvm.core.toollog import ToolLog
 from netvm.guest import cpio
 
 DEB_ARCH = "arm64"
@@ -124,14 +124,13 @@ class InitramfsResult:
 # Debian packages
 
 
-def resolve_packages(names: Iterable[str], arch: str = DEB_ARCH) -> list[DebPackage]:
+def resolve_packages(
+    names: Iterable[str], arch: str = DEB_ARCH, log: ToolLog | None = None
+) -> list[DebPackage]:
     """Candidate version, pool file and sha256 of each package, from apt's signed lists."""
     names = list(names)
-    proc = subprocess.run(
-        ["apt-cache", "show", "--no-all-versions", *(f"{n}:{arch}" for n in names)],
-        capture_output=True,
-        text=True,
-    )
+    log = log or ToolLog(None)
+    proc = log.capture(["apt-cache", "show", "--no-all-versions", *(f"{n}:{arch}" for n in names)])
     found: dict[str, DebPackage] = {}
     for para in proc.stdout.split("\n\n"):
         fields = dict(
@@ -159,26 +158,25 @@ def apt_lists_state(lists: Path = Path("/var/lib/apt/lists")) -> list[str]:
     ]
 
 
-def fetch_packages(packages: list[DebPackage], cache: Path) -> list[Path]:
+def fetch_packages(
+    packages: list[DebPackage], cache: Path, log: ToolLog | None = None
+) -> list[Path]:
     """The .deb files, downloaded once by apt (which verifies them) and re-checked here."""
     cache.mkdir(parents=True, exist_ok=True)
+    log = log or ToolLog(None)
     want = [p for p in packages if not _cached_ok(cache / p.deb_name, p.sha256)]
     if want:
-        proc = subprocess.run(
+        proc = log.stream(
             # Run as the calling user: apt's sandbox user may not write to the cache.
             ["apt-get", "download", "-o", "APT::Sandbox::User=root"]
             + [f"{p.name}:{DEB_ARCH}={p.version}" for p in want],
             cwd=cache,
-            capture_output=True,
-            text=True,
         )
-        if proc.returncode != 0:
-            raise UserError(
-                f"apt-get download failed for {', '.join(p.name for p in want)}: "
-                + (proc.stderr.strip().splitlines() or ["no output"])[-1],
-                hint="the Debian archive must be reachable once; later builds use "
-                f"the cache in {cache}",
-            )
+        log.check(
+            proc,
+            f"apt-get download of {', '.join(p.name for p in want)}",
+            f"the Debian archive must be reachable once; later builds use the cache in {cache}",
+        )
     for p in packages:
         if not _cached_ok(cache / p.deb_name, p.sha256):
             raise UserError(f"{cache / p.deb_name}: sha256 differs from apt's lists")
@@ -189,13 +187,17 @@ def _cached_ok(path: Path, sha256: str) -> bool:
     return path.is_file() and file_sha256(path) == sha256
 
 
-def unpack(debs: Iterable[Path], dest: Path) -> None:
+def unpack(debs: Iterable[Path], dest: Path, log: ToolLog | None = None) -> None:
     """dpkg-deb -x: the files only; no maintainer script runs."""
+    log = log or ToolLog(None)
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
+        run = log.stream(["dpkg-deb", "-x", str(deb), str(dest)])
+        log.check(run, f"dpkg-deb -x {deb.name}", internal=True)  # a verified package
 
 
-def resolved_packages(names: Iterable[str], cache: Path) -> list[DebPackage]:
+def resolved_packages(
+    names: Iterable[str], cache: Path, log: ToolLog | None = None
+) -> list[DebPackage]:
     """`resolve_packages`, remembered until apt's package lists change.
 
     apt-cache loads its whole cache (seconds); the lists' names, sizes and mtimes say
@@ -205,17 +207,19 @@ def resolved_packages(names: Iterable[str], cache: Path) -> list[DebPackage]:
     memo = cache / f"resolved-{short_key(json.dumps([names, apt_lists_state()]))}.json"
     if memo.is_file():
         return [DebPackage(**p) for p in json.loads(memo.read_text())]
-    packages = resolve_packages(names)
+    packages = resolve_packages(names, log=log)
     cache.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps([vars(p) for p in packages]))
     return packages
 
 
-def unpacked_base(packages: list[DebPackage], debs: list[Path], cache: Path) -> Path:
+def unpacked_base(
+    packages: list[DebPackage], debs: list[Path], cache: Path, log: ToolLog | None = None
+) -> Path:
     """The packages unpacked once per set of versions, shared by later builds (read-only)."""
 
     def fill(tmp: Path) -> str:
-        unpack(debs, tmp)
+        unpack(debs, tmp, log)
         return "\n".join(f"{p.name} {p.version}" for p in packages)
 
     return fill_once(cache / "rootfs-base" / short_key("".join(p.sha256 for p in packages)), fill)
@@ -226,7 +230,7 @@ def unpacked_base(packages: list[DebPackage], debs: list[Path], cache: Path) -> 
 
 
 def probe_imports(
-    full_root: Path, driver_path: Path, extra_modules: Iterable[str]
+    full_root: Path, driver_path: Path, extra_modules: Iterable[str], log: ToolLog | None = None
 ) -> tuple[str, list[str]]:
     """Run the arm64 python on `full_root` with the driver from `driver_path`; return its
     bytecode magic and the stdlib files it loaded, relative to `full_root`.
@@ -244,7 +248,8 @@ def probe_imports(
             "PYTHONPATH": str(driver_path),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        proc = subprocess.run(
+        log = log or ToolLog(None)
+        proc = log.capture(
             [
                 "qemu-aarch64-static",
                 "-L",
@@ -255,10 +260,8 @@ def probe_imports(
                 str(out),
             ],
             env=env,
-            capture_output=True,
-            text=True,
         )
-        if proc.returncode != 0 or not out.is_file():
+        if proc.status != 0 or not out.is_file():
             raise UserError(
                 "the guest python could not import the driver:\n" + proc.stderr.strip(),
                 hint="check that PYTHONPATH=driver python3 -m netvm_driver --help works here; "
@@ -270,10 +273,13 @@ def probe_imports(
     return magic, files
 
 
-def needed_libraries(elf: Path) -> list[str]:
+def needed_libraries(elf: Path, log: ToolLog | None = None) -> list[str]:
     """DT_NEEDED sonames of an ELF file (empty for a static one)."""
-    proc = subprocess.run(
-        ["aarch64-linux-gnu-readelf", "-d", str(elf)], capture_output=True, text=True, check=True
+    log = log or ToolLog(None)
+    proc = log.check(
+        log.capture(["aarch64-linux-gnu-readelf", "-d", str(elf)]),
+        f"readelf -d {elf.name}",
+        internal=True,
     )
     out = []
     for line in proc.stdout.splitlines():
@@ -282,12 +288,12 @@ def needed_libraries(elf: Path) -> list[str]:
     return out
 
 
-def library_closure(full_root: Path, elves: Iterable[str]) -> list[str]:
+def library_closure(full_root: Path, elves: Iterable[str], log: ToolLog | None = None) -> list[str]:
     """Paths (relative) of every shared library `elves` need, transitively, + the loader."""
     seen: dict[str, str] = {}
     todo = list(elves)
     while todo:
-        for soname in needed_libraries(full_root / todo.pop()):
+        for soname in needed_libraries(full_root / todo.pop(), log):
             if soname in seen:
                 continue
             rel = _find_library(full_root, soname)
@@ -350,14 +356,11 @@ def _compile(src: Path, guest_path: str, optimize: int = 0) -> bytes:
         return out.read_bytes()
 
 
-def busybox_applets(full_root: Path) -> frozenset[str]:
+def busybox_applets(full_root: Path, log: ToolLog | None = None) -> frozenset[str]:
     """The applets this busybox build has (it runs under qemu-user to say)."""
-    proc = subprocess.run(
-        ["qemu-aarch64-static", "-L", str(full_root), str(full_root / BUSYBOX), "--list"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    log = log or ToolLog(None)
+    cmd = ["qemu-aarch64-static", "-L", str(full_root), str(full_root / BUSYBOX), "--list"]
+    proc = log.check(log.capture(cmd), "busybox --list", internal=True)
     return frozenset(proc.stdout.split())
 
 
@@ -370,10 +373,10 @@ def _add_parents(entries: dict[str, cpio.Entry]) -> None:
 
 
 def debian_entries(
-    full_root: Path, overlay: Path, extra_modules: Iterable[str]
+    full_root: Path, overlay: Path, extra_modules: Iterable[str], log: ToolLog | None = None
 ) -> dict[str, cpio.Entry]:
     """The pruned Debian base plus the overlay (overlay wins), as archive entries."""
-    magic, files = probe_imports(full_root, overlay / GUEST_PYTHONPATH, extra_modules)
+    magic, files = probe_imports(full_root, overlay / GUEST_PYTHONPATH, extra_modules, log)
     if bytes.fromhex(magic) != MAGIC_NUMBER:
         raise UserError(
             f"the guest python's bytecode magic {magic} differs from this host's "
@@ -398,7 +401,7 @@ def debian_entries(
     entries[f"{STDLIB}/lib-dynload"] = cpio.directory(f"{STDLIB}/lib-dynload")
     entries[PYTHON] = _copy_entry(full_root, PYTHON)
     entries["usr/bin/python3"] = cpio.symlink("usr/bin/python3", "python3.11")
-    for rel in library_closure(full_root, elves):
+    for rel in library_closure(full_root, elves, log):
         entries[rel] = _copy_entry(full_root, rel)
         target = full_root / rel
         if target.is_symlink():  # e.g. libz.so.1 -> libz.so.1.2.13
@@ -407,7 +410,7 @@ def debian_entries(
     loader = "lib/ld-linux-aarch64.so.1"
     entries[loader] = _copy_entry(full_root, loader)
     entries[BUSYBOX] = _copy_entry(full_root, BUSYBOX)
-    missing = sorted(set(BUSYBOX_APPLETS) - busybox_applets(full_root))
+    missing = sorted(set(BUSYBOX_APPLETS) - busybox_applets(full_root, log))
     if missing:
         # /init and the console rely on these; a Debian busybox without them is a
         # different build than netvm was made for.
@@ -485,9 +488,11 @@ def build_initramfs(
     extra_modules: Iterable[str] = (),
     compress: bool = True,
     progress: Progress = silent,
+    log: ToolLog | None = None,
 ) -> InitramfsResult:
     """Build `out` (rootfs.cpio.gz, or rootfs.cpio uncompressed) from `provider`'s base
-    and the staged `overlay`."""
+    and the staged `overlay`; the tools it runs (apt, dpkg-deb, the guest python under
+    qemu-user, readelf) write to `log`."""
     if provider == "cpio":
         assert base_cpio is not None
         try:
@@ -503,10 +508,11 @@ def build_initramfs(
         return pack(base, out, epoch, compress=compress)
     if provider != "debian":
         raise UserError(f"rootfs provider {provider} does not build an initramfs here")
-    packages = resolved_packages(DEBIAN_PACKAGES, cache / "debs")
+    packages = resolved_packages(DEBIAN_PACKAGES, cache / "debs", log)
     progress(f"[rootfs] {len(packages)} Debian {DEB_ARCH} packages")
-    debs = fetch_packages(packages, cache / "debs")
-    entries = debian_entries(unpacked_base(packages, debs, cache), overlay, extra_modules)
+    debs = fetch_packages(packages, cache / "debs", log)
+    base_tree = unpacked_base(packages, debs, cache, log)
+    entries = debian_entries(base_tree, overlay, extra_modules, log)
     result = pack(entries, out, epoch, compress=compress)
     return InitramfsResult(
         result.path,

@@ -40,7 +40,8 @@ from netvm.core.errors import AddFinding, Finding, Findings, UserError
 from netvm.core.files import file_sha256
 from netvm.core.hosttools import git_head
 from netvm.core.pipeline import StepOutput, StepRunner
-from netvm.core.progress import Progress, silent
+from netvm.core.progress import Progress, StepProgress, silent
+from netvm.core.toollog import LOG_NAME, ToolLog
 from netvm.microkit.fetch import SDK_URL, fetch_git, fetch_sdk, microkit_cache, unpack_sdk
 from netvm.microkit.system import render_system, system_files
 
@@ -69,7 +70,6 @@ HOST_TOOLS: dict[str, str] = {
 }
 METAPROGRAM = Path(__file__).with_name("metaprogram.py")
 CONFIG_SECTION = "netvm"  # invoke.yaml section holding microkit_sdk / libvmm / sddf / python
-LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -725,31 +725,29 @@ def build_loader_image(
     guest: GuestArtifacts,
     work_dir: Path,
     progress: Progress = silent,
+    *,
+    echo: Progress | None = None,
+    label: str = "microkit",
 ) -> LoaderImage:
-    """Run upstream's make; on failure raise a UserError quoting the end of the log."""
+    """Run upstream's make, its whole output to ``build.log`` in `work_dir` (and to `echo`
+    too, for --verbose) and a status line to `progress`; on failure raise a UserError
+    quoting the end of the log."""
     (work_dir / "build").mkdir(parents=True, exist_ok=True)
     cmd = make_command(board, checked, guest, work_dir)
     if _pins(board).system is None:
         stage_initrd(work_dir, guest)
-    log = work_dir / "make.log"
+    log = work_dir / LOG_NAME
+    tools = ToolLog(log, echo=echo)
     start = time.monotonic()
-    with log.open("w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        env = dict(os.environ, MICROKIT_SDK=str(checked.sdk))
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            progress(f"[microkit] {line.rstrip()}")
-        status = proc.wait()
+    env = dict(os.environ, MICROKIT_SDK=str(checked.sdk))
+    with StepProgress(progress, label) as status:
+        status.phase(f"make ({cmd[2]})")
+        run = tools.stream(cmd, env=env)
     seconds = time.monotonic() - start
     loader = work_dir / "build" / "loader.img"
-    if status != 0 or not loader.is_file():
-        tail = log.read_text().splitlines()[-LOG_TAIL_LINES:]
-        what = f"exited with status {status}" if status else "did not produce loader.img"
+    if run.status != 0 or not loader.is_file():
+        tail = run.tail
+        what = f"exited with status {run.status}" if run.status else "did not produce loader.img"
         raise UserError(
             [
                 Finding(
@@ -778,8 +776,10 @@ def run_step(
     require_image: bool,
     root: Path | None = None,
     header: str = "",
+    echo: Progress | None = None,
 ) -> None:
     """The `microkit` build step: `loader.img` from the guest artifacts, or a clear skip.
+    make's output goes to ``build/<board>/microkit/build.log`` (and to `echo`, if given).
 
     Without the external inputs (or without a guest artifact) the step is skipped with a
     note saying what loader.img needs; `require_image` turns that into a UserError.
@@ -852,7 +852,16 @@ def run_step(
     }
 
     def make_image() -> StepOutput:
-        result = build_loader_image(board, display, checked, guest, work_dir, runner.progress)
+        result = build_loader_image(
+            board,
+            display,
+            checked,
+            guest,
+            work_dir,
+            runner.progress,
+            echo=echo,
+            label=runner.label + "microkit",
+        )
         details = {
             "log": str(result.log),
             "report": str(result.report) if result.report else None,
