@@ -1,8 +1,8 @@
 """`invoke run` end to end, on the shared build: `--check` through the library call behind
 it, and the interactive run as a user starts it, in a terminal.
 
-Each boots its own guest (after tests/test_qemu_boot.py released the simulation lock).
-Markers qemu and slow; needs root.
+Each boots its own guest, in namespaces of its own (netvm.sim.runs): other runs on the
+host may go on meanwhile. Markers qemu and slow; needs root.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 
 from netvm.board import Board
 from netvm.core.workspace import Workspace
-from netvm.guest.render import sim_settings
-from netvm.sim.netns import NetnsConfig
+from netvm.sim.runs import list_namespaces
 from netvm.target.qemu import RUN_PREFIX, RunOptions, run_qemu_check
 from tests.harness import INVOKE, QEMU_GUEST, ROOT
 
@@ -71,11 +70,16 @@ class Terminal:
         os.write(self.fd, keys)
 
 
+def nothing_left(pid: int) -> None:
+    """Neither a namespace nor a run directory (RAM file, sockets) of the runs of `pid`."""
+    assert [ns for ns in list_namespaces() if f"-{pid}-" in ns] == []
+    assert not list(Path("/dev/shm").glob(f"{RUN_PREFIX}{pid}-*"))
+
+
 def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
     qemu_board: Board,
 ) -> None:
     board = qemu_board
-    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     child, fd = pty.fork()
     if child == 0:  # `invoke run` with the pseudo-terminal as its terminal, as from a shell
         try:
@@ -86,11 +90,16 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
     term = Terminal(fd)
     status = None
     try:
+        # The hint names this run's own namespace.
+        term.expect(r"try: ip netns exec \S+ ping \S+\r?\n", 600)
+        hint = re.search(r"try: ip netns exec (\S+) ping (\S+)\r?\n", term.text)
+        assert hint is not None
+        peer_ns = hint[1]
+        assert re.fullmatch(rf"netvm-peer-{child}-\d+", peer_ns), peer_ns
         term.expect(r"entering event loop", 180)
         # Traffic through the guest while its console is on the terminal.
         ping = subprocess.run(
-            ["ip", "netns", "exec", peer_ns, "ping", "-c", "2", "-W", "5",
-             board.net.clients[0].ipv4],
+            ["ip", "netns", "exec", peer_ns, "ping", "-c", "2", "-W", "5", hint[2]],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert ping.returncode == 0, ping.stdout + ping.stderr
@@ -113,15 +122,11 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
             os.kill(child, 9)
             os.waitpid(child, 0)
         os.close(fd)
-    # A clean shutdown leaves neither the namespace nor the run directory (RAM file).
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    assert peer_ns not in namespaces.stdout.split()
-    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{child}").exists()
+    nothing_left(child)  # after a clean shutdown
 
 
 def test_interrupted_check_says_in_which_phase_and_cleans_up(qemu_board: Board) -> None:
     board = qemu_board
-    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     proc = subprocess.Popen(
         [INVOKE, "run", "--board", board.name, "--check"],
         cwd=ROOT,
@@ -142,6 +147,4 @@ def test_interrupted_check_says_in_which_phase_and_cleans_up(qemu_board: Board) 
     assert proc.returncode == 130, err
     assert "invoke run --check stopped by interrupt during boot" in err
     assert "Traceback" not in err
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    assert peer_ns not in namespaces.stdout.split()
-    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{proc.pid}").exists()
+    nothing_left(proc.pid)

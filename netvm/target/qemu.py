@@ -9,6 +9,9 @@ QEMU's NIC, and orderly shutdown. `run_qemu_check` boots, waits for the driver's
 lists the guest's UIO devices, runs ping and a UDP echo round from the peer namespace
 through the guest's driver, powers off and reports. Every wait has a time-out.
 
+The namespace and the run directory carry the run's tag (netvm.sim.runs): runs on one
+host never share them.
+
 Does not build anything itself (netvm.builder.build does, cached by input hash) and does not
 know the data path (the guest driver and netvm.sim do). See docs/qemu.md.
 """
@@ -39,8 +42,8 @@ from netvm.core.workspace import Workspace
 from netvm.guest.fdt import parse_dtb
 from netvm.guest.qemu_machine import VIRTIO_CONSOLE, VIRTIO_NIC, machine_args, qemu_binary
 from netvm.guest.render import sim_settings
-from netvm.sim import driverlog, netns
-from netvm.sim.runner import LOCK_FILE, acquire_lock, sigterm_as_interrupt
+from netvm.sim import driverlog, netns, runs
+from netvm.sim.runner import sigterm_as_interrupt
 from netvm.target.qemu_vmm import DOORBELL_UIO, QemuVmm
 
 RUN_PREFIX = "netvm-qemu-"
@@ -368,12 +371,12 @@ class QemuRun:
     proc: subprocess.Popen[bytes] | None = None
     console: GuestConsole | None = None
     t0: float = 0.0
-    _lock_fd: int | None = None
     _stderr: Any = None
 
     def __post_init__(self) -> None:
+        self.tag = runs.new_tag()
         self.paths = RunPaths(
-            self.options.run_root / f"{RUN_PREFIX}{os.getpid()}",
+            self.options.run_root / f"{RUN_PREFIX}{self.tag}",
             self.ws.build_dir(self.board) / "qemu",
         )
 
@@ -392,14 +395,15 @@ class QemuRun:
         check_dtb_placement(self.board, self.images)
         if shutil.which(qemu_binary(self.board)) is None:
             raise UserError(f"{qemu_binary(self.board)} is not installed", hint="run ./bootstrap")
+        if self.options.vmm:
+            netns.require_root()
+        runs.remove_stale(self.options.run_root, namespaces=self.options.vmm)
         shutil.rmtree(self.paths.dir, ignore_errors=True)
         self.paths.dir.mkdir(parents=True)
         self.paths.log_dir.mkdir(parents=True, exist_ok=True)
         tap = None
         if self.options.vmm:
-            netns.require_root()
-            self._lock_fd = acquire_lock(LOCK_FILE, 120.0, self.progress)
-            self.net = netns.NetnsConfig.from_settings(sim_settings(self.board))
+            self.net = netns.NetnsConfig.from_settings(sim_settings(self.board), str(self.tag))
             create_peer_namespace(self.net)
             tap = self.net.peer_if
             self.vmm = QemuVmm(self.board, self.ws.root, self.paths.ram, self.paths.dir)
@@ -535,16 +539,12 @@ class QemuRun:
             self._stderr.close()
             self._stderr = None
         shutil.rmtree(self.paths.dir, ignore_errors=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the simulation lock
-            self._lock_fd = None
 
 
 def create_peer_namespace(cfg: netns.NetnsConfig) -> None:
-    """The peer namespace with a tap (QEMU's NIC) holding the peer address."""
+    """The peer namespace with a tap (QEMU's NIC) holding the peer address. The tap is
+    created inside the namespace: its name is that namespace's alone."""
     remove_peer_namespace(cfg)
-    netns.remove(cfg.driver_ns)  # a host simulation's leftovers would shadow nothing, but
-    # its veth end in the peer namespace would clash with the tap's name
     p = cfg.peer_ns
     netns.run(["ip", "netns", "add", p])
     netns.run(netns.in_ns(p, ["ip", "tuntap", "add", "dev", cfg.peer_if, "mode", "tap"]))
@@ -702,8 +702,9 @@ def run_qemu_interactive(
         if run.net is not None and run.vmm is not None:
             clients = ", ".join(f"{c.name} {c.ipv4}" for c in run.vmm.layout.clients)
             progress(
-                f"simulated VMM on the shared RAM; clients {clients}; try: "
-                f"ip netns exec {run.net.peer_ns} ping {run.vmm.layout.clients[0].ipv4}"
+                f"simulated VMM on the shared RAM; clients {clients}; peer namespace "
+                f"{run.net.peer_ns}; try: ip netns exec {run.net.peer_ns} ping "
+                f"{run.vmm.layout.clients[0].ipv4}"
             )
         progress("console follows; Ctrl-C stops QEMU")
         assert run.proc is not None
