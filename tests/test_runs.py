@@ -6,17 +6,19 @@ The parallel simulations run the real driver with real ping and UDP traffic (mar
 netns, root). The whole-system boots run QEMU on a stand-in for loader.img (marker qemu):
 a few instructions that print a line on the serial port and then echo what they receive
 there, a control character C as "^C". That is enough for the namespace, tap and DHCP
-server of each run.
+server of each run, and for `invoke run --sel4`'s console on a terminal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +28,14 @@ from typing import Any
 import pytest
 
 from netvm.board import Board
+from netvm.core.workspace import Workspace
 from netvm.sim import SimOptions, Simulation
 from netvm.sim import netns as netns_lib
 from netvm.sim.netns import exists, ns_pids
 from netvm.sim.runs import RunTag, list_namespaces, new_tag, owner_pid, remove_stale
 from netvm.target.sel4_run import RUN_PREFIX as SEL4_RUN_PREFIX
 from netvm.target.sel4_run import TAP, Sel4Options, Sel4Paths, Sel4Run
-from tests.harness import HAVE_QEMU, ROOT, needs_root
+from tests.harness import HAVE_QEMU, INVOKE, ROOT, PtyTerminal, needs_root
 
 HINT = re.compile(r"try: ip netns exec (\S+) ping (\S+)")
 
@@ -265,7 +268,9 @@ def test_two_sel4_boots_have_their_own_namespace_tap_and_dhcp_server(
     for i in range(2):
         tag = new_tag()
         paths = Sel4Paths(tmp_path / f"build{i}", Path("/dev/shm") / f"{SEL4_RUN_PREFIX}{tag}")
-        boots.append(Sel4Run(variant, loader, paths, Sel4Options(), tag=tag))
+        # Interactive: QEMU waits for the console (without a terminal attached here), so
+        # the stand-in's first line is not lost before netvm connects.
+        boots.append(Sel4Run(variant, loader, paths, Sel4Options(), tag=tag, interactive=True))
     try:
         for boot in boots:
             boot.start()
@@ -284,9 +289,68 @@ def test_two_sel4_boots_have_their_own_namespace_tap_and_dhcp_server(
             comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in ns_pids(boot.namespace)}
             assert {"dnsmasq", "qemu-system-aar"} <= comms, comms
             assert boot.paths.console.is_socket() and boot.console is not None
+            boot.console.wait_for(STANDIN_READY, 30)  # each console is its own QEMU's
             assert boot.proc is not None and boot.proc.poll() is None
     finally:
         for boot in boots:
             boot.stop()
     for boot in boots:
         assert not exists(boot.namespace) and not boot.paths.run_dir.exists()
+
+
+@pytest.mark.qemu
+@pytest.mark.netns
+@needs_root
+@needs_qemu
+def test_interactive_sel4_run_has_the_same_console_keys(qemu_board: Board, tmp_path: Path) -> None:
+    """`invoke run --sel4` as a user starts it, in a pseudo-terminal, on the stand-in
+    loader: its own namespace in the hint, Ctrl-C and Ctrl-A Ctrl-A arrive at the guest
+    (which shows them as ^C and ^A), Ctrl-A X quits with status 0, the terminal's
+    settings as before and nothing left."""
+    variant = qemu_board.sel4
+    assert variant is not None
+    build_root = tmp_path / "build"
+    loader = Workspace.at(ROOT, build_root).build_dir(variant) / "microkit/build/loader.img"
+    loader.parent.mkdir(parents=True)
+    loader.write_bytes(STANDIN_LOADER)
+    env = {**os.environ, "NETVM_BUILD_DIR": str(build_root)}
+    child, fd = pty.fork()
+    if child == 0:
+        try:
+            os.chdir(ROOT)
+            os.execve(INVOKE, [INVOKE, "run", "--board", qemu_board.name, "--sel4"], env)
+        finally:
+            os._exit(127)
+    cooked = termios.tcgetattr(fd)
+    term = PtyTerminal(fd)
+    status = None
+    try:
+        hint = term.expect(r"try: ip netns exec (\S+) ping (\S+)\r?\n", 120)
+        namespace = hint[1]
+        assert re.fullmatch(rf"netvm-sel4-peer-{child}-\d+", namespace), namespace
+        assert hint[2] == variant.net.clients[0].ipv4
+        term.expect(STANDIN_READY, 60)  # QEMU waited for the console: the first line shows
+        assert "Ctrl-A X quits" in term.text
+        comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in ns_pids(namespace)}
+        assert "dnsmasq" in comms, comms
+        term.type(b"zq\x03")
+        term.expect(r"zq\^C", 30)  # Ctrl-C reached the guest as 0x03
+        status = term.wait_exit(child, 0)
+        assert status is None, term.text[-2000:]  # and the run goes on
+        term.type(b"\x01\x01")
+        term.expect(r"\^A", 30)  # Ctrl-A Ctrl-A: one Ctrl-A
+        term.type(b"\x01h")
+        term.expect(r"Ctrl-A X", 10)
+        term.type(b"\x01x")
+        status = term.wait_exit(child, 60)
+        assert status == 0, f"exit status {status}:\n{term.text[-2000:]}"
+        assert termios.tcgetattr(fd) == cooked
+    finally:
+        if status is None:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        os.close(fd)
+    assert not exists(namespace)
+    assert not list(Path("/dev/shm").glob(f"{SEL4_RUN_PREFIX}{child}-*"))
+    log = Workspace.at(ROOT, build_root).build_dir(variant) / "run" / "console.log"
+    assert "standin-guest ready" in log.read_text()

@@ -309,10 +309,13 @@ def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Pa
     # One virtio device: it lands on the highest transport, the one passed through.
     assert joined.count("virtio-") == 2  # the NIC, and force-legacy=false for all
     assert "guest_tso4=off" in joined  # wire-sized frames, as a real MAC delivers them
-    assert f"path={paths.console}" in joined
+    assert f"socket,id=con,path={paths.console},server=on,wait=off" in joined
     assert paths.console.parent == paths.run_dir  # the run's own, not the build's
+    # Interactive, the same socket, which QEMU waits on: netvm puts the terminal on it
+    # (netvm.target.qemu.attach_terminal: Ctrl-C to the guest, Ctrl-A X quits).
     interactive = qemu_command(variant, Path("/b/loader.img"), paths, interactive=True)
-    assert "mon:stdio" in interactive  # Ctrl-A X quits
+    assert f"socket,id=con,path={paths.console},server=on,wait=on" in interactive
+    assert not [arg for arg in interactive if "stdio" in arg]
 
 
 def test_dhcp_gives_each_client_its_board_address(variant: Board, tmp_path: Path) -> None:

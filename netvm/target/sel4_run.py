@@ -10,7 +10,7 @@ guest's shell, reporting its counters and where every buffer is.
 Nothing here simulates seL4: the VMM, the virtualisers, the copiers and the lwIP echo
 clients are the real ones in loader.img (built by `invoke build` with the Microkit
 inputs, netvm.microkit.system). The netvm-sim boot (`invoke run` without --sel4) is
-netvm.target.qemu.
+netvm.target.qemu; the interactive console is its `attach_terminal` (Ctrl-A X quits).
 
 The namespace and the run directory (the console socket, the DHCP leases) carry the
 run's tag (netvm.sim.runs), so whole-system boots on one host do not meet; the tap and
@@ -41,7 +41,13 @@ from netvm.core.workspace import Workspace
 from netvm.guest.qemu_machine import VIRTIO_NIC, qemu_binary
 from netvm.sim import driverlog, netns, runs
 from netvm.sim.runner import sigterm_as_interrupt
-from netvm.target.qemu import GuestConsole, connect_unix, create_peer_namespace
+from netvm.target.qemu import (
+    CONSOLE_BANNER,
+    GuestConsole,
+    attach_terminal,
+    connect_unix,
+    create_peer_namespace,
+)
 from netvm.target.qemu import remove_peer_namespace as remove_namespace
 
 # The Microkit SDK's qemu_virt_aarch64 platform: 2 GiB of RAM, and the loader linked to
@@ -136,15 +142,15 @@ def qemu_command(variant: Board, loader: Path, paths: Sel4Paths, *, interactive:
     """
     base = variant.devicetree.base_qemu
     assert base is not None
-    console = (
-        ["-nographic", "-serial", "mon:stdio"]
-        if interactive
-        else [
-            "-display", "none", "-monitor", "none",
-            "-chardev", f"socket,id=con,path={paths.console},server=on,wait=off",
-            "-serial", "chardev:con",
-        ]
-    )  # fmt: skip
+    # The console is a socket netvm connects to, interactive or not (a user's terminal
+    # is put on it by netvm.target.qemu.attach_terminal); interactive, QEMU waits for
+    # that, so the user sees the whole boot.
+    console = [
+        "-display", "none", "-monitor", "none",
+        "-chardev",
+        f"socket,id=con,path={paths.console},server=on,wait={'on' if interactive else 'off'}",
+        "-serial", "chardev:con",
+    ]  # fmt: skip
     return [
         qemu_binary(variant),
         "-machine", base.machine,
@@ -256,14 +262,11 @@ class Sel4Run:
         self.t0, self.t0_epoch = time.monotonic(), time.time()
         with (self.paths.dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
-                cmd,
-                stdin=None if self.interactive else subprocess.DEVNULL,
-                stdout=None if self.interactive else subprocess.DEVNULL,
-                stderr=err,
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
             )
-        if not self.interactive:
-            sock = connect_unix(self.paths.console, self.options.command_timeout, self.proc)
-            self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=False)
+        sock = connect_unix(self.paths.console, self.options.command_timeout, self.proc)
+        echo = sys.stdout.fileno() if self.interactive else None
+        self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=echo)
 
     def peer(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -532,7 +535,8 @@ def run_sel4_interactive(
     options: Sel4Options,
     progress: Progress = silent,
 ) -> int:
-    """The system's console on this terminal (Ctrl-A X quits QEMU); QEMU's exit code."""
+    """The system's console on this terminal (netvm.target.qemu.attach_terminal: Ctrl-C
+    goes to the guest, Ctrl-A X quits); QEMU's exit code, 0 for the user's quit."""
     run = prepare(board, ws, options, interactive=True)
     variant = run.board
     with sigterm_as_interrupt(), run:
@@ -540,10 +544,12 @@ def run_sel4_interactive(
         progress(
             f"seL4 system booting; echo clients {clients} (DHCP); peer namespace "
             f"{run.namespace}; try: ip netns exec {run.namespace} ping "
-            f"{variant.net.clients[0].ipv4}; Ctrl-A X quits"
+            f"{variant.net.clients[0].ipv4}"
         )
-        assert run.proc is not None
-        with contextlib.suppress(KeyboardInterrupt):
-            run.proc.wait()
+        progress(CONSOLE_BANNER)
+        assert run.console is not None
+        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM, SIGHUP: clean up all the same
+            attach_terminal(run.console, sys.stdin.fileno(), sys.stdout.fileno())
+        progress("\nstopping")
     code = run.proc.returncode if run.proc is not None else 1
     return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else int(code or 1)
