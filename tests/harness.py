@@ -247,6 +247,48 @@ def run_driver(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# --- ping ------------------------------------------------------------------------------
+
+
+@dataclass
+class Pings:
+    """What `ping_probes` saw: requests sent, replies received, their round trips."""
+
+    sent: int
+    received: int
+    rtts_ms: list[float]
+    output: str  # every probe's output, for an assertion's message
+
+
+def ping_probes(
+    prefix: Sequence[str],
+    target: str,
+    count: int = 3,
+    *extra: str,
+    wait: float = 5.0,
+) -> Pings:
+    """`count` echo requests to `target`, one `ping -c 1` at a time run under `prefix`
+    (e.g. ``ip netns exec NS``), each waiting up to `wait` seconds for its reply; `extra`
+    are more ping options. One `ping -c N` waits for its last replies only max(2 x the
+    slowest round trip so far, the interval): on a busy shared host a late reply would
+    count as lost."""
+    rtts: list[float] = []
+    outputs = []
+    for _ in range(count):
+        proc = subprocess.run(
+            [*prefix, "ping", "-n", "-c", "1", "-W", str(wait), *extra, target],
+            capture_output=True,
+            text=True,
+            timeout=wait + 30,
+            check=False,
+        )
+        outputs.append(proc.stdout + proc.stderr)
+        m = re.search(r"time=([\d.]+) ms", proc.stdout)
+        if m:
+            rtts.append(float(m[1]))
+    return Pings(count, len(rtts), rtts, "".join(outputs))
+
+
 # --- a terminal ------------------------------------------------------------------------
 
 

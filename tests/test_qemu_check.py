@@ -19,7 +19,7 @@ from netvm.board import Board
 from netvm.core.workspace import Workspace
 from netvm.sim.runs import list_namespaces
 from netvm.target.qemu import RUN_PREFIX, RunOptions, run_qemu_check
-from tests.harness import INVOKE, QEMU_GUEST, ROOT, PtyTerminal
+from tests.harness import INVOKE, QEMU_GUEST, ROOT, PtyTerminal, ping_probes
 
 pytestmark = QEMU_GUEST
 
@@ -67,11 +67,8 @@ def test_interactive_run_gives_the_terminal_the_console_ctrl_c_to_the_guest_ctrl
         term.expect(r"entering event loop", 180)
         assert "Ctrl-A X quits" in term.text
         # Traffic through the guest while its console is on the terminal.
-        ping = subprocess.run(
-            ["ip", "netns", "exec", peer_ns, "ping", "-c", "2", "-W", "5", hint[2]],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert ping.returncode == 0, ping.stdout + ping.stderr
+        pings = ping_probes(["ip", "netns", "exec", peer_ns], hint[2], 2)
+        assert pings.received == 2, pings.output
         # What is typed reaches the guest's shell, and its answer the terminal.
         term.type(b"\recho netvm-$((6 * 7))\r")
         term.expect(r"netvm-42", 30)

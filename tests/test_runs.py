@@ -35,7 +35,7 @@ from netvm.sim.netns import exists, ns_pids
 from netvm.sim.runs import RunTag, list_namespaces, new_tag, owner_pid, remove_stale
 from netvm.target.sel4_run import RUN_PREFIX as SEL4_RUN_PREFIX
 from netvm.target.sel4_run import TAP, Sel4Options, Sel4Paths, Sel4Run
-from tests.harness import HAVE_QEMU, INVOKE, ROOT, PtyTerminal, needs_root
+from tests.harness import HAVE_QEMU, INVOKE, ROOT, PtyTerminal, needs_root, ping_probes
 
 HINT = re.compile(r"try: ip netns exec (\S+) ping (\S+)")
 
@@ -112,10 +112,6 @@ def test_dead_runs_leftovers_go_and_live_runs_stay(tmp_path: Path) -> None:
 # --- simulations side by side ----------------------------------------------------------
 
 
-def ping(sim: Simulation, target: str, count: int = 3) -> subprocess.CompletedProcess[str]:
-    return sim.peer_run(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3", target])
-
-
 @pytest.mark.netns
 @needs_root
 def test_two_simulations_in_parallel_threads_both_carry_traffic(odroidc4: Board) -> None:
@@ -137,8 +133,8 @@ def test_two_simulations_in_parallel_threads_both_carry_traffic(odroidc4: Board)
             names = set(list_namespaces())
             seen[i] = {"both_namespaces": {sim.net.driver_ns, sim.net.peer_ns} <= names}
             for client in sim.layout.clients:
-                proc = ping(sim, client.ipv4)
-                assert "3 packets transmitted, 3 received" in proc.stdout, proc.stdout
+                pings = ping_probes(sim.peer_command([]), client.ipv4, 3)
+                assert pings.received == 3, pings.output
                 echo = sim.peer_tool("udp-echo", "--target", client.ipv4, "--sizes", "1-300")
                 assert echo["echoed"] == 300 and not echo["mismatched"], echo
             seen[i]["clients"] = sim.sim_stats()["clients"]
@@ -204,11 +200,8 @@ def test_two_invoke_sims_side_by_side_print_and_use_their_own_names(tmp_path: Pa
             assert f"peer peer0 10.0.0.1/24 in netns {ns};" in "".join(lines)
             assert "waiting" not in "".join(lines)  # nobody waits for anybody
             # The user's ping, from the namespace the hint names, reaches this run only.
-            ping = subprocess.run(
-                ["ip", "netns", "exec", ns, "ping", "-n", "-c", "2", "-W", "3", target],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            assert ping.returncode == 0, ping.stdout + ping.stderr
+            pings = ping_probes(["ip", "netns", "exec", ns], target, 2)
+            assert pings.received == 2, pings.output
         outs = []
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

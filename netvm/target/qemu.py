@@ -57,6 +57,7 @@ GUEST_MAC = "52:54:00:12:34:56"  # QEMU's default; the driver's socket is promis
 # given (hw/arm/boot.c); the initramfs is loaded into the DTB's window instead.
 QEMU_DTB_OFFSET_MAX = 128 << 20
 SHELL_PROMPT = re.compile(r"[#$] $")
+PING_WAIT = 5  # seconds each echo request of a check waits for its reply
 PANIC = "Kernel panic - not syncing"
 # Terminal control sequences (busybox ash asks for the cursor position after its prompt).
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -643,18 +644,25 @@ class QemuRun:
         )
 
     def ping(self, target: str, count: int) -> dict[str, Any]:
-        proc = self.peer(
-            ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3", target],
-            self.options.command_timeout + 3 * count,
-        )
-        got = re.search(r"(\d+) packets transmitted, (\d+) received", proc.stdout)
-        rtt = re.search(r"= [\d.]+/([\d.]+)/([\d.]+)/", proc.stdout)
+        """`count` echo requests from the peer namespace, one at a time, each waiting up to
+        PING_WAIT seconds for its reply. (One `ping -c N` waits for its last replies only
+        max(2 x the slowest round trip so far, the interval): on a busy shared host a late
+        reply would count as lost.)"""
+        rtts: list[float] = []
+        for _ in range(count):
+            proc = self.peer(
+                ["ping", "-n", "-c", "1", "-W", str(PING_WAIT), target],
+                self.options.command_timeout + PING_WAIT,
+            )
+            m = re.search(r"time=([\d.]+) ms", proc.stdout)
+            if m:
+                rtts.append(float(m[1]))
         return {
             "target": target,
-            "sent": int(got[1]) if got else count,
-            "received": int(got[2]) if got else 0,
-            "rtt_avg_ms": float(rtt[1]) if rtt else None,
-            "rtt_max_ms": float(rtt[2]) if rtt else None,
+            "sent": count,
+            "received": len(rtts),
+            "rtt_avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
+            "rtt_max_ms": max(rtts) if rtts else None,
         }
 
     def udp_echo(self, target: str) -> dict[str, Any]:
