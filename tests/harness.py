@@ -14,12 +14,15 @@ import http.server
 import importlib.util
 import io
 import os
+import re
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +245,95 @@ def run_driver(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+# --- ping ------------------------------------------------------------------------------
+
+
+@dataclass
+class Pings:
+    """What `ping_probes` saw: requests sent, replies received, their round trips."""
+
+    sent: int
+    received: int
+    rtts_ms: list[float]
+    output: str  # every probe's output, for an assertion's message
+
+
+def ping_probes(
+    prefix: Sequence[str],
+    target: str,
+    count: int = 3,
+    *extra: str,
+    wait: float = 5.0,
+) -> Pings:
+    """`count` echo requests to `target`, one `ping -c 1` at a time run under `prefix`
+    (e.g. ``ip netns exec NS``), each waiting up to `wait` seconds for its reply; `extra`
+    are more ping options. One `ping -c N` waits for its last replies only max(2 x the
+    slowest round trip so far, the interval): on a busy shared host a late reply would
+    count as lost."""
+    rtts: list[float] = []
+    outputs = []
+    for _ in range(count):
+        proc = subprocess.run(
+            [*prefix, "ping", "-n", "-c", "1", "-W", str(wait), *extra, target],
+            capture_output=True,
+            text=True,
+            timeout=wait + 30,
+            check=False,
+        )
+        outputs.append(proc.stdout + proc.stderr)
+        m = re.search(r"time=([\d.]+) ms", proc.stdout)
+        if m:
+            rtts.append(float(m[1]))
+    return Pings(count, len(rtts), rtts, "".join(outputs))
+
+
+# --- a terminal ------------------------------------------------------------------------
+
+
+class PtyTerminal:
+    """The master side of a pseudo-terminal a program runs on (pty.fork): what the
+    program printed, and typing, as a user at that terminal."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.text = ""
+
+    def read(self, timeout: float) -> bool:
+        """Take what arrives within `timeout`; False once the program closed the terminal."""
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return True
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: every process holding the terminal has exited
+            return False
+        self.text += chunk.decode(errors="replace")
+        return bool(chunk)
+
+    def expect(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Until the output matches `pattern`; the match."""
+        deadline = time.monotonic() + timeout
+        while (m := re.search(pattern, self.text)) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {timeout:.0f} s:\n{self.text[-3000:]}"
+            assert self.read(left), f"the program ended before {pattern!r}:\n{self.text[-3000:]}"
+        return m
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def wait_exit(self, pid: int, timeout: float) -> int | None:
+        """The exit status of the program `pid` (reading its output meanwhile); None if it
+        is still running after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(raw)
+            if time.monotonic() >= deadline:
+                return None
+            self.read(0.2)
 
 
 # --- the driver on the simulated devices -----------------------------------------------

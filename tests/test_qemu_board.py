@@ -179,8 +179,11 @@ def test_qemu_command_plugs_the_virtio_devices_the_guest_dtb_keeps(
     # The guest DTB keeps one transport per VIRTIO_DEVICES entry, the highest ones: QEMU
     # must get exactly these devices, in this order, or one lands on a deleted transport.
     images = GuestImages(tmp_path / "Image", tmp_path / "rootfs", tmp_path / "dtb", INITRD)
-    cmd = qemu_command(
-        qemu_board, images, RunPaths(tmp_path, tmp_path), interactive=False, tap=None
-    )
+    paths = RunPaths(tmp_path, tmp_path)
+    cmd = qemu_command(qemu_board, images, paths, tap=None)
     devices = [cmd[i + 1].split(",")[0] for i, arg in enumerate(cmd) if arg == "-device"]
     assert tuple(d for d in devices if d.startswith("virtio-")) == VIRTIO_DEVICES
+    # The console is a socket netvm connects to, interactive or not (a user's terminal
+    # is put on it by attach_terminal), never QEMU's own stdio.
+    assert f"socket,id=con0,path={paths.console},server=on,wait=on" in cmd
+    assert not [arg for arg in cmd if "stdio" in arg]

@@ -1,8 +1,8 @@
 """`invoke run` end to end, on the shared build: `--check` through the library call behind
 it, and the interactive run as a user starts it, in a terminal.
 
-Each boots its own guest (after tests/test_qemu_boot.py released the simulation lock).
-Markers qemu and slow; needs root.
+Each boots its own guest, in namespaces of its own (netvm.sim.runs): other runs on the
+host may go on meanwhile. Markers qemu and slow; needs root.
 """
 
 from __future__ import annotations
@@ -11,18 +11,15 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import termios
-import time
 from pathlib import Path
 
 from netvm.board import Board
 from netvm.core.workspace import Workspace
-from netvm.guest.render import sim_settings
-from netvm.sim.netns import NetnsConfig
+from netvm.sim.runs import list_namespaces
 from netvm.target.qemu import RUN_PREFIX, RunOptions, run_qemu_check
-from tests.harness import INVOKE, QEMU_GUEST, ROOT
+from tests.harness import INVOKE, QEMU_GUEST, ROOT, PtyTerminal, ping_probes
 
 pytestmark = QEMU_GUEST
 
@@ -42,40 +39,16 @@ def test_check_boots_reaches_the_driver_and_reports(qemu_board: Board) -> None:
     assert all(p["received"] == p["sent"] for p in report.ping)
 
 
-class Terminal:
-    """The master side of a pseudo-terminal: what the program printed, and typing."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.text = ""
-
-    def read(self, timeout: float) -> bool:
-        """Take what arrives within `timeout`; False once the program closed the terminal."""
-        if not select.select([self.fd], [], [], timeout)[0]:
-            return True
-        try:
-            chunk = os.read(self.fd, 65536)
-        except OSError:  # EIO: every process holding the terminal has exited
-            return False
-        self.text += chunk.decode(errors="replace")
-        return bool(chunk)
-
-    def expect(self, pattern: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while re.search(pattern, self.text) is None:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {pattern!r} in {timeout:.0f} s:\n{self.text[-3000:]}"
-            assert self.read(left), f"the program ended before {pattern!r}:\n{self.text[-3000:]}"
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.fd, keys)
+def nothing_left(pid: int) -> None:
+    """Neither a namespace nor a run directory (RAM file, sockets) of the runs of `pid`."""
+    assert [ns for ns in list_namespaces() if f"-{pid}-" in ns] == []
+    assert not list(Path("/dev/shm").glob(f"{RUN_PREFIX}{pid}-*"))
 
 
-def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
+def test_interactive_run_gives_the_terminal_the_console_ctrl_c_to_the_guest_ctrl_a_x_quits(
     qemu_board: Board,
 ) -> None:
     board = qemu_board
-    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     child, fd = pty.fork()
     if child == 0:  # `invoke run` with the pseudo-terminal as its terminal, as from a shell
         try:
@@ -83,45 +56,50 @@ def test_interactive_run_gives_the_terminal_the_console_and_stops_on_ctrl_c(
             os.execv(INVOKE, [INVOKE, "run", "--board", board.name])
         finally:
             os._exit(127)  # never return into pytest in the forked child
-    term = Terminal(fd)
+    cooked = termios.tcgetattr(fd)  # the terminal as the user's shell left it
+    term = PtyTerminal(fd)
     status = None
     try:
+        # The hint names this run's own namespace.
+        hint = term.expect(r"try: ip netns exec (\S+) ping (\S+)\r?\n", 600)
+        peer_ns = hint[1]
+        assert re.fullmatch(rf"netvm-peer-{child}-\d+", peer_ns), peer_ns
         term.expect(r"entering event loop", 180)
+        assert "Ctrl-A X quits" in term.text
         # Traffic through the guest while its console is on the terminal.
-        ping = subprocess.run(
-            ["ip", "netns", "exec", peer_ns, "ping", "-c", "2", "-W", "5",
-             board.net.clients[0].ipv4],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert ping.returncode == 0, ping.stdout + ping.stderr
+        pings = ping_probes(["ip", "netns", "exec", peer_ns], hint[2], 2)
+        assert pings.received == 2, pings.output
         # What is typed reaches the guest's shell, and its answer the terminal.
         term.type(b"\recho netvm-$((6 * 7))\r")
         term.expect(r"netvm-42", 30)
-        term.type(b"\x03")  # Ctrl-C
-        deadline = time.monotonic() + 60
-        while status is None and time.monotonic() < deadline:
-            term.read(0.2)
-            done, raw = os.waitpid(child, os.WNOHANG)
-            status = os.waitstatus_to_exitcode(raw) if done else None
-        assert status == 0, f"exit status {status} after Ctrl-C:\n{term.text[-3000:]}"
+        # Ctrl-C goes to the guest: it stops top there, and the session goes on.
+        term.type(b"top\r")
+        term.expect(r"PID\s+PPID\s+USER", 30)
+        term.type(b"\x03")
+        term.type(b"echo after-$((6 * 7))\r")
+        term.expect(r"after-42", 30)
+        status = term.wait_exit(child, 0)
+        assert status is None, term.text[-3000:]  # the run goes on
+        term.type(b"\x01h")  # Ctrl-A H: the keys
+        term.expect(r"Ctrl-A Ctrl-A", 10)
+        term.type(b"\x01x")  # Ctrl-A X: quit
+        status = term.wait_exit(child, 60)
+        assert status == 0, f"exit status {status} after Ctrl-A X:\n{term.text[-3000:]}"
         assert "stopping" in term.text
-        # QEMU put the terminal in raw mode; the user's shell gets it back as it was.
-        lflag = termios.tcgetattr(fd)[3]
+        # The terminal was raw while attached; the user's shell gets it back as it was.
+        assert termios.tcgetattr(fd) == cooked
+        lflag = cooked[3]
         assert lflag & termios.ECHO and lflag & termios.ICANON
     finally:
         if status is None:
             os.kill(child, 9)
             os.waitpid(child, 0)
         os.close(fd)
-    # A clean shutdown leaves neither the namespace nor the run directory (RAM file).
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    assert peer_ns not in namespaces.stdout.split()
-    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{child}").exists()
+    nothing_left(child)  # after a clean quit
 
 
 def test_interrupted_check_says_in_which_phase_and_cleans_up(qemu_board: Board) -> None:
     board = qemu_board
-    peer_ns = NetnsConfig.from_settings(sim_settings(board)).peer_ns
     proc = subprocess.Popen(
         [INVOKE, "run", "--board", board.name, "--check"],
         cwd=ROOT,
@@ -142,6 +120,4 @@ def test_interrupted_check_says_in_which_phase_and_cleans_up(qemu_board: Board) 
     assert proc.returncode == 130, err
     assert "invoke run --check stopped by interrupt during boot" in err
     assert "Traceback" not in err
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    assert peer_ns not in namespaces.stdout.split()
-    assert not (Path("/dev/shm") / f"{RUN_PREFIX}{proc.pid}").exists()
+    nothing_left(proc.pid)

@@ -297,7 +297,7 @@ def test_real_system_description_passes_check_against_the_sel4_dtb(
 
 
 def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Path) -> None:
-    paths = Sel4Paths(tmp_path)
+    paths = Sel4Paths(tmp_path, tmp_path / "run")
     cmd = qemu_command(variant, Path("/b/loader.img"), paths, interactive=False)
     joined = " ".join(cmd)
     assert cmd[:7] == [
@@ -309,19 +309,27 @@ def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Pa
     # One virtio device: it lands on the highest transport, the one passed through.
     assert joined.count("virtio-") == 2  # the NIC, and force-legacy=false for all
     assert "guest_tso4=off" in joined  # wire-sized frames, as a real MAC delivers them
-    assert f"path={paths.console}" in joined
+    assert f"socket,id=con,path={paths.console},server=on,wait=off" in joined
+    assert paths.console.parent == paths.run_dir  # the run's own, not the build's
+    # Interactive, the same socket, which QEMU waits on: netvm puts the terminal on it
+    # (netvm.target.qemu.attach_terminal: Ctrl-C to the guest, Ctrl-A X quits).
     interactive = qemu_command(variant, Path("/b/loader.img"), paths, interactive=True)
-    assert "mon:stdio" in interactive  # Ctrl-A X quits
+    assert f"socket,id=con,path={paths.console},server=on,wait=on" in interactive
+    assert not [arg for arg in interactive if "stdio" in arg]
 
 
 def test_dhcp_gives_each_client_its_board_address(variant: Board, tmp_path: Path) -> None:
-    cmd = dnsmasq_command(variant, Sel4Paths(tmp_path))
+    paths = Sel4Paths(tmp_path, tmp_path / "run")
+    cmd = dnsmasq_command(variant, paths)
     assert "--dhcp-range=10.0.0.0,static,255.255.255.0" in cmd
     assert [a for a in cmd if a.startswith("--dhcp-host=")] == [
         "--dhcp-host=02:00:00:00:00:10,10.0.0.2",
         "--dhcp-host=02:00:00:00:00:11,10.0.0.3",
     ]
     assert "--interface=tap0" in cmd and NAMESPACE == "netvm-sel4-peer"
+    # The run's own lease file and no host-wide pid file: runs on one host do not meet.
+    assert f"--dhcp-leasefile={paths.run_dir / 'dnsmasq.leases'}" in cmd
+    assert "--pid-file=" in cmd
 
 
 def test_check_demands_every_buffer_back_at_rest(variant: Board) -> None:

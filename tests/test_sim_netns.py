@@ -7,7 +7,6 @@ run here (the seL4 VMM and the board) is simulated at the device seam; see docs/
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -24,24 +23,15 @@ import pytest
 from netvm.board import Board
 from netvm.sim import SimOptions, Simulation
 from netvm.sim.netns import exists
-from netvm.sim.runner import LOCK_FILE
-from tests.harness import ROOT
+from netvm.sim.runs import list_namespaces
+from tests.harness import ROOT, Pings, ping_probes
 
 pytestmark = pytest.mark.netns
-NAMESPACES = ("netvm-drv", "netvm-peer")
 
 
-def namespaces_gone() -> bool:
-    """No simulation namespaces, unless another simulation now holds the lock (and them)."""
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True  # a later run (another pytest, a developer) legitimately owns them
-    else:
-        return not any(exists(ns) for ns in NAMESPACES)
-    finally:
-        os.close(fd)
+def run_namespaces(pid: int) -> list[str]:
+    """The namespaces of the runs of process `pid` (their names carry it)."""
+    return [ns for ns in list_namespaces() if re.fullmatch(rf"netvm-.+-{pid}-\d+", ns)]
 
 
 def finish(sim: Simulation) -> dict[str, Any]:
@@ -51,7 +41,8 @@ def finish(sim: Simulation) -> dict[str, Any]:
     assert result.conservation["ok"], result.conservation
     assert result.conservation["rx"]["accounted"] == 512
     assert result.conservation["tx"]["accounted"] == 1024
-    assert namespaces_gone()
+    assert not exists(sim.net.driver_ns) and not exists(sim.net.peer_ns)
+    assert not sim.run_dir.exists()
     return result.as_dict()
 
 
@@ -63,20 +54,15 @@ def sim(odroidc4: Board) -> Iterator[Simulation]:
     s.stop("fixture teardown")
 
 
-def ping(
-    sim: Simulation, target: str, *extra: str, count: int = 3
-) -> subprocess.CompletedProcess[str]:
-    return sim.peer_run(["ping", "-c", str(count), "-i", "0.2", "-W", "2", *extra, target])
+def ping(sim: Simulation, target: str, *extra: str, count: int = 3, wait: float = 5.0) -> Pings:
+    return ping_probes(sim.peer_command([]), target, count, *extra, wait=wait)
 
 
 def test_ping_through_each_client(sim: Simulation) -> None:
     for client in sim.layout.clients:
-        proc = ping(sim, client.ipv4)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "3 packets transmitted, 3 received" in proc.stdout
-        rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
-        assert rtt is not None
-        print(f"ping {client.ipv4}: avg rtt {rtt.group(1)} ms")
+        pings = ping(sim, client.ipv4)
+        assert pings.received == 3, pings.output
+        print(f"ping {client.ipv4}: avg rtt {sum(pings.rtts_ms) / 3:.3f} ms")
     clients = sim.sim_stats()["clients"]
     assert clients["client0"]["echoed"]["icmp"] == 3
     assert clients["client1"]["echoed"]["icmp"] == 3
@@ -168,13 +154,13 @@ def test_jumbo_frame_from_the_peer_is_dropped_and_counted(odroidc4: Board) -> No
     sim = Simulation(odroidc4, SimOptions(mtu=9000, stats_interval=0.5), ROOT)
     sim.start()
     try:
-        big = ping(sim, "10.0.0.2", "-s", "8972", "-M", "do", count=2)
-        assert "2 packets transmitted, 0 received" in big.stdout, big.stdout
+        big = ping(sim, "10.0.0.2", "-s", "8972", "-M", "do", count=2, wait=2)
+        assert big.received == 0, big.output
         counters = sim.driver_stats()
         assert counters["rx_dropped_oversize"] == 2
         assert sim.sim_stats()["counters"]["rx_bytes"] < 2048 * counters["rx_frames"]
         small = ping(sim, "10.0.0.2", "-s", "1400", count=2)
-        assert small.returncode == 0, small.stdout
+        assert small.received == 2, small.output
     finally:
         finish(sim)
 
@@ -189,7 +175,7 @@ def test_link_down_and_up_mid_stream_recovers(sim: Simulation) -> None:
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    link = ["ip", "-n", "netvm-drv", "link", "set", "eth0"]
+    link = ["ip", "-n", sim.net.driver_ns, "link", "set", sim.net.driver_if]
     try:
         assert wait_until(lambda: sim.driver_stats()["rx_frames"] > 0)  # mid-stream
         subprocess.run([*link, "down"], check=True)
@@ -218,7 +204,7 @@ def test_another_driver_command_runs_against_the_same_simulation(
     sim = Simulation(odroidc4, SimOptions(driver_cmd=str(wrapper)), ROOT)
     sim.start()
     try:
-        assert ping(sim, "10.0.0.3").returncode == 0
+        assert ping(sim, "10.0.0.3").received == 3
         assert "--sim-devices" in marker.read_text()
     finally:
         finish(sim)
@@ -245,16 +231,20 @@ def slow_starting_driver(tmp_path: Path) -> str:
     return str(script)
 
 
+def run_dirs(sim_pid: int) -> list[Path]:
+    """The run directories of the simulations of process `sim_pid` (netvm-sim-<pid>-<n>)."""
+    return sorted(Path("/dev/shm").glob(f"netvm-sim-{sim_pid}-*"))
+
+
 def wait_phase(sim_pid: int, phase: str, timeout: float = 60.0) -> int:
     """Wait until the run of `sim_pid` is in `phase` (its state file); the driver's pid."""
-    state_file = Path(f"/dev/shm/netvm-sim-{sim_pid}/state.json")
     state: dict[str, Any] = {}
 
     def reached() -> bool:
         nonlocal state
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
+            state = json.loads((run_dirs(sim_pid)[0] / "state.json").read_text())
+        except (OSError, ValueError, IndexError):
             return False
         return state.get("phase") == phase
 
@@ -266,7 +256,7 @@ def wait_phase(sim_pid: int, phase: str, timeout: float = 60.0) -> int:
 def driver_pids(sim_pid: int) -> list[int]:
     """Processes started as the driver of the simulation `sim_pid` (a wrapper included),
     found by its run directory in their arguments."""
-    tag = f"netvm-sim-{sim_pid}/".encode()
+    tag = f"netvm-sim-{sim_pid}-".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != sim_pid:
@@ -289,11 +279,7 @@ def wait_until(cond: Any, timeout: float = 20.0) -> bool:
 
 
 def nothing_left(pid: int) -> bool:
-    return (
-        namespaces_gone()
-        and not driver_pids(pid)
-        and not Path(f"/dev/shm/netvm-sim-{pid}").exists()
-    )
+    return not run_namespaces(pid) and not driver_pids(pid) and not run_dirs(pid)
 
 
 @pytest.mark.parametrize("phase", ["start-up", "running"])

@@ -283,9 +283,7 @@ def one_round(
     which: str, tools: Tools, opts: BenchOptions, root: Path, progress: Progress
 ) -> dict[str, Any]:
     board = load_board(opts.board, root)
-    sim_opts = SimOptions(
-        driver_cmd=driver_command(which, tools, opts), stats_interval=1.0, lock_timeout=900.0
-    )
+    sim_opts = SimOptions(driver_cmd=driver_command(which, tools, opts), stats_interval=1.0)
     sim = BenchSimulation(board, sim_opts, root, progress=progress)
     sim.start()
     out: dict[str, Any] = {}

@@ -6,8 +6,9 @@ path can be tested without the seL4 VMM, the Microkit SDK or the board. See docs
 
 Modules: layout (numbers from the board), vmm (shared memory, IRQ ptys, doorbell FIFOs,
 data-passing page), rings (VMM-side queue access), virt (virt_rx/virt_tx, clients,
-conservation, hostile input), frames (echo replies), netns (namespaces), runner (life
-cycle, `run_sim`), peer (traffic tools run inside the peer namespace).
+conservation, hostile input), frames (echo replies), netns (namespaces), runs (each
+run's own names on a shared host, a dead run's leftovers removed), runner (life cycle,
+`run_sim`), peer (traffic tools run inside the peer namespace).
 """
 
 from __future__ import annotations

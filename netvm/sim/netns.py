@@ -2,8 +2,9 @@
 
 Owns: creating the driver's namespace (one end of a veth pair, named like the guest's
 interface) and the peer's namespace (the other end with the peer address), and removing
-them together with every process inside. Creation first removes leftovers of an earlier
-run that could not clean up (e.g. SIGKILL). Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
+them together with every process inside. The namespace names are the run's own (the
+board's names tagged with the run, netvm.sim.runs), so runs on one host never meet; the
+interfaces keep the board's names inside them. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 from netvm.core.errors import UserError
 
+NETNS_DIR = "/run/netns"  # where `ip netns` keeps the named namespaces
+
 
 @dataclass(frozen=True)
 class NetnsConfig:
@@ -29,11 +32,13 @@ class NetnsConfig:
 
     @classmethod
     def from_settings(
-        cls, settings: dict[str, object], peer_address: str | None = None
+        cls, settings: dict[str, object], tag: str, peer_address: str | None = None
     ) -> NetnsConfig:
+        """The namespaces of the run tagged `tag` (netvm.sim.runs): the settings' names
+        with the tag appended (netvm-peer -> netvm-peer-4242-1)."""
         return cls(
-            driver_ns=str(settings["driver_namespace"]),
-            peer_ns=str(settings["peer_namespace"]),
+            driver_ns=f"{settings['driver_namespace']}-{tag}",
+            peer_ns=f"{settings['peer_namespace']}-{tag}",
             driver_if=str(settings["driver_interface"]),
             peer_if=str(settings["peer_interface"]),
             peer_address=peer_address or str(settings["peer_address"]),
@@ -55,7 +60,7 @@ def in_ns(ns: str, cmd: Sequence[str]) -> list[str]:
 
 
 def exists(ns: str) -> bool:
-    return os.path.exists(f"/run/netns/{ns}")
+    return os.path.exists(os.path.join(NETNS_DIR, ns))
 
 
 def ns_pids(ns: str) -> list[int]:
@@ -89,7 +94,7 @@ def require_root() -> None:
 
 
 def create(cfg: NetnsConfig, *, mtu: int | None = None) -> None:
-    """Fresh namespaces and veth pair; leftovers of an earlier run are removed first."""
+    """Fresh namespaces and veth pair (a leftover of the same name is removed first)."""
     require_root()
     teardown(cfg)
     d, p = cfg.driver_ns, cfg.peer_ns

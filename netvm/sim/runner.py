@@ -1,8 +1,11 @@
 """Running the host simulation: namespaces, simulated devices, the VMM loop and the driver.
 
 Owns: the life cycle of one simulation run and its clean-up. Start-up order: remove
-leftovers of an earlier run, create the namespaces and veth pair, create the simulated
-devices and queues, start the driver inside the driver namespace, start the VMM loop.
+the leftovers of dead runs (netvm.sim.runs), create the run's own namespaces and veth
+pair, create the simulated devices and queues, start the driver inside the driver
+namespace, start the VMM loop. Every host-wide name of a run carries its tag (pid and
+counter, netvm.sim.runs), so any number of runs share a host without waiting for each
+other.
 A run is in one of two phases, start-up (until the driver reaches its event loop) and
 running; `<run dir>/state.json` says which, with the driver's pid, so that whoever
 watches a run (a test, a script) waits on it rather than on a guessed sleep. Whatever
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import select
@@ -41,7 +43,7 @@ from netvm.board import Board
 from netvm.core.errors import UserError
 from netvm.core.progress import Progress, silent
 from netvm.guest.drivercheck import check_driver_rules
-from netvm.sim import driverlog, netns
+from netvm.sim import driverlog, netns, runs
 from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import SimLayout, sim_layout
 from netvm.sim.virt import VirtNet
@@ -51,7 +53,6 @@ T = TypeVar("T")
 RUN_PREFIX = "netvm-sim-"
 # The phases of a run, as they read in its `stopped_by`.
 IN_PHASE = {"start-up": "during start-up", "running": "while running"}
-LOCK_FILE = Path("/run/lock/netvm-sim.lock")
 PR_SET_PDEATHSIG = 1
 
 
@@ -75,7 +76,6 @@ class SimOptions:
     run_root: Path = Path("/dev/shm")
     python: str = sys.executable
     ready_timeout: float = 15.0
-    lock_timeout: float = 120.0  # wait this long for another simulation to finish
 
 
 @dataclass(frozen=True)
@@ -149,49 +149,12 @@ def _set_pdeathsig() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def remove_stale_run_dirs(run_root: Path) -> None:
-    for path in run_root.glob(f"{RUN_PREFIX}*"):
-        pid = path.name.removeprefix(RUN_PREFIX)
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def acquire_lock(path: Path, timeout: float, progress: Progress) -> int:
-    """Hold the host-wide simulation lock (the namespace names are fixed).
-
-    flock is released by the kernel however the holder dies, so a killed simulation
-    never blocks the next one; the stale namespaces it left are removed after locking.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise UserError(
-                    f"another netvm simulation is running (pid {holder})",
-                    hint=f"wait for it to end, or stop it; the lock is {path}",
-                ) from None
-            if not told:
-                progress(f"waiting for another netvm simulation (pid {holder}) to finish")
-                told = True
-            time.sleep(0.2)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 @dataclass
 class Simulation:
     board: Board
     options: SimOptions
     root: Path
+    tag: runs.RunTag = field(init=False)  # in every host-wide name of the run
     layout: SimLayout = field(init=False)
     net: netns.NetnsConfig = field(init=False)
     run_dir: Path = field(init=False)
@@ -205,14 +168,16 @@ class Simulation:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _started: float = 0.0
     _result: SimResult | None = None
-    _lock_fd: int | None = None
     phase: str = "start-up"  # a key of IN_PHASE
     progress: Progress = silent
 
     def __post_init__(self) -> None:
+        self.tag = runs.new_tag()
         self.layout = sim_layout(self.board, self.root)
-        self.net = netns.NetnsConfig.from_settings(self.layout.settings, self.options.peer_address)
-        self.run_dir = self.options.run_root / f"{RUN_PREFIX}{os.getpid()}"
+        self.net = netns.NetnsConfig.from_settings(
+            self.layout.settings, str(self.tag), self.options.peer_address
+        )
+        self.run_dir = self.options.run_root / f"{RUN_PREFIX}{self.tag}"
 
     # ------------------------------------------------------------------ paths
 
@@ -278,9 +243,8 @@ class Simulation:
 
     def start(self) -> None:
         netns.require_root()
-        self._lock_fd = acquire_lock(LOCK_FILE, self.options.lock_timeout, self.progress)
         try:
-            remove_stale_run_dirs(self.options.run_root)
+            runs.remove_stale(self.options.run_root)
             netns.create(self.net, mtu=self.options.mtu)
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.devs = create_devices(self.layout, self.run_dir)
@@ -358,8 +322,7 @@ class Simulation:
                 self._calls.wake()
             if self._thread is not None:
                 self._thread.join(timeout=5)
-            if self._lock_fd is not None:  # never touch namespaces another run owns
-                netns.teardown(self.net)
+            netns.teardown(self.net)  # this run's own names: no other run uses them
         virt = self.virt
         sim_stats = virt.stats() if virt else {}
         conservation = virt.conservation() if virt else {"ok": False, "rx": {}, "tx": {}}
@@ -384,9 +347,6 @@ class Simulation:
             self._calls.close()
             self._calls = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
         return self._result
 
     def _stop_driver(self) -> None:

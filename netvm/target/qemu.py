@@ -8,6 +8,11 @@ simulated VMM on the shared RAM (netvm.target.qemu_vmm) and the peer namespace w
 QEMU's NIC, and orderly shutdown. `run_qemu_check` boots, waits for the driver's event loop,
 lists the guest's UIO devices, runs ping and a UDP echo round from the peer namespace
 through the guest's driver, powers off and reports. Every wait has a time-out.
+`run_qemu_interactive` puts the user's terminal on the console (`attach_terminal`: raw
+mode, Ctrl-C to the guest, Ctrl-A X quits), as `invoke run --sel4` does too.
+
+The namespace and the run directory carry the run's tag (netvm.sim.runs): runs on one
+host never share them.
 
 Does not build anything itself (netvm.builder.build does, cached by input hash) and does not
 know the data path (the guest driver and netvm.sim do). See docs/qemu.md.
@@ -19,13 +24,16 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +47,8 @@ from netvm.core.workspace import Workspace
 from netvm.guest.fdt import parse_dtb
 from netvm.guest.qemu_machine import VIRTIO_CONSOLE, VIRTIO_NIC, machine_args, qemu_binary
 from netvm.guest.render import sim_settings
-from netvm.sim import driverlog, netns
-from netvm.sim.runner import LOCK_FILE, acquire_lock, sigterm_as_interrupt
+from netvm.sim import driverlog, netns, runs
+from netvm.sim.runner import sigterm_as_interrupt
 from netvm.target.qemu_vmm import DOORBELL_UIO, QemuVmm
 
 RUN_PREFIX = "netvm-qemu-"
@@ -49,6 +57,7 @@ GUEST_MAC = "52:54:00:12:34:56"  # QEMU's default; the driver's socket is promis
 # given (hw/arm/boot.c); the initramfs is loaded into the DTB's window instead.
 QEMU_DTB_OFFSET_MAX = 128 << 20
 SHELL_PROMPT = re.compile(r"[#$] $")
+PING_WAIT = 5  # seconds each echo request of a check waits for its reply
 PANIC = "Kernel panic - not syncing"
 # Terminal control sequences (busybox ash asks for the cursor position after its prompt).
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -163,7 +172,6 @@ def qemu_command(
     images: GuestImages,
     paths: RunPaths,
     *,
-    interactive: bool,
     tap: str | None,
 ) -> list[str]:
     spec = board.devicetree.base_qemu
@@ -189,12 +197,11 @@ def qemu_command(
         VIRTIO_CONSOLE,
         "-device",
         "virtconsole,chardev=con0",
+        # The console, interactive or not: netvm connects (and puts a user's terminal on
+        # it, attach_terminal); QEMU waits for that, so no output is lost.
+        "-chardev",
+        f"socket,id=con0,path={paths.console},server=on,wait=on",
     ]
-    if interactive:
-        # Ctrl-C stops QEMU (signal=on) and netvm.target.qemu cleans up after it.
-        cmd += ["-chardev", "stdio,id=con0,signal=on"]
-    else:
-        cmd += ["-chardev", f"socket,id=con0,path={paths.console},server=on,wait=on"]
     cmd += [
         # UART0 is the doorbell (docs/qemu.md); QEMU waits for the VMM to connect.
         "-chardev",
@@ -224,9 +231,14 @@ class Line:
 
 
 class GuestConsole:
-    """The guest console through QEMU's socket chardev: lines with arrival times."""
+    """The guest console through QEMU's socket chardev: lines with arrival times.
 
-    def __init__(self, sock: socket.socket, t0: float, log_path: Path, echo: bool) -> None:
+    With `echo` (a file descriptor, the user's terminal) every byte from the guest is also
+    written there as it came, escape sequences and all (attach_terminal)."""
+
+    def __init__(
+        self, sock: socket.socket, t0: float, log_path: Path, echo: int | None = None
+    ) -> None:
         self.sock = sock
         self.t0 = t0
         self.lines: list[Line] = []
@@ -254,6 +266,8 @@ class GuestConsole:
             except OSError:
                 data = b""
             now = time.monotonic() - self.t0
+            if data and self._echo is not None:
+                self._echo_raw(self._echo, data)
             text = ESCAPES.sub("", data.decode(errors="replace").replace("\r", ""))
             with self._cond:
                 if not data:
@@ -262,12 +276,17 @@ class GuestConsole:
                     return
                 self._log.write(text)
                 self._log.flush()
-                if self._echo:
-                    sys.stdout.write(text)
-                    sys.stdout.flush()
                 *whole, self.partial = (self.partial + text).split("\n")
                 self.lines += [Line(now, t) for t in whole]
                 self._cond.notify_all()
+
+    def _echo_raw(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:  # the terminal is gone: keep logging, stop echoing
+            self._echo = None
 
     def wait_for(
         self, pattern: str | re.Pattern[str], timeout: float, start: int = 0, what: str = ""
@@ -303,8 +322,8 @@ class GuestConsole:
                     raise TimeoutError(f"no shell prompt on the console in {timeout:.0f} s")
                 self._cond.wait(left)
 
-    def send(self, text: str) -> None:
-        self.sock.sendall(text.encode())
+    def send(self, text: str | bytes) -> None:
+        self.sock.sendall(text.encode() if isinstance(text, str) else text)
 
     def run(self, command: str, timeout: float) -> list[str]:
         """Run a shell command on the console; its output lines (driver log lines removed).
@@ -350,12 +369,167 @@ def connect_unix(path: Path, timeout: float, proc: subprocess.Popen[bytes]) -> s
             time.sleep(0.005)
 
 
+# ---------------------------------------------------------------------------- the terminal
+
+CTRL_A = 0x01  # the console's command prefix, as in QEMU's -serial mon:stdio and runqemu
+QUIT_KEYS = b"xX"
+HELP_KEYS = b"hH?"
+CONSOLE_KEYS = (
+    ("Ctrl-A X", "quit: stop QEMU and clean up"),
+    ("Ctrl-A H", "this help"),
+    ("Ctrl-A Ctrl-A", "send Ctrl-A to the guest"),
+    ("Ctrl-C, Ctrl-Z, ...", "go to the guest, like every other key"),
+)
+
+
+CONSOLE_BANNER = (
+    "console follows; Ctrl-A X quits, Ctrl-A H lists the keys; Ctrl-C goes to the guest"
+)
+
+
+def console_help() -> str:
+    """The console keys, one per line (CR LF: the terminal is raw when it is shown)."""
+    width = max(len(k) for k, _ in CONSOLE_KEYS)
+    lines = ["", "netvm console keys:"] + [f"  {k:<{width}}  {what}" for k, what in CONSOLE_KEYS]
+    return "\r\n".join(lines) + "\r\n"
+
+
+class ConsoleKeys:
+    """The Ctrl-A prefix of the console: Ctrl-A X quits, Ctrl-A H shows the keys, Ctrl-A
+    Ctrl-A sends one Ctrl-A; any other key after Ctrl-A is dropped (as QEMU does). The
+    prefix may come in one read and its key in the next."""
+
+    def __init__(self) -> None:
+        self.prefixed = False
+
+    def feed(self, data: bytes) -> tuple[bytes, str | None]:
+        """(the bytes for the guest, "quit" or "help" if one was typed). The keys after a
+        quit are not taken; those after a help are, in the next call."""
+        out = bytearray()
+        for i, byte in enumerate(data):
+            if self.prefixed:
+                self.prefixed = False
+                if byte == CTRL_A:
+                    out.append(CTRL_A)
+                elif byte in QUIT_KEYS:
+                    return bytes(out), "quit"
+                elif byte in HELP_KEYS:
+                    rest, command = self.feed(data[i + 1 :])
+                    return bytes(out) + rest, command or "help"
+            elif byte == CTRL_A:
+                self.prefixed = True
+            else:
+                out.append(byte)
+        return bytes(out), None
+
+
+def raw_mode(attrs: list[Any]) -> list[Any]:
+    """Terminal attributes (termios.tcgetattr's list) in raw mode: every key one byte to
+    the program, Ctrl-C and Ctrl-Z included (no signals), no echo, no line editing, and
+    output untouched (the guest's tty already turned its newlines into CR LF)."""
+    raw = [*attrs[:6], list(attrs[6])]
+    raw[0] &= ~(
+        termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+        | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
+    )  # fmt: skip
+    raw[1] &= ~termios.OPOST
+    raw[2] = (raw[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    raw[6][termios.VMIN] = 1
+    raw[6][termios.VTIME] = 0
+    return raw
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[bool]:
+    """`fd`'s terminal in raw mode for the block, restored as it was however the block
+    ends: normally, by an exception, by SIGTERM (sigterm_as_interrupt) or by SIGHUP (the
+    terminal went away; handled here). Both signals raise KeyboardInterrupt in the main
+    thread, so the run's clean-up runs too. Yields False, changing nothing, when `fd` is
+    not a terminal."""
+    if not os.isatty(fd):
+        yield False
+        return
+    saved = termios.tcgetattr(fd)
+    old_hup = None
+    if threading.current_thread() is threading.main_thread():
+
+        def hangup(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        old_hup = signal.signal(signal.SIGHUP, hangup)
+    try:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, raw_mode(saved))
+        yield True
+    finally:
+        with contextlib.suppress(termios.error, OSError):  # a terminal hung up stays so
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        if old_hup is not None:
+            signal.signal(signal.SIGHUP, old_hup)
+
+
+def attach_terminal(
+    console: GuestConsole,
+    tty_in: int,
+    tty_out: int,
+    check: Callable[[], None] = lambda: None,
+) -> str:
+    """The user's terminal on the guest console, until Ctrl-A X ("quit"), the console
+    closes ("closed": QEMU exited) or the terminal does ("hangup").
+
+    `tty_in` is read in raw mode (raw_terminal) and every key goes to the guest, Ctrl-C
+    included, except the Ctrl-A commands (ConsoleKeys); the guest's output reaches
+    `tty_out` through the console's echo (GuestConsole(echo=tty_out)). `check` runs a few
+    times a second and raises to end the session (e.g. the simulated VMM failed). Input
+    that is not a terminal is forwarded until its end; the session then lasts until the
+    console closes or an interrupt."""
+    keys = ConsoleKeys()
+    with raw_terminal(tty_in) as is_tty:
+        reading = True
+        while not console.closed:
+            check()
+            if not select_readable(tty_in if reading else None, 0.2):
+                continue
+            try:
+                data = os.read(tty_in, 4096)
+            except OSError:  # EIO: the terminal hung up
+                data = b""
+            if not data:
+                if is_tty:
+                    return "hangup"
+                reading = False
+                continue
+            send, command = keys.feed(data)
+            if send:
+                try:
+                    console.send(send)
+                except OSError:
+                    return "closed"
+            if command == "help":
+                with contextlib.suppress(OSError):
+                    os.write(tty_out, console_help().encode())
+            elif command == "quit":
+                return "quit"
+    return "closed"
+
+
+def select_readable(fd: int | None, timeout: float) -> bool:
+    """Whether `fd` is readable within `timeout` (None: just wait `timeout`)."""
+    if fd is None:
+        time.sleep(timeout)
+        return False
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
 # ---------------------------------------------------------------------------- one run
 
 
 @dataclass
 class QemuRun:
-    """One guest under QEMU with (optionally) the simulated VMM and the peer namespace."""
+    """One guest under QEMU with (optionally) the simulated VMM and the peer namespace.
+
+    Interactive, the console's output also goes to this process's stdout (the user's
+    terminal, attach_terminal), and stopping does not type into the guest."""
 
     board: Board
     ws: Workspace
@@ -368,12 +542,12 @@ class QemuRun:
     proc: subprocess.Popen[bytes] | None = None
     console: GuestConsole | None = None
     t0: float = 0.0
-    _lock_fd: int | None = None
     _stderr: Any = None
 
     def __post_init__(self) -> None:
+        self.tag = runs.new_tag()
         self.paths = RunPaths(
-            self.options.run_root / f"{RUN_PREFIX}{os.getpid()}",
+            self.options.run_root / f"{RUN_PREFIX}{self.tag}",
             self.ws.build_dir(self.board) / "qemu",
         )
 
@@ -392,36 +566,32 @@ class QemuRun:
         check_dtb_placement(self.board, self.images)
         if shutil.which(qemu_binary(self.board)) is None:
             raise UserError(f"{qemu_binary(self.board)} is not installed", hint="run ./bootstrap")
+        if self.options.vmm:
+            netns.require_root()
+        runs.remove_stale(self.options.run_root, namespaces=self.options.vmm)
         shutil.rmtree(self.paths.dir, ignore_errors=True)
         self.paths.dir.mkdir(parents=True)
         self.paths.log_dir.mkdir(parents=True, exist_ok=True)
         tap = None
         if self.options.vmm:
-            netns.require_root()
-            self._lock_fd = acquire_lock(LOCK_FILE, 120.0, self.progress)
-            self.net = netns.NetnsConfig.from_settings(sim_settings(self.board))
+            self.net = netns.NetnsConfig.from_settings(sim_settings(self.board), str(self.tag))
             create_peer_namespace(self.net)
             tap = self.net.peer_if
             self.vmm = QemuVmm(self.board, self.ws.root, self.paths.ram, self.paths.dir)
             self.vmm.prepare()
-        cmd = qemu_command(
-            self.board, self.images, self.paths, interactive=self.interactive, tap=tap
-        )
+        cmd = qemu_command(self.board, self.images, self.paths, tap=tap)
         if self.net is not None:
             cmd = netns.in_ns(self.net.peer_ns, cmd)  # the tap lives in the peer namespace
         (self.paths.log_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
         self._stderr = open(self.paths.log_dir / "qemu.stderr", "wb")  # noqa: SIM115
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            cmd,
-            stdin=None if self.interactive else subprocess.DEVNULL,
-            stdout=None if self.interactive else subprocess.DEVNULL,
-            stderr=self._stderr,
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr
         )
         timeout = self.options.command_timeout
-        if not self.interactive:
-            sock = connect_unix(self.paths.console, timeout, self.proc)
-            self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=False)
+        sock = connect_unix(self.paths.console, timeout, self.proc)
+        echo = sys.stdout.fileno() if self.interactive else None
+        self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=echo)
         if self.vmm is not None:
             self.vmm.connect(self.paths.doorbell, timeout)
             self.vmm.start()
@@ -434,7 +604,7 @@ class QemuRun:
 
     def require_console(self) -> GuestConsole:
         if self.console is None:
-            raise RuntimeError("no console captured (interactive run)")
+            raise RuntimeError("QEMU's console is not connected")
         return self.console
 
     def wait_ready(self, start: int = 0) -> tuple[int, Line]:
@@ -474,18 +644,25 @@ class QemuRun:
         )
 
     def ping(self, target: str, count: int) -> dict[str, Any]:
-        proc = self.peer(
-            ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3", target],
-            self.options.command_timeout + 3 * count,
-        )
-        got = re.search(r"(\d+) packets transmitted, (\d+) received", proc.stdout)
-        rtt = re.search(r"= [\d.]+/([\d.]+)/([\d.]+)/", proc.stdout)
+        """`count` echo requests from the peer namespace, one at a time, each waiting up to
+        PING_WAIT seconds for its reply. (One `ping -c N` waits for its last replies only
+        max(2 x the slowest round trip so far, the interval): on a busy shared host a late
+        reply would count as lost.)"""
+        rtts: list[float] = []
+        for _ in range(count):
+            proc = self.peer(
+                ["ping", "-n", "-c", "1", "-W", str(PING_WAIT), target],
+                self.options.command_timeout + PING_WAIT,
+            )
+            m = re.search(r"time=([\d.]+) ms", proc.stdout)
+            if m:
+                rtts.append(float(m[1]))
         return {
             "target": target,
-            "sent": int(got[1]) if got else count,
-            "received": int(got[2]) if got else 0,
-            "rtt_avg_ms": float(rtt[1]) if rtt else None,
-            "rtt_max_ms": float(rtt[2]) if rtt else None,
+            "sent": count,
+            "received": len(rtts),
+            "rtt_avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
+            "rtt_max_ms": max(rtts) if rtts else None,
         }
 
     def udp_echo(self, target: str) -> dict[str, Any]:
@@ -501,11 +678,12 @@ class QemuRun:
         return report
 
     def poweroff(self) -> str:
-        """Power the guest off from its shell (PSCI SYSTEM_OFF); how it ended."""
+        """Power the guest off from its shell (PSCI SYSTEM_OFF); how it ended. Interactive,
+        QEMU is terminated instead: the user's program may own the console (e.g. `top`)."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return "already stopped"
-        if self.console is not None and not self.console.closed:
+        if self.console is not None and not self.console.closed and not self.interactive:
             with contextlib.suppress(OSError):
                 self.console.send("\npoweroff -f\n")
             try:
@@ -535,16 +713,12 @@ class QemuRun:
             self._stderr.close()
             self._stderr = None
         shutil.rmtree(self.paths.dir, ignore_errors=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the simulation lock
-            self._lock_fd = None
 
 
 def create_peer_namespace(cfg: netns.NetnsConfig) -> None:
-    """The peer namespace with a tap (QEMU's NIC) holding the peer address."""
+    """The peer namespace with a tap (QEMU's NIC) holding the peer address. The tap is
+    created inside the namespace: its name is that namespace's alone."""
     remove_peer_namespace(cfg)
-    netns.remove(cfg.driver_ns)  # a host simulation's leftovers would shadow nothing, but
-    # its veth end in the peer namespace would clash with the tap's name
     p = cfg.peer_ns
     netns.run(["ip", "netns", "add", p])
     netns.run(netns.in_ns(p, ["ip", "tuntap", "add", "dev", cfg.peer_if, "mode", "tap"]))
@@ -695,25 +869,28 @@ def run_qemu_interactive(
     options: RunOptions,
     progress: Progress = silent,
 ) -> int:
-    """Console on this terminal until the guest powers off or Ctrl-C; QEMU's exit code."""
+    """The console on this terminal until Ctrl-A X or the guest powers off (attach_terminal:
+    Ctrl-C goes to the guest); QEMU's exit code, 0 for the user's quit."""
     images = guest_images(board, ws, options, progress)
     run = QemuRun(board, ws, images, options, interactive=True, progress=progress)
     with sigterm_as_interrupt(), run:
         if run.net is not None and run.vmm is not None:
             clients = ", ".join(f"{c.name} {c.ipv4}" for c in run.vmm.layout.clients)
             progress(
-                f"simulated VMM on the shared RAM; clients {clients}; try: "
-                f"ip netns exec {run.net.peer_ns} ping {run.vmm.layout.clients[0].ipv4}"
+                f"simulated VMM on the shared RAM; clients {clients}; peer namespace "
+                f"{run.net.peer_ns}; try: ip netns exec {run.net.peer_ns} ping "
+                f"{run.vmm.layout.clients[0].ipv4}"
             )
-        progress("console follows; Ctrl-C stops QEMU")
-        assert run.proc is not None
-        try:
-            while run.proc.poll() is None:
-                if run.vmm is not None and run.vmm.error is not None:
-                    raise RuntimeError("the simulated VMM failed") from run.vmm.error
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            progress("\nstopping")
+        progress(CONSOLE_BANNER)
+        vmm = run.vmm
+
+        def check() -> None:
+            if vmm is not None and vmm.error is not None:
+                raise RuntimeError("the simulated VMM failed") from vmm.error
+
+        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM, SIGHUP: clean up all the same
+            attach_terminal(run.require_console(), sys.stdin.fileno(), sys.stdout.fileno(), check)
+        progress("\nstopping")
     code = run.proc.returncode if run.proc is not None else 1
     return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else int(code or 1)
 
@@ -724,6 +901,7 @@ __all__ = [
     "QemuReport",
     "QemuRun",
     "RunOptions",
+    "attach_terminal",
     "guest_images",
     "qemu_command",
     "run_qemu_check",

@@ -10,7 +10,11 @@ guest's shell, reporting its counters and where every buffer is.
 Nothing here simulates seL4: the VMM, the virtualisers, the copiers and the lwIP echo
 clients are the real ones in loader.img (built by `invoke build` with the Microkit
 inputs, netvm.microkit.system). The netvm-sim boot (`invoke run` without --sel4) is
-netvm.target.qemu.
+netvm.target.qemu; the interactive console is its `attach_terminal` (Ctrl-A X quits).
+
+The namespace and the run directory (the console socket, the DHCP leases) carry the
+run's tag (netvm.sim.runs), so whole-system boots on one host do not meet; the tap and
+dnsmasq live inside the run's namespace.
 """
 
 from __future__ import annotations
@@ -35,9 +39,15 @@ from netvm.core.errors import Finding, Interrupted, UserError
 from netvm.core.progress import Progress, silent
 from netvm.core.workspace import Workspace
 from netvm.guest.qemu_machine import VIRTIO_NIC, qemu_binary
-from netvm.sim import driverlog, netns
+from netvm.sim import driverlog, netns, runs
 from netvm.sim.runner import sigterm_as_interrupt
-from netvm.target.qemu import GuestConsole, connect_unix, create_peer_namespace
+from netvm.target.qemu import (
+    CONSOLE_BANNER,
+    GuestConsole,
+    attach_terminal,
+    connect_unix,
+    create_peer_namespace,
+)
 from netvm.target.qemu import remove_peer_namespace as remove_namespace
 
 # The Microkit SDK's qemu_virt_aarch64 platform: 2 GiB of RAM, and the loader linked to
@@ -49,8 +59,9 @@ NIC_MAC = "52:54:00:12:34:56"  # the wire MAC of the passed-through NIC (promisc
 # QEMU hands the guest the host's coalesced TCP segments (up to 64 KiB), which no
 # 2048-byte sDDF buffer holds.
 NIC_OPTIONS = "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off"
-NAMESPACE = "netvm-sel4-peer"  # one whole-system boot at a time: it owns this namespace
-TAP = "tap0"
+NAMESPACE = "netvm-sel4-peer"  # tagged with the run: netvm-sel4-peer-<pid>-<n>
+RUN_PREFIX = "netvm-sel4-"  # the run directory in /dev/shm: netvm-sel4-<pid>-<n>
+TAP = "tap0"  # inside the run's namespace
 TCP_ECHO_PORT = 1237  # sDDF's echo server: TCP echo
 LEASE_LINE = re.compile(r"IP address for netif (\S+) is: (\d+\.\d+\.\d+\.\d+)")
 STOP_DRIVER = "kill $(pidof netvm-driver)"  # SIGTERM: the driver finishes its batch, reports
@@ -63,15 +74,17 @@ class Sel4Options:
     udp_sizes: str = "1-1472:29"  # start-stop:step, see _sizes
     tcp_bytes: int = 100 * 1024
     command_timeout: float = 30.0
+    run_root: Path = Path("/dev/shm")  # the run directory (console socket, leases) goes here
 
 
 @dataclass(frozen=True)
 class Sel4Paths:
-    dir: Path  # build/<board>/sel4/run
+    dir: Path  # build/<board>/sel4/run: what is kept (logs, the report)
+    run_dir: Path  # /dev/shm/netvm-sel4-<tag>: the run's own, removed at its end
 
     @property
     def console(self) -> Path:
-        return self.dir / "console.sock"
+        return self.run_dir / "console.sock"
 
     @property
     def console_log(self) -> Path:
@@ -79,7 +92,7 @@ class Sel4Paths:
 
     @property
     def leases(self) -> Path:
-        return self.dir / "dnsmasq.leases"
+        return self.run_dir / "dnsmasq.leases"
 
     @property
     def dnsmasq_log(self) -> Path:
@@ -129,15 +142,15 @@ def qemu_command(variant: Board, loader: Path, paths: Sel4Paths, *, interactive:
     """
     base = variant.devicetree.base_qemu
     assert base is not None
-    console = (
-        ["-nographic", "-serial", "mon:stdio"]
-        if interactive
-        else [
-            "-display", "none", "-monitor", "none",
-            "-chardev", f"socket,id=con,path={paths.console},server=on,wait=off",
-            "-serial", "chardev:con",
-        ]
-    )  # fmt: skip
+    # The console is a socket netvm connects to, interactive or not (a user's terminal
+    # is put on it by netvm.target.qemu.attach_terminal); interactive, QEMU waits for
+    # that, so the user sees the whole boot.
+    console = [
+        "-display", "none", "-monitor", "none",
+        "-chardev",
+        f"socket,id=con,path={paths.console},server=on,wait={'on' if interactive else 'off'}",
+        "-serial", "chardev:con",
+    ]  # fmt: skip
     return [
         qemu_binary(variant),
         "-machine", base.machine,
@@ -168,6 +181,7 @@ def dnsmasq_command(variant: Board, paths: Sel4Paths) -> list[str]:
         "--bind-interfaces",
         f"--dhcp-range={net.network_address},static,{net.netmask}",
         f"--dhcp-leasefile={paths.leases}",
+        "--pid-file=",  # none: the default is one file for every dnsmasq on the host
         f"--log-facility={paths.dnsmasq_log}",
         "--log-dhcp",
     ]
@@ -188,6 +202,7 @@ class Sel4Run:
     loader: Path
     paths: Sel4Paths
     options: Sel4Options
+    tag: runs.RunTag = field(default_factory=runs.new_tag)  # paths.run_dir carries it too
     interactive: bool = False
     proc: subprocess.Popen[bytes] | None = None
     dhcp: subprocess.Popen[bytes] | None = None
@@ -196,10 +211,15 @@ class Sel4Run:
     t0_epoch: float = 0.0
 
     @property
+    def namespace(self) -> str:
+        """This run's namespace: netvm-sel4-peer-<pid>-<n>."""
+        return self.tag.name(NAMESPACE)
+
+    @property
     def net(self) -> netns.NetnsConfig:
         return netns.NetnsConfig(
-            driver_ns=NAMESPACE + "-unused",
-            peer_ns=NAMESPACE,
+            driver_ns=self.namespace + "-unused",
+            peer_ns=self.namespace,
             driver_if="unused",
             peer_if=TAP,
             peer_address=self.board.sim.peer_address,
@@ -221,41 +241,46 @@ class Sel4Run:
         for tool in (qemu_binary(self.board), "dnsmasq"):
             if shutil.which(tool) is None:
                 raise UserError(f"{tool} is not installed", hint="run ./bootstrap")
-        shutil.rmtree(self.paths.dir, ignore_errors=True)
-        self.paths.dir.mkdir(parents=True)
+        runs.remove_stale(self.paths.run_dir.parent)
+        self.paths.dir.mkdir(parents=True, exist_ok=True)
+        for old in (self.paths.dnsmasq_log, self.paths.dir / "check.json"):
+            old.unlink(missing_ok=True)  # an earlier run's (dnsmasq appends to its log)
+        shutil.rmtree(self.paths.run_dir, ignore_errors=True)
+        self.paths.run_dir.mkdir(parents=True)
         create_peer_namespace(self.net)
         self.dhcp = subprocess.Popen(
-            netns.in_ns(NAMESPACE, dnsmasq_command(self.board, self.paths)),
+            netns.in_ns(self.namespace, dnsmasq_command(self.board, self.paths)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         cmd = netns.in_ns(
-            NAMESPACE,
+            self.namespace,
             qemu_command(self.board, self.loader, self.paths, interactive=self.interactive),
         )
         (self.paths.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
         self.t0, self.t0_epoch = time.monotonic(), time.time()
         with (self.paths.dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
-                cmd,
-                stdin=None if self.interactive else subprocess.DEVNULL,
-                stdout=None if self.interactive else subprocess.DEVNULL,
-                stderr=err,
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
             )
-        if not self.interactive:
-            sock = connect_unix(self.paths.console, self.options.command_timeout, self.proc)
-            self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=False)
+        sock = connect_unix(self.paths.console, self.options.command_timeout, self.proc)
+        echo = sys.stdout.fileno() if self.interactive else None
+        self.console = GuestConsole(sock, self.t0, self.paths.console_log, echo=echo)
 
     def peer(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            netns.in_ns(NAMESPACE, cmd), capture_output=True, text=True, timeout=timeout, env=_env()
+            netns.in_ns(self.namespace, cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_env(),
         )
 
     def peer_tool(self, args: list[str]) -> subprocess.Popen[str]:
         """netvm.sim.peer `args` in the peer namespace, started (its JSON on stdout)."""
         return subprocess.Popen(
-            netns.in_ns(NAMESPACE, [sys.executable, "-m", "netvm.sim.peer", *args]),
+            netns.in_ns(self.namespace, [sys.executable, "-m", "netvm.sim.peer", *args]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -284,6 +309,7 @@ class Sel4Run:
         if self.dhcp is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.dhcp.wait(timeout=10)
+        shutil.rmtree(self.paths.run_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- check
@@ -376,8 +402,9 @@ def prepare(
     """The (not yet started) boot of `board`'s whole system, from its build's loader.img."""
     variant = sel4_board(board, ws)
     loader = loader_image(board, ws)
-    paths = Sel4Paths(ws.build_dir(variant) / "run")
-    return Sel4Run(variant, loader, paths, options, interactive=interactive)
+    tag = runs.new_tag()
+    paths = Sel4Paths(ws.build_dir(variant) / "run", options.run_root / f"{RUN_PREFIX}{tag}")
+    return Sel4Run(variant, loader, paths, options, tag=tag, interactive=interactive)
 
 
 def run_sel4_check(
@@ -508,17 +535,21 @@ def run_sel4_interactive(
     options: Sel4Options,
     progress: Progress = silent,
 ) -> int:
-    """The system's console on this terminal (Ctrl-A X quits QEMU); QEMU's exit code."""
+    """The system's console on this terminal (netvm.target.qemu.attach_terminal: Ctrl-C
+    goes to the guest, Ctrl-A X quits); QEMU's exit code, 0 for the user's quit."""
     run = prepare(board, ws, options, interactive=True)
     variant = run.board
     with sigterm_as_interrupt(), run:
         clients = ", ".join(f"{c.name} {c.ipv4}" for c in variant.net.clients)
         progress(
-            f"seL4 system booting; echo clients {clients} (DHCP); try: ip netns exec "
-            f"{NAMESPACE} ping {variant.net.clients[0].ipv4}; Ctrl-A X quits"
+            f"seL4 system booting; echo clients {clients} (DHCP); peer namespace "
+            f"{run.namespace}; try: ip netns exec {run.namespace} ping "
+            f"{variant.net.clients[0].ipv4}"
         )
-        assert run.proc is not None
-        with contextlib.suppress(KeyboardInterrupt):
-            run.proc.wait()
+        progress(CONSOLE_BANNER)
+        assert run.console is not None
+        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM, SIGHUP: clean up all the same
+            attach_terminal(run.console, sys.stdin.fileno(), sys.stdout.fileno())
+        progress("\nstopping")
     code = run.proc.returncode if run.proc is not None else 1
     return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else int(code or 1)
