@@ -260,7 +260,7 @@ def test_two_sel4_boots_have_their_own_namespace_tap_and_dhcp_server(
     boots = []
     for i in range(2):
         tag = new_tag()
-        paths = Sel4Paths(tmp_path / f"build{i}", Path("/dev/shm") / f"{SEL4_RUN_PREFIX}{tag}")
+        paths = Sel4Paths(Path("/dev/shm") / f"{SEL4_RUN_PREFIX}{tag}", tmp_path / f"build{i}")
         # Interactive: QEMU waits for the console (without a terminal attached here), so
         # the stand-in's first line is not lost before netvm connects.
         boots.append(Sel4Run(variant, loader, paths, Sel4Options(), tag=tag, interactive=True))
@@ -268,7 +268,7 @@ def test_two_sel4_boots_have_their_own_namespace_tap_and_dhcp_server(
         for boot in boots:
             boot.start()
         a, b = boots
-        assert a.namespace != b.namespace and a.paths.run_dir != b.paths.run_dir
+        assert a.namespace != b.namespace and a.paths.dir != b.paths.dir
         for boot in boots:
             assert boot.namespace == f"netvm-sel4-peer-{boot.tag}"
             addr = subprocess.run(
@@ -288,7 +288,7 @@ def test_two_sel4_boots_have_their_own_namespace_tap_and_dhcp_server(
         for boot in boots:
             boot.stop()
     for boot in boots:
-        assert not exists(boot.namespace) and not boot.paths.run_dir.exists()
+        assert not exists(boot.namespace) and not boot.paths.dir.exists()
 
 
 @pytest.mark.qemu

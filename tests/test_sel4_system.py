@@ -297,7 +297,7 @@ def test_real_system_description_passes_check_against_the_sel4_dtb(
 
 
 def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Path) -> None:
-    paths = Sel4Paths(tmp_path, tmp_path / "run")
+    paths = Sel4Paths(tmp_path / "run", tmp_path)
     cmd = qemu_command(variant, Path("/b/loader.img"), paths, interactive=False)
     joined = " ".join(cmd)
     assert cmd[:7] == [
@@ -310,7 +310,7 @@ def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Pa
     assert joined.count("virtio-") == 2  # the NIC, and force-legacy=false for all
     assert "guest_tso4=off" in joined  # wire-sized frames, as a real MAC delivers them
     assert f"socket,id=con,path={paths.console},server=on,wait=off" in joined
-    assert paths.console.parent == paths.run_dir  # the run's own, not the build's
+    assert paths.console.parent == paths.dir  # the run's own, not the build's
     # Interactive, the same socket, which QEMU waits on: netvm puts the terminal on it
     # (netvm.target.qemu.attach_terminal: Ctrl-C to the guest, Ctrl-A X quits).
     interactive = qemu_command(variant, Path("/b/loader.img"), paths, interactive=True)
@@ -319,7 +319,7 @@ def test_qemu_command_boots_the_loader_with_one_nic(variant: Board, tmp_path: Pa
 
 
 def test_dhcp_gives_each_client_its_board_address(variant: Board, tmp_path: Path) -> None:
-    paths = Sel4Paths(tmp_path, tmp_path / "run")
+    paths = Sel4Paths(tmp_path / "run", tmp_path)
     cmd = dnsmasq_command(variant, paths)
     assert "--dhcp-range=10.0.0.0,static,255.255.255.0" in cmd
     assert [a for a in cmd if a.startswith("--dhcp-host=")] == [
@@ -328,7 +328,7 @@ def test_dhcp_gives_each_client_its_board_address(variant: Board, tmp_path: Path
     ]
     assert "--interface=tap0" in cmd and NAMESPACE == "netvm-sel4-peer"
     # The run's own lease file and no host-wide pid file: runs on one host do not meet.
-    assert f"--dhcp-leasefile={paths.run_dir / 'dnsmasq.leases'}" in cmd
+    assert f"--dhcp-leasefile={paths.dir / 'dnsmasq.leases'}" in cmd
     assert "--pid-file=" in cmd
 
 

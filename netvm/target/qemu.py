@@ -146,25 +146,33 @@ def check_dtb_placement(board: Board, images: GuestImages) -> None:
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    dir: Path  # in /dev/shm: RAM file and sockets
-    log_dir: Path  # build/<board>/qemu: console log and report
+class ConsolePaths:
+    """A QEMU run's two places: its own run directory (sockets, removed at its end) and
+    the build directory's log directory (what is kept: console log, reports)."""
 
-    @property
-    def ram(self) -> Path:
-        return self.dir / "guest-ram"
+    dir: Path  # in /dev/shm: the run's own
+    log_dir: Path  # under build/<board>/: kept after the run
 
     @property
     def console(self) -> Path:
         return self.dir / "console.sock"
 
     @property
-    def doorbell(self) -> Path:
-        return self.dir / "doorbell.sock"
-
-    @property
     def console_log(self) -> Path:
         return self.log_dir / "console.log"
+
+
+@dataclass(frozen=True)
+class RunPaths(ConsolePaths):
+    """The simulated-VMM boot: the guest RAM file and the doorbell socket too."""
+
+    @property
+    def ram(self) -> Path:
+        return self.dir / "guest-ram"
+
+    @property
+    def doorbell(self) -> Path:
+        return self.dir / "doorbell.sock"
 
 
 def qemu_command(

@@ -43,6 +43,7 @@ from netvm.sim import driverlog, netns, runs
 from netvm.sim.runner import sigterm_as_interrupt
 from netvm.target.qemu import (
     CONSOLE_BANNER,
+    ConsolePaths,
     GuestConsole,
     attach_terminal,
     connect_unix,
@@ -78,25 +79,16 @@ class Sel4Options:
 
 
 @dataclass(frozen=True)
-class Sel4Paths:
-    dir: Path  # build/<board>/sel4/run: what is kept (logs, the report)
-    run_dir: Path  # /dev/shm/netvm-sel4-<tag>: the run's own, removed at its end
-
-    @property
-    def console(self) -> Path:
-        return self.run_dir / "console.sock"
-
-    @property
-    def console_log(self) -> Path:
-        return self.dir / "console.log"
+class Sel4Paths(ConsolePaths):
+    """The whole-system boot: dir is /dev/shm/netvm-sel4-<tag>, log_dir build/<board>/sel4/run."""
 
     @property
     def leases(self) -> Path:
-        return self.run_dir / "dnsmasq.leases"
+        return self.dir / "dnsmasq.leases"
 
     @property
     def dnsmasq_log(self) -> Path:
-        return self.dir / "dnsmasq.log"
+        return self.log_dir / "dnsmasq.log"
 
 
 def sel4_board(board: Board, ws: Workspace) -> Board:
@@ -202,7 +194,7 @@ class Sel4Run:
     loader: Path
     paths: Sel4Paths
     options: Sel4Options
-    tag: runs.RunTag = field(default_factory=runs.new_tag)  # paths.run_dir carries it too
+    tag: runs.RunTag = field(default_factory=runs.new_tag)  # paths.dir carries it too
     interactive: bool = False
     proc: subprocess.Popen[bytes] | None = None
     dhcp: subprocess.Popen[bytes] | None = None
@@ -241,12 +233,12 @@ class Sel4Run:
         for tool in (qemu_binary(self.board), "dnsmasq"):
             if shutil.which(tool) is None:
                 raise UserError(f"{tool} is not installed", hint="run ./bootstrap")
-        runs.remove_stale(self.paths.run_dir.parent)
-        self.paths.dir.mkdir(parents=True, exist_ok=True)
-        for old in (self.paths.dnsmasq_log, self.paths.dir / "check.json"):
+        runs.remove_stale(self.paths.dir.parent)
+        self.paths.log_dir.mkdir(parents=True, exist_ok=True)
+        for old in (self.paths.dnsmasq_log, self.paths.log_dir / "check.json"):
             old.unlink(missing_ok=True)  # an earlier run's (dnsmasq appends to its log)
-        shutil.rmtree(self.paths.run_dir, ignore_errors=True)
-        self.paths.run_dir.mkdir(parents=True)
+        shutil.rmtree(self.paths.dir, ignore_errors=True)
+        self.paths.dir.mkdir(parents=True)
         create_peer_namespace(self.net)
         self.dhcp = subprocess.Popen(
             netns.in_ns(self.namespace, dnsmasq_command(self.board, self.paths)),
@@ -258,9 +250,9 @@ class Sel4Run:
             self.namespace,
             qemu_command(self.board, self.loader, self.paths, interactive=self.interactive),
         )
-        (self.paths.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
+        (self.paths.log_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
         self.t0, self.t0_epoch = time.monotonic(), time.time()
-        with (self.paths.dir / "qemu.stderr").open("wb") as err:
+        with (self.paths.log_dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
             )
@@ -309,7 +301,7 @@ class Sel4Run:
         if self.dhcp is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.dhcp.wait(timeout=10)
-        shutil.rmtree(self.paths.run_dir, ignore_errors=True)
+        shutil.rmtree(self.paths.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- check
@@ -403,7 +395,7 @@ def prepare(
     variant = sel4_board(board, ws)
     loader = loader_image(board, ws)
     tag = runs.new_tag()
-    paths = Sel4Paths(ws.build_dir(variant) / "run", options.run_root / f"{RUN_PREFIX}{tag}")
+    paths = Sel4Paths(options.run_root / f"{RUN_PREFIX}{tag}", ws.build_dir(variant) / "run")
     return Sel4Run(variant, loader, paths, options, tag=tag, interactive=interactive)
 
 
@@ -505,7 +497,7 @@ def run_sel4_check(
     if not report.reason:
         report.reason = check_failures(variant, report)
     report.ok = not report.reason
-    (paths.dir / "check.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    (paths.log_dir / "check.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report
 
 
