@@ -645,3 +645,100 @@ def sbom(c: Context, board: str = "odroidc4", out: str | None = None) -> None:
 
 
 ns.add_task(sbom)
+
+
+MIRROR_HELP = (
+    "URL: the Debian archive to build the container from (default: $NETVM_DEBIAN_MIRROR,"
+    " else this host's apt sources)"
+)
+SECURITY_MIRROR_HELP = (
+    "URL: the Debian security archive, with --mirror (default: $NETVM_DEBIAN_SECURITY_MIRROR)"
+)
+
+
+def _container_spec(board: str, mirror: str | None, security_mirror: str | None) -> Any:
+    from netvm.container.image import image_spec
+
+    return image_spec(
+        _workspace(),
+        load_board(board, ROOT),
+        mirror or os.environ.get("NETVM_DEBIAN_MIRROR"),
+        security_mirror or os.environ.get("NETVM_DEBIAN_SECURITY_MIRROR"),
+    )
+
+
+@task(
+    name="build",
+    help={
+        "board": BOARD_HELP + " (its netvm.lock is part of the image's tag)",
+        "mirror": MIRROR_HELP,
+        "security-mirror": SECURITY_MIRROR_HELP,
+        "force": "rebuild the image even when its tag exists",
+        "json": "FILE: write the image's record (tag, ID, inputs) here (- : on stdout)",
+    },
+)
+@user_errors
+def container_build(
+    c: Context,
+    board: str = "odroidc4",
+    mirror: str | None = None,
+    security_mirror: str | None = None,
+    force: bool = False,
+    json_: str | None = None,
+) -> None:
+    """Build netvm's build environment as an OCI image from Debian's archive and PyPI alone."""
+    from netvm.container import podman
+    from netvm.container.image import build_image
+
+    spec = _container_spec(board, mirror, security_mirror)
+    ws = _workspace()
+    result = build_image(ws, spec, podman.detect(), force=force, progress=_progress)
+    if json_:
+        _write_json(json_, json.loads(result.record_file.read_text()))
+    state = "built" if result.built else "exists (inputs unchanged)"
+    print(
+        f"{result.ref} {state} in {result.seconds:.0f} s; packages: "
+        f"{ws.display(result.packages_file)}, record: {ws.display(result.record_file)}"
+    )
+
+
+@task(
+    name="run",
+    help={
+        "board": BOARD_HELP + " (selects the image by its lock, as container.build tags it)",
+        "mirror": MIRROR_HELP,
+        "security-mirror": SECURITY_MIRROR_HELP,
+        "mount": "PATH (repeatable): also mount this host path, read-only, at the same path",
+    },
+    iterable=["mount"],
+)
+@user_errors
+def container_run(
+    c: Context,
+    board: str = "odroidc4",
+    mirror: str | None = None,
+    security_mirror: str | None = None,
+    mount: list[str] | None = None,
+) -> None:
+    """Run the command after -- in the build container, with the checkout and caches mounted."""
+    import shlex
+
+    from netvm.container import podman
+    from netvm.container.run import run_in_container
+
+    spec = _container_spec(board, mirror, security_mirror)
+    code = run_in_container(
+        _workspace(),
+        podman.detect(),
+        spec.ref,
+        shlex.split(c.remainder),
+        extra_mounts=tuple(mount or ()),
+    )
+    if code:
+        raise Exit(code=code)
+
+
+container_ns = Collection("container")
+container_ns.add_task(container_build)
+container_ns.add_task(container_run)
+ns.add_collection(container_ns)

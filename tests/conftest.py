@@ -64,6 +64,21 @@ def c4_dtb(
     return build_test_dtb(odroidc4, kernel_src, tmp_path_factory.mktemp("c4-dtb"), C4_INITRD)
 
 
+# --- tests only on request --------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `container` tests (root, podman, the Debian archive, 10-20 minutes) run only
+    when the -m expression names them: `-m container`. Deselected, not skipped, so any
+    other selection (`-m "not slow"`, none at all) leaves them out of the run."""
+    if "container" in (config.option.markexpr or ""):
+        return
+    keep = [i for i in items if i.get_closest_marker("container") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 # --- a loaded machine ------------------------------------------------------------------
 
 

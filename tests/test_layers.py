@@ -13,7 +13,17 @@ from tests.harness import ROOT
 PACKAGE = ROOT / "netvm"
 
 # Lowest first. `netvm` itself (its version) sits below them all.
-LAYERS = ("core", "board", "guest", "microkit", "builder", "sim", "target", "bench")
+LAYERS = (
+    "core",
+    "board",
+    "guest",
+    "microkit",
+    "builder",
+    "container",
+    "sim",
+    "target",
+    "bench",
+)
 
 
 def imported_packages(path: Path) -> set[str]:

@@ -32,12 +32,14 @@ from netvm.core.workspace import Workspace
 # What a build directory holds that marks it as netvm's.
 BUILD_MARKS = (OWNER_FILE, MANIFEST_NAME, "state", "render")
 # Directories of the build root that are netvm's without being a board's build
-# (netvm.bench.tools compiles the benchmark's C tools into bench/).
-TOOL_DIRS = ("bench",)
+# (netvm.bench.tools compiles the benchmark's C tools into bench/; container.build keeps
+# its context and records in container/).
+TOOL_DIRS = ("bench", "container")
 # The download cache's entries, as the modules that fill them name them: extracted
 # kernel sources, downloaded tarballs, Debian packages, the unpacked rootfs base, QEMU's
-# dumped device trees, fetched Microkit inputs. Anything else there is left alone.
-CACHE_ENTRIES = ("src", "downloads", "debs", "rootfs-base", "qemu-dtb", "microkit")
+# dumped device trees, fetched Microkit inputs, the build container's wheels. Anything
+# else there is left alone.
+CACHE_ENTRIES = ("src", "downloads", "debs", "rootfs-base", "qemu-dtb", "microkit", "container")
 PLAIN_NAME = re.compile(r"[a-z0-9_]+")
 
 

@@ -79,13 +79,21 @@ class KernelImage:
     compiler: str
 
 
+ABSENT_TOOL = "/nonexistent/netvm-no-such-tool"
+
+
 def _make_vars(arch: str, cross_compile: str) -> list[str]:
     cc = f"{cross_compile}gcc"
     # ccache keeps rebuilds after `make clean` or a fresh O= cheap; same CC everywhere,
     # or Kconfig would see a compiler change and re-resolve the config.
     if shutil.which("ccache"):
         cc = f"ccache {cc}"
-    return [f"ARCH={arch}", f"CROSS_COMPILE={cross_compile}", f"CC={cc}"]
+    # Kconfig asks for rustc, bindgen and pahole by name and records their versions in
+    # the .config (RUSTC_VERSION, PAHOLE_VERSION, ...): a host with rustup on its PATH
+    # would get another .config than one without. The guest kernel uses none of them,
+    # so they are named as absent, whatever this host has.
+    absent = [f"{tool}={ABSENT_TOOL}" for tool in ("RUSTC", "BINDGEN", "PAHOLE")]
+    return [f"ARCH={arch}", f"CROSS_COMPILE={cross_compile}", f"CC={cc}", *absent]
 
 
 def _make_cmd(src: Path, build_dir: Path, arch: str, cross_compile: str, *args: str) -> list[str]:

@@ -18,9 +18,8 @@ import os
 import py_compile
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.util import MAGIC_NUMBER
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,7 +83,17 @@ for name in lazy + EXTRA:
     importlib.import_module(name)
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
 with open(out, "w") as f:
-    f.write("\n".join([importlib.util.MAGIC_NUMBER.hex(), *files]) + "\n")
+    f.write("\n".join(files) + "\n")
+"""
+
+# Byte-compiles with the guest's own python: each job is [source, guest path, optimize,
+# output]. Unchecked-hash pycs carry no mtime and no host path.
+_COMPILE = r"""
+import json, py_compile, sys
+mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+for src, dfile, optimize, out in json.load(open(sys.argv[1])):
+    py_compile.compile(src, cfile=out, dfile=dfile, doraise=True,
+                       invalidation_mode=mode, optimize=optimize)
 """
 
 
@@ -231,9 +240,9 @@ def unpacked_base(
 
 def probe_imports(
     full_root: Path, driver_path: Path, extra_modules: Iterable[str], log: ToolLog | None = None
-) -> tuple[str, list[str]]:
-    """Run the arm64 python on `full_root` with the driver from `driver_path`; return its
-    bytecode magic and the stdlib files it loaded, relative to `full_root`.
+) -> list[str]:
+    """Run the arm64 python on `full_root` with the driver from `driver_path`; return the
+    files it loaded, relative to `full_root`.
 
     `full_root` is not written to (it may be the shared cached base).
     """
@@ -267,10 +276,9 @@ def probe_imports(
                 hint="check that PYTHONPATH=driver python3 -m netvm_driver --help works here; "
                 "a stdlib module missing from the guest packages shows as ImportError",
             )
-        magic, *loaded = out.read_text().splitlines()
+        loaded = out.read_text().splitlines()
     prefix = str(full_root) + "/"
-    files = [f[len(prefix) :] for f in loaded if f.startswith(prefix)]
-    return magic, files
+    return [f[len(prefix) :] for f in loaded if f.startswith(prefix)]
 
 
 def needed_libraries(elf: Path, log: ToolLog | None = None) -> list[str]:
@@ -356,6 +364,42 @@ def _compile(src: Path, guest_path: str, optimize: int = 0) -> bytes:
         return out.read_bytes()
 
 
+def guest_compile(
+    full_root: Path, jobs: Mapping[str, tuple[Path, int]], log: ToolLog | None = None
+) -> dict[str, bytes]:
+    """Bytecode of each source, made by the guest's python under qemu-user: guest path
+    -> (source, optimize) in, guest path -> pyc bytes out.
+
+    The guest's interpreter, not the one running netvm: marshal's output differs
+    between patch releases (3.11.2 and 3.11.7 give different bytes for the same
+    source), so bytecode from the host's python would make the image depend on the
+    host and would not be what the guest itself would have written.
+    """
+    log = log or ToolLog(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        names = sorted(jobs)
+        pycs = [out / f"{i}.pyc" for i in range(len(names))]
+        spec = [
+            [str(jobs[rel][0]), "/" + rel, jobs[rel][1], str(pyc)]
+            for rel, pyc in zip(names, pycs, strict=True)
+        ]
+        (out / "jobs.json").write_text(json.dumps(spec))
+        env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = [
+            "qemu-aarch64-static", "-L", str(full_root), str(full_root / PYTHON),
+            "-c", _COMPILE, str(out / "jobs.json"),
+        ]  # fmt: skip
+        proc = log.capture(cmd, env=env)
+        if proc.status != 0:
+            raise UserError(
+                "the guest python could not byte-compile the image's modules:\n"
+                + proc.stderr.strip()[-2000:],
+                hint="a syntax error in the driver or the overlay shows here",
+            )
+        return {rel: pyc.read_bytes() for rel, pyc in zip(names, pycs, strict=True)}
+
+
 def busybox_applets(full_root: Path, log: ToolLog | None = None) -> frozenset[str]:
     """The applets this busybox build has (it runs under qemu-user to say)."""
     log = log or ToolLog(None)
@@ -376,24 +420,21 @@ def debian_entries(
     full_root: Path, overlay: Path, extra_modules: Iterable[str], log: ToolLog | None = None
 ) -> dict[str, cpio.Entry]:
     """The pruned Debian base plus the overlay (overlay wins), as archive entries."""
-    magic, files = probe_imports(full_root, overlay / GUEST_PYTHONPATH, extra_modules, log)
-    if bytes.fromhex(magic) != MAGIC_NUMBER:
-        raise UserError(
-            f"the guest python's bytecode magic {magic} differs from this host's "
-            f"{MAGIC_NUMBER.hex()}",
-            hint="run netvm with a python of the guest's version (3.11)",
-        )
+    files = probe_imports(full_root, overlay / GUEST_PYTHONPATH, extra_modules, log)
     entries: dict[str, cpio.Entry] = {}
     elves = [PYTHON, BUSYBOX]
+    # Sourceless bytecode next to where the source was (what Buildroot's "pyc only"
+    # does): half the size, and nothing to compile at boot. The stdlib goes without
+    # docstrings (-OO); the driver keeps its own.
+    jobs = {rel: (full_root / rel, 2) for rel in files if rel.startswith(STDLIB + "/")}
+    jobs = {rel: job for rel, job in jobs.items() if rel.endswith(".py")}
+    jobs.update(driver_sources(overlay))
+    compiled = guest_compile(full_root, jobs, log)
     for rel in files:
         if not rel.startswith(STDLIB + "/"):
             continue  # the driver comes from the overlay
         if rel.endswith(".py"):
-            # Sourceless bytecode next to where the source was (what Buildroot's
-            # "pyc only" does): half the size, and nothing to compile at boot. The
-            # stdlib goes without docstrings (-OO); the driver keeps its own.
-            pyc = rel + "c"
-            entries[pyc] = cpio.regular(pyc, _compile(full_root / rel, rel, optimize=2))
+            entries[rel + "c"] = cpio.regular(rel + "c", compiled[rel])
         elif rel.endswith(".so"):
             entries[rel] = _copy_entry(full_root, rel)
             elves.append(rel)
@@ -419,27 +460,38 @@ def debian_entries(
         where = "sbin" if applet in SBIN_APPLETS else "bin"
         link = "../bin/busybox" if where == "sbin" else "busybox"
         entries[f"{where}/{applet}"] = cpio.symlink(f"{where}/{applet}", link)
-    entries.update(overlay_entries(overlay, sourceless=True))
+    entries.update(overlay_entries(overlay, compiled=compiled))
     return entries
 
 
-def overlay_entries(overlay: Path, *, sourceless: bool = False) -> dict[str, cpio.Entry]:
+def driver_sources(overlay: Path) -> dict[str, tuple[Path, int]]:
+    """The overlay's driver modules as compile jobs: guest path -> (source, optimize)."""
+    return {
+        rel: (overlay / rel, 0)
+        for rel, e in _entries_from_tree(overlay).items()
+        if rel.startswith(GUEST_PYTHONPATH + "/") and rel.endswith(".py") and e.kind == "file"
+    }
+
+
+def overlay_entries(
+    overlay: Path, *, compiled: Mapping[str, bytes] | None = None
+) -> dict[str, cpio.Entry]:
     """The staged overlay with the driver byte-compiled, and /init.
 
-    `sourceless`: bytecode in place of the sources, for a guest python known to share
-    this host's bytecode magic (the Debian base; it saves a tenth of the image). Else
-    the bytecode goes beside the sources in __pycache__, which a guest python of
-    another version ignores and recompiles from the sources.
+    `compiled` (the Debian base, whose python compiled them: `guest_compile`): the
+    driver's bytecode in place of its sources, which saves a tenth of the image. Else
+    (a user's base, a Buildroot tree: a python netvm cannot run) the host's bytecode
+    goes beside the sources in __pycache__, which a guest python of another version
+    ignores and recompiles from the sources.
     """
     entries = _entries_from_tree(overlay)
-    for rel, e in list(entries.items()):
-        if rel.startswith(GUEST_PYTHONPATH + "/") and rel.endswith(".py") and e.kind == "file":
+    for rel in driver_sources(overlay):
+        if compiled is not None:
+            del entries[rel]
+            entries[rel + "c"] = cpio.regular(rel + "c", compiled[rel])
+        else:
             p = PurePosixPath(rel)
-            if sourceless:
-                del entries[rel]
-                pyc = rel + "c"
-            else:
-                pyc = f"{p.parent}/__pycache__/{p.stem}.{_cache_tag()}.pyc"
+            pyc = f"{p.parent}/__pycache__/{p.stem}.{_cache_tag()}.pyc"
             entries[pyc] = cpio.regular(pyc, _compile(overlay / rel, rel))
     # Mount points and the console exist before /init runs (it mounts the rest).
     for d in ("dev", "proc", "sys", "tmp", "run", "root"):
