@@ -676,6 +676,8 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
         time.sleep(0.2)
         bench = sim.call(sim.take_over)
         sim.call(lambda: setattr(bench, "expect_size", 1514))
+        vmm_tid = sim.call(threading.get_native_id)
+        stats_before = fresh_stats(sim)
         sim.call(bench.start_echo)
         before = sim.call(bench.snapshot)
         peer_before = peer_rx_packets(sim)
@@ -683,6 +685,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
         gen = start_generator(sim, tools, 1514, LINE_RATE_1514, seconds)
         try:
             first = sample(sim, bench, pid)
+            vmm_first = thread_cpu_ns(vmm_tid)
             t0 = first.t
             while (left := seconds - (time.monotonic() - t0)) > 0:
                 time.sleep(min(SOAK_SAMPLE_S, left))
@@ -690,6 +693,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
                 if kib is not None:
                     series.append((time.monotonic() - t0, kib))
             last = sample(sim, bench, pid)
+            vmm_last = thread_cpu_ns(vmm_tid)
             report = finish_generator(gen, 60)
         finally:
             kill_generator(gen)
@@ -698,6 +702,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
         sim.call(bench.stop_echo)
         after = sim.call(bench.snapshot)
         peer = settle_peer(sim) - peer_before
+        moved = counter_deltas(stats_before, fresh_stats(sim)) or {}
     finally:
         result = sim.stop("bench soak")
     conservation = sim.bench_conservation or {
@@ -706,6 +711,9 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out: dict[str, Any] = {"seconds": seconds, "rate": LINE_RATE_1514}
     out.update(echo_counts(before, after, int(report["sent"]), peer))
     out["cpu"] = rates(first, last, "rx_frames")
+    out["vmm_cpu_fraction"] = round((vmm_last - vmm_first) / 1e9 / (last.t - first.t), 4)
+    out["driver_counters"] = moved
+    out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
     out["rss"] = rss_summary(series, soak_warmup(seconds))
     out["conservation"] = conservation
     out["driver_exit"] = result.driver_exit
