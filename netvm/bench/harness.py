@@ -419,7 +419,15 @@ def echo_run(
         driver_counters=moved,
         driver_rx_dropped_no_buffer=moved.get("rx_dropped_no_buffer"),
     )
+    result["rx_loss_no_buffer"] = no_buffer_share(result)
     return result
+
+
+def no_buffer_share(run: dict[str, Any]) -> float | None:
+    """The part of the RX loss the driver dropped because rx_free was empty (the VMM had
+    not given buffers back in time), where the driver counts it."""
+    dropped, sent = run.get("driver_rx_dropped_no_buffer"), run.get("sent")
+    return round(dropped / sent, 6) if dropped is not None and sent else None
 
 
 # ---------------------------------------------------------------------- one round
@@ -714,6 +722,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out["vmm_cpu_fraction"] = round((vmm_last - vmm_first) / 1e9 / (last.t - first.t), 4)
     out["driver_counters"] = moved
     out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
+    out["rx_loss_no_buffer"] = no_buffer_share(out)
     out["rss"] = rss_summary(series, soak_warmup(seconds))
     out["conservation"] = conservation
     out["driver_exit"] = result.driver_exit
@@ -760,8 +769,9 @@ def _rate_summary(rounds: list[dict[str, dict[str, Any]]], test: str) -> dict[st
     out: dict[str, Any] = {"rate": LINE_RATE_1514}
     for which, prefix in (("ours", ""), ("baseline", "baseline_")):
         runs = [r[which][test] for r in rounds if test in r[which]]
-        for key in ("loss", "rx_loss", "tx_loss", "cpu_fraction", "cpu_us_per_frame",
-                    "user_us_per_frame", "kernel_us_per_frame"):  # fmt: skip
+        for key in ("loss", "rx_loss", "tx_loss", "rx_loss_no_buffer", "cpu_fraction",
+                    "cpu_us_per_frame", "user_us_per_frame", "kernel_us_per_frame",
+                    "vmm_cpu_fraction"):  # fmt: skip
             if runs and key in runs[0]:
                 out[prefix + key] = median_or_none([run.get(key) for run in runs])
     return out
@@ -895,8 +905,10 @@ def _loss(value: float | None) -> str:
 def _rate_row(label: str, f: dict[str, Any], both_ways: bool) -> str:
     def side(prefix: str) -> tuple[str, str]:
         if both_ways:
-            lost = (f"loss RX {_loss(f.get(prefix + 'rx_loss'))}, "
-                    f"TX {_loss(f.get(prefix + 'tx_loss'))}")  # fmt: skip
+            starved = f.get(prefix + "rx_loss_no_buffer")
+            lost = (f"loss RX {_loss(f.get(prefix + 'rx_loss'))}"
+                    + ("" if starved is None else f" ({_loss(starved)} no rx_free buffer)")
+                    + f", TX {_loss(f.get(prefix + 'tx_loss'))}")  # fmt: skip
         else:
             lost = f"loss {_loss(f.get(prefix + 'loss'))}"
         cpu = f.get(prefix + "cpu_fraction")
@@ -975,8 +987,9 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
     )
     return [
         f"soak: {soak['seconds']:g} s echo at {soak['rate']:,.0f} frames/s: sent "
-        f"{soak['sent']:,}, loss RX {_loss(soak['rx_loss'])}, TX {_loss(soak['tx_loss'])}; "
-        f"CPU {(cpu['cpu_fraction'] or 0):.1%} of a core",
+        f"{soak['sent']:,}, loss RX {_loss(soak['rx_loss'])} ({_loss(soak['rx_loss_no_buffer'])}"
+        f" no rx_free buffer), TX {_loss(soak['tx_loss'])}; driver CPU "
+        f"{(cpu['cpu_fraction'] or 0):.1%} of a core, VMM {soak['vmm_cpu_fraction']:.1%}",
         f"  buffers (free+active+vmm+in flight/total): {pair} — "
         f"{'ok' if cons.get('ok') else 'FAILED'}",
         f"  RSS {rss['start_kib']} KiB at start, {rss['after_warmup_kib']} KiB after "
