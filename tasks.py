@@ -596,8 +596,7 @@ ns.add_task(lock)
         "rounds": "NUMBER: rounds of measurements (default: 5; with --quick: 1)",
         "callgrind": "instructions per frame of both drivers under valgrind's callgrind"
         " (default: on; --no-callgrind skips it)",
-        "callgrind-frames": "NUMBER: frames per test under callgrind (default 4096; --quick"
-        " 1024)",
+        "callgrind-frames": "NUMBER: frames per test under callgrind (default 4096; --quick 1024)",
         "soak": "DURATION (e.g. 600, 10m): also hold full-duplex line rate through the driver"
         " this long; report loss, buffer conservation and RSS growth (the target is 10m)",
         "build-figures": "also time a no-op `invoke build` and a driver-only change rebuild",
