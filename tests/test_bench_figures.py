@@ -26,6 +26,7 @@ from netvm.bench.harness import (
     targets,
 )
 from netvm.bench.latency import (
+    NO_SNAPSHOT,
     NOT_REPORTED,
     LatencyFormatError,
     parse_histogram,
@@ -120,6 +121,12 @@ def test_low_load_uses_the_drivers_figures_and_under_load_the_difference() -> No
     # What the load added alone, from bucket counts; the driver's max covers its life.
     assert r["under_load"]["rx"] == {"p50": 500.0, "p99": 1000.0, "max": None, "samples": 1000}
     assert r["under_load"]["tx"] == {"p50": 100.0, "p99": 100.0, "max": None, "samples": 1000}
+
+
+def test_a_missing_low_load_snapshot_is_not_taken_for_a_silent_driver() -> None:
+    final = stats_doc([0, 5, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0])
+    assert round_latency(None, final) == {"reported": False, "note": NO_SNAPSHOT}
+    assert round_latency(None, {"counters": {}})["note"] == NOT_REPORTED
 
 
 def test_a_later_snapshot_with_fewer_samples_is_malformed() -> None:

@@ -23,6 +23,7 @@ DIRECTIONS = {"rx": "rx_kernel_to_publish_us", "tx": "tx_doorbell_to_send_us"}
 TARGET_P50_US = 50.0
 TARGET_P99_US = 500.0
 NOT_REPORTED = 'not reported by the driver (its stats file has no "latency" key)'
+NO_SNAPSHOT = "no stats after the ping run (the driver did not answer SIGUSR1 in time)"
 
 
 class LatencyFormatError(ValueError):
@@ -141,6 +142,8 @@ def round_latency(low_load: dict[str, Any] | None, final: dict[str, Any] | None)
     try:
         low = parse_latency(low_load)
         end = parse_latency(final)
+        if low_load is None and end is not None:
+            return {"reported": False, "note": NO_SNAPSHOT}
         if low is None or end is None:
             return {"reported": False, "note": NOT_REPORTED}
         return {
