@@ -522,21 +522,24 @@ def wait_count(
         time.sleep(0.05)
 
 
-def callgrind_rx(sim: BenchSimulation, bench: BenchVmm, tools: Tools, size: int, count: int) -> int:
-    """`count` frames in fixed bursts into the driver; how many reached rx_active."""
+def callgrind_rx(
+    sim: BenchSimulation, bench: BenchVmm, tools: Tools, size: int, count: int
+) -> tuple[int, int]:
+    """`count` frames in fixed bursts into the driver; (frames that reached rx_active,
+    frames sent)."""
     sim.call(lambda: setattr(bench, "expect_size", size))
     before = sim.call(bench.snapshot)["rx_frames"]
     seconds = count / CALLGRIND_RX_RATE + 30
     gen = start_generator(sim, tools, size, CALLGRIND_RX_RATE, seconds, count=count,
                           burst=CALLGRIND_BURST)  # fmt: skip
     try:
-        finish_generator(gen, seconds + 30)
+        sent = int(finish_generator(gen, seconds + 30)["sent"])
     finally:
         kill_generator(gen)
-    return wait_count(sim, bench, "rx_frames", before + count) - before
+    return wait_count(sim, bench, "rx_frames", before + sent) - before, sent
 
 
-def callgrind_tx(sim: BenchSimulation, bench: BenchVmm, size: int, count: int) -> int:
+def callgrind_tx(sim: BenchSimulation, bench: BenchVmm, size: int, count: int) -> tuple[int, int]:
     """Exactly `count` frames through tx_active (the VMM refills as buffers come back)."""
     before = sim.call(bench.snapshot)["tx_frames"]
     sim.call(lambda: bench.start_tx(size, budget=count))
@@ -546,7 +549,7 @@ def callgrind_tx(sim: BenchSimulation, bench: BenchVmm, size: int, count: int) -
         sim.call(bench.stop_tx)
     if left:
         raise RuntimeError(f"the driver under callgrind kept {left} TX buffers")
-    return int(sim.call(bench.snapshot)["tx_frames"]) - before
+    return int(sim.call(bench.snapshot)["tx_frames"]) - before, count
 
 
 def callgrind_command(which: str, tools: Tools, opts: BenchOptions, out_dir: Path) -> str:
@@ -597,7 +600,7 @@ def callgrind_driver(
                 size = SIZES[label]
                 progress(f"  {which} under callgrind: {test}")
 
-                def run(n: int, direction: str = direction, size: int = size) -> int:
+                def run(n: int, direction: str = direction, size: int = size) -> tuple[int, int]:
                     if direction == "rx":
                         return callgrind_rx(sim, bench, tools, size, n)
                     return callgrind_tx(sim, bench, size, n)
@@ -605,12 +608,13 @@ def callgrind_driver(
                 run(opts.callgrind_warmup)
                 cg.zero()
                 before = sim.call(bench.snapshot)
-                frames = run(opts.callgrind_frames)
+                frames, sent = run(opts.callgrind_frames)
                 instructions = cg.dump(test)
                 after = sim.call(bench.snapshot)
                 doorbells = f"{direction}_doorbells"
                 out[test] = {
                     "frames": frames,
+                    "sent": sent,  # more than frames: some were lost before the driver
                     "instructions": instructions,
                     "instructions_per_frame": callgrind.per_frame(instructions, frames),
                     "doorbells": after[doorbells] - before[doorbells],
