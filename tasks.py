@@ -594,8 +594,8 @@ ns.add_task(lock)
         "quick": "one short round and fewer frames under callgrind, instead of 5 full rounds",
         "json": "FILE: write every measurement, the medians, ratios and targets here",
         "rounds": "NUMBER: rounds of measurements (default: 5; with --quick: 1)",
-        "callgrind": "instructions per frame of both drivers under valgrind's callgrind"
-        " (default: on; --no-callgrind skips it)",
+        "no-callgrind": "skip the instructions per frame of both drivers under valgrind's"
+        " callgrind",
         "callgrind-frames": "NUMBER: frames per test under callgrind (default 4096; --quick 1024)",
         "soak": "DURATION (e.g. 600, 10m): also hold full-duplex line rate through the driver"
         " this long; report loss, buffer conservation and RSS growth (the target is 10m)",
@@ -614,12 +614,11 @@ def bench(
     rounds: str | None = None,
     build_figures: bool = False,
     driver_arg: list[str] | None = None,
-    callgrind: bool = True,
+    no_callgrind: bool = False,
     callgrind_frames: str | None = None,
     soak: str | None = None,
 ) -> None:
-    """Driver throughput, CPU and instructions per frame, line rate, echo and latency vs a C
-    baseline (root, 2 CPUs)."""
+    """Driver vs a C baseline: CPU, instructions, line rate, echo, latency (root, 2 CPUs)."""
     from netvm.bench.harness import BenchOptions, report, run_bench
 
     kw: dict[str, Any] = {
@@ -632,7 +631,7 @@ def bench(
         kw["rounds"] = parse_int("--rounds", rounds, 1, 1000)
     if callgrind_frames is not None:
         kw["callgrind_frames"] = parse_int("--callgrind-frames", callgrind_frames, 64, 10**6)
-    if not callgrind:
+    if no_callgrind:
         kw["callgrind_frames"] = 0
     if soak is not None:
         kw["soak"] = parse_seconds("--soak", soak)
