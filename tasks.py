@@ -591,9 +591,14 @@ ns.add_task(lock)
 @task(
     help={
         "board": BOARD_HELP,
-        "quick": "one short round (under a minute) instead of 3 full rounds",
+        "quick": "one short round and fewer frames under callgrind, instead of 5 full rounds",
         "json": "FILE: write every measurement, the medians, ratios and targets here",
-        "rounds": "NUMBER: rounds of measurements (default: 3; with --quick: 1)",
+        "rounds": "NUMBER: rounds of measurements (default: 5; with --quick: 1)",
+        "no-callgrind": "skip the instructions per frame of both drivers under valgrind's"
+        " callgrind",
+        "callgrind-frames": "NUMBER: frames per test under callgrind (default 4096; --quick 1024)",
+        "soak": "DURATION (e.g. 600, 10m): also hold full-duplex line rate through the driver"
+        " this long; report loss, buffer conservation and RSS growth (the target is 10m)",
         "build-figures": "also time a no-op `invoke build` and a driver-only change rebuild",
         "driver-arg": "OPTION (repeatable): an extra option for netvm_driver under test, e.g."
         " --driver-arg=--batch=64",
@@ -609,8 +614,11 @@ def bench(
     rounds: str | None = None,
     build_figures: bool = False,
     driver_arg: list[str] | None = None,
+    no_callgrind: bool = False,
+    callgrind_frames: str | None = None,
+    soak: str | None = None,
 ) -> None:
-    """Driver throughput, CPU per frame, line rate and latency vs a C baseline (root, 2 CPUs)."""
+    """Driver vs a C baseline: CPU, instructions, line rate, echo, latency (root, 2 CPUs)."""
     from netvm.bench.harness import BenchOptions, report, run_bench
 
     kw: dict[str, Any] = {
@@ -621,6 +629,12 @@ def bench(
     }
     if rounds is not None:
         kw["rounds"] = parse_int("--rounds", rounds, 1, 1000)
+    if callgrind_frames is not None:
+        kw["callgrind_frames"] = parse_int("--callgrind-frames", callgrind_frames, 64, 10**6)
+    if no_callgrind:
+        kw["callgrind_frames"] = 0
+    if soak is not None:
+        kw["soak"] = parse_seconds("--soak", soak)
     opts = BenchOptions.quick_options(**kw) if quick else BenchOptions(**kw)
     doc = run_bench(opts, ROOT, progress=_progress)
     print(report(doc))

@@ -6,15 +6,45 @@
  * into the sDDF buffer, enqueue. Per frame on TX: a byte-wise copy into a temporary
  * buffer, sendto(). The queue handshake follows upstream: rx_process requests an rx_free
  * signal and drains; tx_process requests a tx_active signal and drains; notify the VMM
- * when the peer asked. Deviations from upstream, all needed to run it against netvm's
- * host simulation or to make the comparison fair:
+ * when the peer asked.
+ *
+ * Deviations from upstream (libvmm's tools/linux/uio_drivers/net/main.c at the commit
+ * boards/odroidc4/board.yaml pins). Those that change behaviour, and why each was needed:
+ *  - IRQ handling: upstream runs tx_process/rx_process and only then writes the 4-byte
+ *    enable, and never reads the IRQ fd. Here the fd is read empty first, then the IRQ
+ *    re-enabled, then the queues processed. Reading is needed at all: UIO's fd stays
+ *    readable until its count is read, so upstream's level-triggered epoll returns at
+ *    once for ever after the first interrupt and the process spins at 100 % of a core
+ *    (libvmm later made the same change upstream). Re-enabling before processing closes
+ *    a lost wake-up: libvmm drops a vIRQ injected while the guest has it masked, so work
+ *    the VMM queues (and signals) between upstream's last queue check and its enable
+ *    would wait for the next unrelated interrupt. (The simulation latches such an
+ *    injection instead of dropping it, so here this costs at most a spurious wake-up.)
+ *  - Notifications: upstream notifies when require_signal() says so but leaves the flag
+ *    set; here cancel_signal() comes first, as sDDF's own drivers do. Without it every
+ *    batch the driver finishes while the VMM is still busy with the last notification
+ *    notifies again (the flag stays "requested" until the VMM next looks): extra
+ *    doorbells (VM exits on the board, FIFO writes and VMM wake-ups here) that ours does
+ *    not send; the comparison would charge the baseline for them.
+ *  - Start-up: upstream runs tx_process() once before its loop; this also runs
+ *    rx_process(), like ours, which arms the rx_free signal and takes frames already
+ *    queued on the socket before the first epoll_wait(). Without it the first rx_free
+ *    refill after start-up raises no IRQ; RX still starts with the first frame's socket
+ *    event, so in the bench this changes only the first wake-up.
+ *  - Send errors: upstream exits when sendto() does not send the whole frame; here the
+ *    frame is dropped (not counted in tx_frames) and the buffer returned. A veth whose
+ *    peer's backlog is full refuses frames with ENOBUFS, which the TX flood provokes, so
+ *    upstream's exit would end the TX runs; a real NIC's driver drops too.
+ * Deviations that do not change the data path:
  *  - devices are the simulation's stand-ins (shm files, FIFO doorbells, pty IRQs; see
  *    docs/driver.md), passed on the command line instead of /dev/uioN;
- *  - the IRQ fd is read before it is re-enabled (upstream never reads it, which makes a
- *    level-triggered epoll spin);
  *  - the socket has PACKET_IGNORE_OUTGOING, like netvm_driver, so TX frames do not come
  *    back as RX;
  *  - TX client regions come from the layout instead of a fixed 0x100000 stride;
+ *  - a TX descriptor whose length exceeds a buffer (2048) ends the program with an
+ *    error; upstream copies its unchecked length into a 1514-byte buffer (an overflow
+ *    for any length over 1514). The temporary buffer here is larger than upstream's
+ *    ETH_FRAME_LEN so that no frame the bench sends is truncated;
  *  - SIGTERM/SIGINT exit 0, SIGUSR1 and exit write counters like netvm_driver's.
  *
  *   baseline IFACE key=value...   (written by netvm/bench/launch_baseline.py)
@@ -225,6 +255,8 @@ static void tx_process(void)
                 break;
             }
         }
+        /* Upstream checks neither the client nor the length: it copies tx_buffer.len
+         * bytes into its 1514-byte temporary buffer, overflowing it for a longer one. */
         if (!found || tx_buffer.len > NET_BUFFER_SIZE) {
             LOG_NET_ERR("bad TX descriptor %#llx\n", (unsigned long long)io);
             exit(1);
@@ -277,8 +309,11 @@ static void rx_process(void)
             perror("recv");
             exit(1);
         }
+        /* Upstream receives into a 1514-byte buffer, so recv() truncates a longer frame
+         * and the copy below stays inside the 2048-byte sDDF buffer; this temporary
+         * buffer is larger, so the length is bounded here instead. */
         if (num_bytes > NET_BUFFER_SIZE)
-            num_bytes = NET_BUFFER_SIZE; /* upstream would overflow the buffer */
+            num_bytes = NET_BUFFER_SIZE;
         uintptr_t offset = buffer.io_or_offset - rx_data_paddr;
         char *buf_in_sddf_rx_data = rx_data + offset;
         /* Byte-wise copy into the sDDF buffer, as upstream. */

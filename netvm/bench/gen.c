@@ -2,10 +2,14 @@
  * netvm bench traffic generator: Ethernet frames from a TPACKET_V2 TX ring with
  * PACKET_QDISC_BYPASS, a batch of ring slots flushed by one send().
  *
- *   gen IFACE SIZE RATE SECONDS DST_MAC SRC_MAC
+ *   gen IFACE SIZE RATE SECONDS DST_MAC SRC_MAC [COUNT [BURST]]
  *
  * SIZE is the frame length without FCS (60..1514), RATE frames per second (0 = as fast
- * as possible), SECONDS how long to send. Frames carry ethertype 0x88b5 (local
+ * as possible), SECONDS how long to send at most, COUNT how many frames at most (0 or
+ * absent: no limit), BURST how many frames each send() flushes (default: about 10k
+ * flushes per second when paced, 64 when not; at most 64). A fixed COUNT in fixed
+ * BURSTs is what the instruction counts under callgrind use: the driver then sees the
+ * same batches whatever the load on the host (docs/bench.md). Frames carry ethertype 0x88b5 (local
  * experimental), a 64-bit sequence number and a fixed pattern. Prints one JSON line:
  * {"sent": N, "seconds": S, "rate": R, "send_errors": E}.
  *
@@ -49,17 +53,19 @@ static int parse_mac(const char *s, uint8_t *mac)
 
 int main(int argc, char **argv)
 {
-    if (argc != 7) {
-        fprintf(stderr, "usage: gen IFACE SIZE RATE SECONDS DST_MAC SRC_MAC\n");
+    if (argc < 7 || argc > 9) {
+        fprintf(stderr, "usage: gen IFACE SIZE RATE SECONDS DST_MAC SRC_MAC [COUNT [BURST]]\n");
         return 2;
     }
     const char *ifname = argv[1];
     int size = atoi(argv[2]);
     double rate = atof(argv[3]);
     double seconds = atof(argv[4]);
+    uint64_t count = argc > 7 ? strtoull(argv[7], NULL, 0) : 0;
+    int burst = argc > 8 ? atoi(argv[8]) : 0;
     uint8_t dst[6], src[6];
-    if (size < 60 || size > 1514 || seconds <= 0 || parse_mac(argv[5], dst) ||
-        parse_mac(argv[6], src)) {
+    if (size < 60 || size > 1514 || seconds <= 0 || burst < 0 || burst > 64 ||
+        parse_mac(argv[5], dst) || parse_mac(argv[6], src)) {
         fprintf(stderr, "gen: bad arguments\n");
         return 2;
     }
@@ -113,6 +119,8 @@ int main(int argc, char **argv)
         if (batch > 64)
             batch = 64;
     }
+    if (burst)
+        batch = burst;
     double interval = rate > 0 ? batch / rate : 0;
     uint64_t sent = 0, errors = 0, seq = 0;
     unsigned slot = 0;
@@ -120,7 +128,7 @@ int main(int argc, char **argv)
     struct timespec ts;
     for (;;) {
         double t = now();
-        if (t >= end)
+        if (t >= end || (count && sent >= count))
             break;
         if (rate > 0 && t < next) {
             double wait = next - t;
@@ -132,7 +140,8 @@ int main(int argc, char **argv)
             continue;
         }
         int queued = 0;
-        for (int i = 0; i < batch; i++) {
+        int room = count && count - sent < (uint64_t)batch ? (int)(count - sent) : batch;
+        for (int i = 0; i < room; i++) {
             struct tpacket2_hdr *h = (struct tpacket2_hdr *)(ring + (size_t)slot * FRAME_SIZE);
             if (h->tp_status & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING))
                 break; /* ring full: flush what we have */

@@ -4,7 +4,10 @@
 [--stats-json S] [...]`` reads the simulation's device file (docs/driver.md) and the
 driver configuration, then replaces itself (exec, same PID) with
 ``BINARY IFACE key=value...``, so the C program needs no JSON parser. Unknown options
-(e.g. ``--stats-interval``) are ignored.
+(e.g. ``--stats-interval``) are ignored. ``launch_baseline.py PROGRAM ARGS... -- BINARY
+[...]`` runs the baseline under PROGRAM instead (valgrind, for the instruction counts):
+the launcher must come first, since valgrind does not follow an exec into another
+program by default.
 """
 
 from __future__ import annotations
@@ -42,11 +45,20 @@ def baseline_argv(binary: str, argv: list[str]) -> list[str]:
     return out
 
 
+def split_wrapper(args: list[str]) -> tuple[list[str], str, list[str]]:
+    """(wrapper command, baseline binary, driver options) of the launcher's arguments."""
+    if "--" in args:
+        cut = args.index("--")
+        return args[:cut], args[cut + 1], args[cut + 2 :]
+    return [], args[0], args[1:]
+
+
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: launch_baseline.py BINARY [driver options]")
-    argv = baseline_argv(sys.argv[1], sys.argv[2:])
-    os.execv(argv[0], argv)
+    if len(sys.argv) < 2 or sys.argv[-1] == "--":
+        sys.exit("usage: launch_baseline.py [PROGRAM ARGS... --] BINARY [driver options]")
+    wrapper, binary, options = split_wrapper(sys.argv[1:])
+    argv = [*wrapper, *baseline_argv(binary, options)]
+    os.execvp(argv[0], argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Owns: recycling RX buffers (rx_active straight back onto rx_free) and TX buffers
 (tx_free straight back onto tx_active, each still holding its frame) with whole runs of
 descriptors moved per doorbell, so the simulated VMM costs next to nothing per frame and
-the driver under test is what limits the rate. It follows the sDDF handshake on both
-sides (request a signal when drained, re-check; notify the driver only when it asked).
+the driver under test is what limits the rate; a TX budget (exactly N frames, for the
+instruction counts); the echo mode (every RX frame copied into a free TX buffer and
+queued on tx_active: full duplex through the driver); and the buffer accounting of both
+queue pairs. It follows the sDDF handshake on both sides (request a signal when
+drained, re-check; notify the driver only when it asked).
 Runs only on the simulation's VMM thread; ``BenchSimulation`` routes the doorbells to it
 once ``take_over`` is called, and to the normal simulated virt_rx/virt_tx (echo clients)
 before that, so the latency runs use the real echo path.
@@ -13,10 +16,13 @@ before that, so the latency runs use the real echo path.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from netvm.sim.layout import NET_BUFFER_SIZE
-from netvm.sim.rings import DESC_SIZE, FIRST_DESC, SimRing
+from netvm.sim.rings import DESC, DESC_SIZE, FIRST_DESC, SimRing
 from netvm.sim.runner import DoorbellHandler, Simulation
 from netvm.sim.virt import VirtNet
 
@@ -39,6 +45,33 @@ def move_descriptors(src: SimRing, src_index: int, dst: SimRing, dst_index: int,
         n -= k
 
 
+def account_buffers(
+    everything: Iterable[int], places: dict[str, list[int]], *, driver_stopped: bool
+) -> dict[str, Any]:
+    """Where the buffers of one queue pair are: each place's count, and the rest in flight.
+
+    `places` lists the buffer addresses seen on the free queue, the active queue and in
+    the VMM's own hands. What is in none of them is with the driver ("in flight"), so
+    free + active + vmm + in flight = total by construction; what can go wrong is a
+    buffer seen twice or one that is not of this pair, and, once the driver has
+    stopped (it holds none then), anything still in flight.
+    """
+    total = frozenset(everything)
+    seen: Counter[int] = Counter()
+    for ios in places.values():
+        seen.update(ios)
+    duplicated = sorted(io for io, n in seen.items() if n > 1)
+    unknown = sorted(set(seen) - total)
+    in_flight = len(total - set(seen))
+    out: dict[str, Any] = {"total": len(total)}
+    out.update({name: len(ios) for name, ios in places.items()})
+    out["in_flight"] = in_flight
+    out["duplicated"] = [hex(io) for io in duplicated[:10]]
+    out["unknown"] = [hex(io) for io in unknown[:10]]
+    out["ok"] = not duplicated and not unknown and (in_flight == 0 or not driver_stopped)
+    return out
+
+
 @dataclass
 class BenchCounters:
     rx_frames: int = 0
@@ -47,6 +80,8 @@ class BenchCounters:
     tx_frames: int = 0
     rx_doorbells: int = 0
     tx_doorbells: int = 0
+    echo_frames: int = 0  # RX frames queued again on tx_active (echo mode)
+    echo_no_buffer: int = 0  # RX frames not echoed: every TX buffer was out
 
 
 class BenchVmm:
@@ -69,6 +104,8 @@ class BenchVmm:
         self.expect_size = 0  # RX frame length to check (0: any)
         self.tx_running = False
         self.tx_out = 0  # TX buffers with the driver (on tx_active or not yet returned)
+        self.tx_budget = 0  # frames start_tx may still queue (-1: no limit)
+        self.echo = False
         # Every RX buffer goes round: give back the ones the simulated virt held.
         for io in virt.rx_held:
             self.rx_free.write(self.rx_free_tail, io, 0)
@@ -85,6 +122,8 @@ class BenchVmm:
             for k in range(per_client)
             for c in virt.clients
         ]
+        self.tx_offset = {io: off for off, io in self.tx_buffers}
+        self.tx_pool = list(self.tx_buffers)  # (offset, io) of TX buffers this side holds
         self._kick_rx()
 
     # ------------------------------------------------------------------ RX
@@ -100,6 +139,8 @@ class BenchVmm:
                 break  # impossible index: the driver is broken; the counts will show it
             if n:
                 self._check_rx(self.rx_active_head)
+                if self.echo:
+                    self._echo(self.rx_active_head, n)
                 move_descriptors(ring, self.rx_active_head, free, self.rx_free_tail, n)
                 self.rx_active_head = (self.rx_active_head + n) & 0xFFFF
                 ring.publish_head(self.rx_active_head)
@@ -112,6 +153,39 @@ class BenchVmm:
                 break
             ring.cancel_signal()
         self._kick_rx()
+
+    def _echo(self, index: int, n: int) -> None:
+        """Copy n frames from rx_active into free TX buffers and queue them on tx_active."""
+        c = self.counters
+        rx_buf, tx_active = self.rx_active.buf, self.tx_active
+        mask, pool = self.rx_active.mask, self.tx_pool
+        queued = 0
+        for k in range(n):
+            io, length = DESC.unpack_from(rx_buf, FIRST_DESC + DESC_SIZE * ((index + k) & mask))
+            off = io - self.rx_base
+            if not pool or not 0 <= off <= len(self.rx_data) - length:
+                c.echo_no_buffer += 1
+                continue
+            tx_off, tx_io = pool.pop()
+            self.tx_data[tx_off : tx_off + length] = self.rx_data[off : off + length]
+            tx_active.write(self.tx_active_tail + queued, tx_io, length)
+            queued += 1
+        if queued:
+            self.tx_active_tail = (self.tx_active_tail + queued) & 0xFFFF
+            self.tx_out += queued
+            c.echo_frames += queued
+            tx_active.publish_tail(self.tx_active_tail)
+            self._kick_tx()
+
+    def start_echo(self) -> None:
+        """From now on every RX frame goes back out through TX (full duplex)."""
+        if self.tx_running:
+            raise RuntimeError("TX-only run still going")
+        self.echo = True
+        self.tx_free.request_signal()
+
+    def stop_echo(self) -> None:
+        self.echo = False
 
     def _kick_rx(self) -> None:
         if self.rx_free.signal_required():
@@ -132,19 +206,24 @@ class BenchVmm:
 
     # ------------------------------------------------------------------ TX
 
-    def start_tx(self, size: int) -> None:
-        """Fill every bench TX buffer with a `size`-byte frame and queue them all."""
-        if self.tx_out:
+    def start_tx(self, size: int, budget: int = 0) -> None:
+        """Fill the bench TX buffers with `size`-byte frames and queue them (all of them,
+        and again as they come back; with a budget, `budget` frames in all)."""
+        if self.tx_out or self.echo:
             raise RuntimeError("TX buffers are still with the driver")
-        for i, (off, _) in enumerate(self.tx_buffers):
+        first = self.tx_buffers if budget <= 0 else self.tx_buffers[:budget]
+        for i, (off, _) in enumerate(first):
             c = self.virt.clients[i % len(self.virt.clients)]
             frame = TX_DST_MAC + c.mac + BENCH_ETHERTYPE + i.to_bytes(8, "little")
             frame += bytes((k * 7) & 0xFF for k in range(len(frame), size))
             self.tx_data[off : off + size] = frame
-        for _, io in self.tx_buffers:
+        for _, io in first:
             self.tx_active.write(self.tx_active_tail, io, size)
             self.tx_active_tail = (self.tx_active_tail + 1) & 0xFFFF
-        self.tx_out = len(self.tx_buffers)
+        queued = {io for _, io in first}
+        self.tx_pool = [b for b in self.tx_buffers if b[1] not in queued]
+        self.tx_out = len(first)
+        self.tx_budget = -1 if budget <= 0 else budget - len(first)
         self.tx_running = True
         self.tx_active.publish_tail(self.tx_active_tail)
         self.tx_free.request_signal()
@@ -155,7 +234,8 @@ class BenchVmm:
         self.tx_running = False
 
     def on_tx_doorbell(self) -> None:
-        """The driver returned buffers on tx_free: queue them again (same frame)."""
+        """The driver returned buffers on tx_free: queue them again (same frame), up to
+        the budget; the rest (and all of them in echo mode) go back to the pool."""
         c = self.counters
         c.tx_doorbells += 1
         ring, active = self.tx_free, self.tx_active
@@ -165,12 +245,17 @@ class BenchVmm:
             if n > ring.capacity:
                 break
             if n:
+                again = 0
                 if self.tx_running:
-                    move_descriptors(ring, self.tx_free_head, active, self.tx_active_tail, n)
-                    self.tx_active_tail = (self.tx_active_tail + n) & 0xFFFF
+                    again = n if self.tx_budget < 0 else min(n, self.tx_budget)
+                    if self.tx_budget >= 0:
+                        self.tx_budget -= again
+                if again:
+                    move_descriptors(ring, self.tx_free_head, active, self.tx_active_tail, again)
+                    self.tx_active_tail = (self.tx_active_tail + again) & 0xFFFF
                     moved = True
-                else:
-                    self.tx_out -= n
+                self._to_pool(self.tx_free_head + again, n - again)
+                self.tx_out -= n - again
                 self.tx_free_head = (self.tx_free_head + n) & 0xFFFF
                 ring.publish_head(self.tx_free_head)
                 c.tx_frames += n
@@ -183,19 +268,55 @@ class BenchVmm:
             active.publish_tail(self.tx_active_tail)
             self._kick_tx()
 
+    def _to_pool(self, index: int, n: int) -> None:
+        for k in range(n):
+            io, _ = self.tx_free.read(index + k)
+            off = self.tx_offset.get(io)
+            if off is not None:  # not one of ours: the accounting reports it as unknown
+                self.tx_pool.append((off, io))
+
     def _kick_tx(self, force: bool = False) -> None:
         if force or self.tx_active.signal_required():
             self.tx_active.cancel_signal()
             self.irqs["tx_irq"].inject()
 
     def snapshot(self) -> dict[str, int]:
-        return dict(vars(self.counters))
+        return {**vars(self.counters), "tx_out": self.tx_out}
+
+    def conservation(self, *, driver_stopped: bool) -> dict[str, Any]:
+        """Every buffer of both queue pairs: on free, on active, here, or with the driver."""
+
+        def ios(ring: SimRing, head: int, tail: int) -> list[int]:
+            return [io for io, _ in ring.entries(head, tail)]
+
+        rx = account_buffers(
+            self.virt.rx_all,
+            {
+                "free": ios(self.rx_free, self.rx_free.head, self.rx_free_tail),
+                "active": ios(self.rx_active, self.rx_active_head, self.rx_active.tail),
+                "vmm": [],
+            },
+            driver_stopped=driver_stopped,
+        )
+        tx = account_buffers(
+            (io for _, io in self.tx_buffers),
+            {
+                "free": ios(self.tx_free, self.tx_free_head, self.tx_free.tail),
+                "active": ios(self.tx_active, self.tx_active.head, self.tx_active_tail),
+                "vmm": [io for _, io in self.tx_pool],
+            },
+            driver_stopped=driver_stopped,
+        )
+        return {"rx": rx, "tx": tx, "ok": rx["ok"] and tx["ok"], "driver_stopped": driver_stopped}
 
 
 class BenchSimulation(Simulation):
     """The host simulation with a switch from the echo clients to the fast bench VMM."""
 
     bench: BenchVmm | None = None
+    # The bench VMM's accounting after the driver stopped and its last doorbell was
+    # served (the simulated virt's own check does not know the bench's buffers).
+    bench_conservation: dict[str, Any] | None = None
 
     def take_over(self) -> BenchVmm:
         """From now on doorbells go to a BenchVmm (call through ``call``)."""
@@ -213,3 +334,4 @@ class BenchSimulation(Simulation):
             with contextlib.suppress(Exception):
                 self.bench.on_tx_doorbell()
                 self.bench.on_rx_doorbell()
+            self.bench_conservation = self.bench.conservation(driver_stopped=True)
