@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -716,6 +717,18 @@ def container_build(
     )
 
 
+def _remainder_words(remainder: str, argv: list[str]) -> list[str]:
+    """The words after `--`, as the shell gave them. invoke keeps them only joined by
+    spaces (`sh -c 'echo hi'` would come back as four words), so they are taken from
+    the process's own argv when that is where the remainder came from; shell-split
+    otherwise (a task run in-process with an argv of its own)."""
+    if "--" in argv:
+        words = argv[argv.index("--") + 1 :]
+        if " ".join(words) == remainder:
+            return words
+    return shlex.split(remainder)
+
+
 @task(
     name="run",
     help={
@@ -735,8 +748,6 @@ def container_run(
     mount: list[str] | None = None,
 ) -> None:
     """Run the command after -- in the build container, with the checkout and caches mounted."""
-    import shlex
-
     from netvm.container import podman
     from netvm.container.run import run_in_container
 
@@ -745,7 +756,7 @@ def container_run(
         _workspace(),
         podman.detect(),
         spec.ref,
-        shlex.split(c.remainder),
+        _remainder_words(c.remainder, sys.argv),
         extra_mounts=tuple(mount or ()),
     )
     if code:

@@ -235,3 +235,13 @@ def test_ccache_dir_follows_ccache_own_rules(
     assert ccache_dir({"XDG_CACHE_HOME": "/xdg"}) == Path("/xdg/ccache")
     (tmp_path / ".ccache").mkdir()
     assert ccache_dir({}) == tmp_path / ".ccache"
+
+
+def test_the_command_after_the_double_dash_keeps_its_quoting() -> None:
+    from tasks import _remainder_words
+
+    argv = ["invoke", "container.run", "--", "sh", "-c", "echo hi; exit 3"]
+    # invoke hands the task the words joined by spaces: the quoting is gone.
+    assert _remainder_words("sh -c echo hi; exit 3", argv) == ["sh", "-c", "echo hi; exit 3"]
+    # run in-process with another argv: the remainder is split as a shell would.
+    assert _remainder_words("sh -c 'echo hi'", ["pytest"]) == ["sh", "-c", "echo hi"]
