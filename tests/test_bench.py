@@ -14,17 +14,12 @@ from typing import Any
 
 import pytest
 
-from netvm.bench.harness import (
-    BenchOptions,
-    Sample,
-    _cpu_cell,
-    rates,
-    run_bench,
-    summarize,
-    table,
-    targets,
-)
+from netvm.bench.harness import run_bench
 from netvm.bench.launch_baseline import baseline_argv
+from netvm.bench.measure import rates
+from netvm.bench.options import BenchOptions, Sample
+from netvm.bench.report import _cpu_cell, table
+from netvm.bench.summary import summarize, targets
 from netvm.bench.tools import build_tools
 from netvm.board import Board
 from netvm.sim import SimOptions, Simulation

@@ -12,19 +12,8 @@ from typing import Any
 import pytest
 
 from netvm.bench import callgrind
-from netvm.bench.harness import (
-    callgrind_table,
-    counter_deltas,
-    echo_counts,
-    report,
-    rss_summary,
-    soak_lines,
-    soak_warmup,
-    summarize,
-    summarize_callgrind,
-    table,
-    targets,
-)
+from netvm.bench.callgrind_runs import summarize_callgrind
+from netvm.bench.echo import counter_deltas, echo_counts
 from netvm.bench.latency import (
     NO_SNAPSHOT,
     NOT_REPORTED,
@@ -35,6 +24,9 @@ from netvm.bench.latency import (
     summarize_latency,
 )
 from netvm.bench.launch_baseline import split_wrapper
+from netvm.bench.report import callgrind_table, report, soak_lines, table
+from netvm.bench.soak import rss_summary, soak_warmup
+from netvm.bench.summary import summarize, targets
 from netvm.bench.vmm import account_buffers
 
 BOUNDS = [10, 20, 50, 100, 200, 500, 1000]

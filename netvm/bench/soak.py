@@ -1,0 +1,137 @@
+"""The soak: ours at full-duplex line rate for a long time, if asked (``--soak``).
+
+Owns: ``soak_run`` (one echo run of ``opts.soak`` seconds with the driver's RSS sampled
+throughout), the RSS figures (growth measured after a warm-up, so the allocator settling
+early is not counted as a leak) and the verdict: no loss,
+every buffer of both queue pairs accounted for at the end, RSS growth within its target,
+a clean driver exit. Short rounds cannot show a slow leak or a lost buffer; this can.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from netvm.bench.echo import counter_deltas, echo_counts, no_buffer_share
+from netvm.bench.measure import (
+    finish_generator,
+    fresh_stats,
+    kill_generator,
+    peer_rx_packets,
+    rates,
+    sample,
+    settle,
+    settle_peer,
+    start_generator,
+    thread_cpu_ns,
+    wait_tx_home,
+)
+from netvm.bench.options import LINE_RATE_1514, BenchOptions
+from netvm.bench.rounds import driver_command, raise_priority
+from netvm.bench.tools import Tools
+from netvm.bench.vmm import BenchSimulation
+from netvm.board import load_board
+from netvm.core.progress import Progress
+from netvm.sim import SimOptions
+
+SOAK_SAMPLE_S = 1.0  # RSS and counters sampled this often during a soak
+SOAK_WARMUP_MAX_S = 30.0  # RSS growth is measured after min(this, a quarter of the soak)
+RSS_GROWTH_TARGET_KIB = 1024
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB (None once it has gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def rss_summary(series: list[tuple[float, int]], warmup: float) -> dict[str, Any]:
+    """RSS growth after the warm-up: the last sample against the first one after it."""
+    after = [kib for t, kib in series if t >= warmup]
+    out: dict[str, Any] = {
+        "warmup_s": round(warmup, 1),
+        "start_kib": series[0][1] if series else None,
+        "after_warmup_kib": after[0] if after else None,
+        "end_kib": after[-1] if after else None,
+        "peak_kib": max(after) if after else None,
+        "growth_kib": after[-1] - after[0] if len(after) >= 2 else None,
+        "target_growth_kib": RSS_GROWTH_TARGET_KIB,
+    }
+    out["met"] = out["growth_kib"] is not None and out["growth_kib"] <= RSS_GROWTH_TARGET_KIB
+    out["series"] = [[round(t, 1), kib] for t, kib in series]
+    return out
+
+
+def soak_warmup(seconds: float) -> float:
+    return min(SOAK_WARMUP_MAX_S, seconds / 4)
+
+
+def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -> dict[str, Any]:
+    """Ours at full-duplex line rate for `opts.soak` seconds: loss, RSS, conservation."""
+    seconds = opts.soak
+    board = load_board(opts.board, root)
+    sim_opts = SimOptions(driver_cmd=driver_command("ours", tools, opts), stats_interval=10.0)
+    sim = BenchSimulation(board, sim_opts, root, progress=progress)
+    sim.start()
+    series: list[tuple[float, int]] = []
+    try:
+        assert sim.driver is not None
+        pid = sim.driver.pid
+        raise_priority(pid)
+        time.sleep(0.2)
+        bench = sim.call(sim.take_over)
+        sim.call(lambda: setattr(bench, "expect_size", 1514))
+        vmm_tid = sim.call(threading.get_native_id)
+        stats_before = fresh_stats(sim)
+        sim.call(bench.start_echo)
+        before = sim.call(bench.snapshot)
+        peer_before = peer_rx_packets(sim)
+        progress(f"soak: ours, echo 1514 B at {LINE_RATE_1514:.0f} frames/s for {seconds:g} s")
+        gen = start_generator(sim, tools, 1514, LINE_RATE_1514, seconds)
+        try:
+            first = sample(sim, bench, pid)
+            vmm_first = thread_cpu_ns(vmm_tid)
+            t0 = first.t
+            while (left := seconds - (time.monotonic() - t0)) > 0:
+                time.sleep(min(SOAK_SAMPLE_S, left))
+                kib = rss_kib(pid)
+                if kib is not None:
+                    series.append((time.monotonic() - t0, kib))
+            last = sample(sim, bench, pid)
+            vmm_last = thread_cpu_ns(vmm_tid)
+            report = finish_generator(gen, 60)
+        finally:
+            kill_generator(gen)
+        settle(sim, bench, "rx_frames")
+        wait_tx_home(sim, bench)
+        sim.call(bench.stop_echo)
+        after = sim.call(bench.snapshot)
+        peer = settle_peer(sim) - peer_before
+        moved = counter_deltas(stats_before, fresh_stats(sim)) or {}
+    finally:
+        result = sim.stop("bench soak")
+    conservation = sim.bench_conservation or {
+        "ok": False, "note": "not taken: the simulated VMM had stopped",
+    }  # fmt: skip
+    out: dict[str, Any] = {"seconds": seconds, "rate": LINE_RATE_1514}
+    out.update(echo_counts(before, after, int(report["sent"]), peer))
+    out["cpu"] = rates(first, last, "rx_frames")
+    out["vmm_cpu_fraction"] = round((vmm_last - vmm_first) / 1e9 / (last.t - first.t), 4)
+    out["driver_counters"] = moved
+    out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
+    out["rx_loss_no_buffer"] = no_buffer_share(out)
+    out["rss"] = rss_summary(series, soak_warmup(seconds))
+    out["conservation"] = conservation
+    out["driver_exit"] = result.driver_exit
+    out["met"] = bool(
+        out["loss"] == 0 and conservation.get("ok") and out["rss"]["met"]
+        and result.driver_exit == 0
+    )  # fmt: skip
+    return out
