@@ -216,6 +216,8 @@ def test_a_run_mounts_checkout_caches_and_given_paths_at_their_own_paths(
     assert f"{extra.resolve()}:{extra.resolve()}:ro" in cmd
     assert cmd[cmd.index("-w") + 1] == str(ROOT.resolve())
     assert "--ulimit" in cmd and "nofile=10:10" in cmd
+    # The build records the container it ran in (the manifest, the SBOM).
+    assert "NETVM_BUILD_CONTAINER=img:1" in cmd
 
 
 def test_a_missing_mount_is_a_user_error_naming_it(tmp_path: Path) -> None:

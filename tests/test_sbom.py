@@ -477,3 +477,52 @@ def test_the_repository_licence(tmp_path: Path) -> None:
     (tmp_path / "LICENSE").write_text("Do what you like.\n")
     got = repository_licence(tmp_path)
     assert got.declared == "LicenseRef-netvm" and got.extracted[0].text == "Do what you like."
+
+
+# --- a build made in the build container ---------------------------------------------
+
+
+def test_the_build_container_is_a_build_tool_with_its_packages(
+    odroidc4: Board, manifest: dict[str, Any], tmp_path: Path
+) -> None:
+    """A manifest naming the container it was built in (container.run sets it), and
+    container.build's record of that image in the build root."""
+    ref = "localhost/netvm-build:0.1.0-0123456789ab"
+    ws = Workspace(ROOT, tmp_path / "build")
+    doc_in = json.loads(json.dumps(manifest))
+    doc_in["versions"]["build_container"] = ref
+    out = ws.build_dir(odroidc4)
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps(doc_in))
+    records = ws.build_root / "container"
+    records.mkdir()
+    (records / "image.json").write_text(json.dumps({"ref": ref, "image_id": "f" * 64}))
+    (records / "packages.tsv").write_text(
+        "gcc-aarch64-linux-gnu\t4:12.2.0-3\tamd64\nlibc6\t2.36-9+deb12u13\tamd64\n"
+    )
+    sbom = write_sbom(odroidc4, ws).path
+    assert validation_messages(sbom) == []
+    doc = json.loads(sbom.read_text())
+    pkgs = packages(doc)
+    image = pkgs["SPDXRef-Package-build-container"]
+    assert (image["name"], image["versionInfo"]) == ("netvm-build", "0.1.0-0123456789ab")
+    assert image["primaryPackagePurpose"] == "CONTAINER"
+    assert image["sourceInfo"] == "image ID " + "f" * 64
+    described = {b for _, b in relations(doc, "DESCRIBES")}
+    assert relations(doc, "BUILD_TOOL_OF") >= {(image["SPDXID"], d) for d in described}
+    gcc = pkgs["SPDXRef-Package-build-deb-gcc-aarch64-linux-gnu"]
+    assert gcc["versionInfo"] == "4:12.2.0-3"
+    assert gcc["externalRefs"][0]["referenceLocator"] == (
+        "pkg:deb/debian/gcc-aarch64-linux-gnu@4:12.2.0-3?arch=amd64"
+    )
+    assert {b for a, b in relations(doc, "CONTAINS") if a == image["SPDXID"]} == {
+        "SPDXRef-Package-build-deb-gcc-aarch64-linux-gnu",
+        "SPDXRef-Package-build-deb-libc6",
+    }
+
+    # The record of another image: the container is named, its packages are not guessed.
+    (records / "image.json").write_text(json.dumps({"ref": ref + "0", "image_id": "e" * 64}))
+    doc = json.loads(write_sbom(odroidc4, ws).path.read_text())
+    pkgs = packages(doc)
+    assert "is not of this image" in pkgs["SPDXRef-Package-build-container"]["comment"]
+    assert not [p for p in pkgs if p.startswith("SPDXRef-Package-build-deb-")]

@@ -53,6 +53,9 @@ from netvm.microkit.handoff import MicrokitInputs
 DEFAULT_SOURCE_DATE_EPOCH = 1704067200
 
 KERNEL_ARTIFACTS = ("kernel_config", "kernel_image", "kernel_audit")
+# Set by `invoke container.run` to the image's tag: the manifest names the build
+# container a build ran in (versions.build_container), and the SBOM lists its packages.
+BUILD_CONTAINER_ENV = "NETVM_BUILD_CONTAINER"
 ARTIFACT_NAMES = (
     "kernel_config",
     "kernel_image",
@@ -183,6 +186,10 @@ def _build(
     runner = StepRunner(out, force=options.force, progress=progress)
     header = header_text(board, ws.root)
     versions: dict[str, str] = {"netvm": __version__, "python": platform.python_version()}
+    container = os.environ.get(BUILD_CONTAINER_ENV)
+    if container:
+        # Recorded, not hashed into any step: the bytes do not depend on it (docs/ci.md).
+        versions["build_container"] = container
     sel4_runner = None
     try:
         run_steps(GuestBuild.prepare(board, ws, options, runner, header, versions))

@@ -475,6 +475,65 @@ class _Document:
             else:
                 loose.extend(parts)
         self.describes = [*images, *loose] if images else [kernel, *loose]
+        self._build_container(self.describes)
+
+    def _build_container(self, built: list[str]) -> None:
+        """The build container the build ran in (`invoke container.run` names it in the
+        manifest) as a build tool of what the document describes, and the Debian
+        packages in it when `invoke container.build`'s record of that image is in the
+        build root (build/container/: image.json, packages.tsv)."""
+        ref = self.manifest.versions.get("build_container")
+        if not ref:
+            return
+        records = self.ws.build_root / "container"
+        try:
+            record = json.loads((records / "image.json").read_text())
+            listing = (records / "packages.tsv").read_text()
+        except (OSError, ValueError):
+            record, listing = {}, ""
+        same = isinstance(record, dict) and record.get("ref") == ref
+        where = self.ws.display(records / "packages.tsv")
+        note = (
+            f"its Debian packages from {where}"
+            if same
+            else f"its packages are not listed: {where} is not of this image"
+        )
+        image_id = self.add(
+            _package(
+                spdx_id("build-container"),
+                ref.rsplit("/", 1)[-1].split(":", 1)[0],
+                version=ref.rsplit(":", 1)[-1],
+                purpose="CONTAINER",
+                comment=f"the build container {ref} the build ran in (docs/ci.md); {note}",
+                source_info=f"image ID {record['image_id']}" if same else None,
+            )
+        )
+        for ident in built:
+            self.relate(image_id, "BUILD_TOOL_OF", ident)
+        if not same:
+            return
+        for line in listing.splitlines():
+            name, version, arch = [*line.split("\t"), "", ""][:3]
+            if not name or not version:
+                continue
+            qualifiers = f"?arch={arch}" if arch else ""
+            ident = self.add(
+                _package(
+                    spdx_id("build-deb", name),
+                    name,
+                    version=version,
+                    supplier=DEBIAN,
+                    comment=f"Debian package in the build container {ref}",
+                    refs=[
+                        (
+                            "PACKAGE-MANAGER",
+                            "purl",
+                            f"pkg:deb/debian/{name}@{quote(version, safe=':')}{qualifiers}",
+                        )
+                    ],
+                )
+            )
+            self.relate(image_id, "CONTAINS", ident)
 
     def _kernel_origin(self) -> tuple[str, str]:
         provider, _, origin = self.manifest.versions.get("kernel_source", "").partition(": ")

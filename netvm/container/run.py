@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from netvm.builder.build import BUILD_CONTAINER_ENV
 from netvm.container.podman import Podman
 from netvm.core.errors import Finding, UserError
 from netvm.core.workspace import Workspace
@@ -102,6 +103,7 @@ def run_command(
 ) -> list[str]:
     """The podman command line that runs `argv` in image `ref` for this workspace."""
     mounts, out_env = mounts_and_env(ws, env, extra_mounts)
+    out_env[BUILD_CONTAINER_ENV] = ref
     for m in mounts:
         if m.writable:
             m.path.mkdir(parents=True, exist_ok=True)
