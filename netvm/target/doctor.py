@@ -11,6 +11,7 @@ Must not: install or change anything.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import platform
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from netvm.board import Board, DebianKernelSource, load_board
+from netvm.container.podman import cgroup_v2_only
 from netvm.core.errors import UserError
 from netvm.guest.qemu_machine import QEMU_BINARIES
 from netvm.microkit.handoff import HOST_TOOLS as MICROKIT_TOOLS
@@ -48,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ethtool": ("ethtool", "sim, run"),
     "ping": ("iputils-ping", "run --check"),
     "dnsmasq": ("dnsmasq-base", "run --sel4"),
+    "valgrind": ("valgrind", "bench (instructions per frame)"),
 }
 for _tool, _package in MICROKIT_TOOLS.items():
     COMMANDS.setdefault(_tool, (_package, "build (microkit step)"))
@@ -56,6 +59,9 @@ for _tool, _package in SDCARD_TOOLS.items():
 OPTIONAL_COMMANDS: dict[str, tuple[str, str]] = {
     "ccache": ("ccache", "build (kernel step: faster rebuilds)"),
 }
+# Only the build container needs these (./bootstrap --container installs them).
+CONTAINER_TASKS = "container.build, container.run"
+CONTAINER_COMMANDS: dict[str, str] = {"podman": "podman", "debootstrap": "debootstrap"}
 ROOT_TASKS = "sim, run (with the simulated VMM), flash over TFTP, bench"
 TFTP_PORT = 69
 
@@ -335,6 +341,19 @@ def accelerator_checks() -> list[Check]:
     return [tcg, kvm]
 
 
+def container_checks() -> list[Check]:
+    """Notes, not failures: the build container is one way to build, not a need."""
+    fix = "./bootstrap --container"
+    tools = dict(CONTAINER_COMMANDS)
+    if not cgroup_v2_only():
+        tools["runc"] = "runc"  # podman needs it on cgroups v1 or the hybrid layout
+    checks = []
+    for tool, package in tools.items():
+        check = command_check(tool, package, CONTAINER_TASKS, required=False)
+        checks.append(check if check.ok else dataclasses.replace(check, fix=fix))
+    return checks
+
+
 def run_doctor(root: Path) -> DoctorReport:
     """Every check, in the order of the tasks' steps."""
     boards, board_notes = _boards(root)
@@ -351,4 +370,5 @@ def run_doctor(root: Path) -> DoctorReport:
     checks.append(netns_check())
     checks.append(root_check())
     checks.append(port_check())
+    checks += container_checks()
     return DoctorReport(tuple(checks + board_notes))
