@@ -71,6 +71,9 @@ ARTIFACT_NAMES = (
 GUEST_CODE = Path(__file__).resolve().parents[1] / "guest"
 ROOTFS_RECIPE = tuple(GUEST_CODE / m for m in ("rootfs.py", "cpio.py"))
 DTB_RECIPE = tuple(GUEST_CODE / m for m in ("devicetree.py", "qemu_machine.py"))
+# How the kernel is configured and made (its make variables among them): a change there
+# must rebuild the kernel, as one to the rootfs or DTB code rebuilds theirs.
+KERNEL_RECIPE = tuple(GUEST_CODE / m for m in ("kernel.py", "kconfig.py"))
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,7 @@ def kernel_inputs(g: GuestBuild) -> dict[str, Any]:
         "kernel_path": str(g.src.path),
         "cross_gcc": g.versions["cross_gcc"],
         "allowed": sorted(g.board.kernel.allow_mismatch),
+        "recipe": tree_digest(KERNEL_RECIPE, GUEST_CODE),
     }
 
 
