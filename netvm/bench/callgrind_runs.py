@@ -21,7 +21,7 @@ from typing import Any
 from netvm.bench import callgrind
 from netvm.bench.measure import finish_generator, kill_generator, start_generator, wait_tx_home
 from netvm.bench.options import DRIVER_CPU, DRIVERS, SIZES, TESTS, BenchOptions
-from netvm.bench.rounds import raise_priority
+from netvm.bench.rounds import driver_ahead, take_over
 from netvm.bench.tools import Tools
 from netvm.bench.vmm import BenchSimulation, BenchVmm
 from netvm.board import load_board
@@ -114,11 +114,8 @@ def callgrind_driver(
         sim = BenchSimulation(board, sim_opts, root, progress=progress)
         sim.start()
         try:
-            assert sim.driver is not None
-            pid = sim.driver.pid
-            raise_priority(pid)
-            time.sleep(0.2)
-            bench = sim.call(sim.take_over)
+            pid = driver_ahead(sim)
+            bench = take_over(sim)
             cg = callgrind.Callgrind(pid, out_dir)
             cg.instrument()
             for test in TESTS:

@@ -23,7 +23,7 @@ from netvm.bench.latency import round_latency
 from netvm.bench.measure import fresh_stats, latency_run, rx_run, tx_run
 from netvm.bench.options import DRIVER_CPU, LINE_RATE_1514, SIZES, BenchOptions
 from netvm.bench.tools import Tools
-from netvm.bench.vmm import BenchSimulation
+from netvm.bench.vmm import BenchSimulation, BenchVmm
 from netvm.board import load_board
 from netvm.core.progress import Progress
 from netvm.sim import SimOptions
@@ -51,6 +51,21 @@ def raise_priority(pid: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text("-20")
 
 
+def driver_ahead(sim: BenchSimulation) -> int:
+    """The started simulation's driver PID, its autogroup raised (`raise_priority`)."""
+    assert sim.driver is not None
+    pid = sim.driver.pid
+    raise_priority(pid)
+    return pid
+
+
+def take_over(sim: BenchSimulation) -> BenchVmm:
+    """The fast VMM side in place of the simulation's echo clients, once the driver has
+    had a moment past start-up."""
+    time.sleep(0.2)
+    return sim.call(sim.take_over)
+
+
 def one_round(
     which: str, tools: Tools, opts: BenchOptions, root: Path, progress: Progress
 ) -> dict[str, Any]:
@@ -61,9 +76,7 @@ def one_round(
     out: dict[str, Any] = {}
     low_load: dict[str, Any] | None = None
     try:
-        assert sim.driver is not None
-        pid = sim.driver.pid
-        raise_priority(pid)
+        pid = driver_ahead(sim)
         progress(f"  {which}: latency")
         out["latency"] = latency_run(sim, opts.ping_count, opts.ping_interval)
         # The driver's own histograms so far: the ping run is its first traffic.

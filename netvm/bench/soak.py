@@ -30,7 +30,7 @@ from netvm.bench.measure import (
     wait_tx_home,
 )
 from netvm.bench.options import LINE_RATE_1514, BenchOptions
-from netvm.bench.rounds import driver_command, raise_priority
+from netvm.bench.rounds import driver_ahead, driver_command, take_over
 from netvm.bench.tools import Tools
 from netvm.bench.vmm import BenchSimulation
 from netvm.board import load_board
@@ -82,11 +82,8 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     sim.start()
     series: list[tuple[float, int]] = []
     try:
-        assert sim.driver is not None
-        pid = sim.driver.pid
-        raise_priority(pid)
-        time.sleep(0.2)
-        bench = sim.call(sim.take_over)
+        pid = driver_ahead(sim)
+        bench = take_over(sim)
         sim.call(lambda: setattr(bench, "expect_size", 1514))
         vmm_tid = sim.call(threading.get_native_id)
         stats_before = fresh_stats(sim)
