@@ -4,10 +4,12 @@ Owns: the per-batch data path, descriptor validation, the signal handshake and t
 doorbell decisions. Must not touch shared memory except through devmem/queue, and must
 not block: the socket is non-blocking and the event loop (loop.py) decides when to run.
 
-RX: take a buffer from rx_free, let the kernel copy the next frame straight into it
-(``recv_into`` on a view of the map), hand the SAME descriptor with its len to rx_active.
-TX: take a descriptor from tx_active, find the client region holding its io address, let
-the kernel send the bytes straight from the map, return the SAME descriptor to tx_free.
+RX: take a buffer from rx_free, copy the next frame into it (from the packet ring, or
+from ordinary memory the socket received it into), hand the SAME descriptor with its len
+to rx_active. TX: take a descriptor from tx_active, find the client region holding its io
+address, copy the bytes out to the packet ring (or to ordinary memory the socket sends
+from), return the SAME descriptor to tx_free. The kernel never copies to or from a map
+itself: every copy is devmem's, 16-byte aligned at both ends in the map.
 
 Shared memory is untrusted. Every descriptor is validated before use; a bad one is
 counted, logged (rate-limited) and dropped, and the driver carries on:
@@ -150,9 +152,9 @@ class DataPath:
     """The queues, the socket(s) and the counters, and what to do when either side moves.
 
     Each direction runs in one of two modes: "socket" (one ``recv_into``/``send`` per
-    frame on `sock`, the kernel copying straight to or from the map) or "ring" (the
-    kernel fills or drains an mmap ring, ring.py, and the driver copies with aligned,
-    padded copies, devmem.py; no system call per frame). Validation, counters, drops and
+    frame on `sock`, through a frame of ordinary memory) or "ring" (the kernel fills or
+    drains an mmap ring, ring.py; no system call per frame). Either way the frame bytes
+    move to or from the map only by devmem's aligned, padded copies. Validation, counters, drops and
     the handshake are the same in both.
     """
 
@@ -206,6 +208,10 @@ class DataPath:
         tx_sock = tx_ring.sock if tx_ring else sock
         assert tx_sock is not None  # the ValueError above: no TX ring, so a socket
         self.tx_sock = tx_sock
+        # Ordinary memory the plain socket receives into and sends from (one frame each;
+        # the window a TX copy reads may start up to 15 bytes before the frame).
+        self.rx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
+        self.tx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
         self.window_start = 0.0
@@ -315,9 +321,16 @@ class DataPath:
                 return
 
     def _rx_batch(self, n: int) -> tuple[int, bool]:
+        """Up to n frames from the plain socket, one ``recv_into`` each.
+
+        The kernel receives into ordinary memory (`rx_scratch`), never into the map: its
+        copy aligns the source, not the destination (devmem.py says why that matters),
+        and devmem's aligned, padded copy moves the frame into the buffer.
+        """
         free, active, stats = self.rx_free, self.rx_active, self.stats
         assert self.sock is not None
-        recv_into, view = self.sock.recv_into, self.rx_data.kernel_view
+        recv_into, scratch = self.sock.recv_into, self.rx_scratch
+        copy_in = self.rx_data.copy_frame_in
         base, limit = self.rx_base, self.rx_limit
         peek, put = free.peek, active.put
         consumed = delivered = nbytes = 0
@@ -331,7 +344,7 @@ class DataPath:
                 self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
                 continue
             try:
-                size = recv_into(view(off, NET_BUFFER_SIZE), NET_BUFFER_SIZE, socket.MSG_TRUNC)
+                size = recv_into(scratch, NET_BUFFER_SIZE, socket.MSG_TRUNC)
             except BlockingIOError:
                 drained = True
                 break
@@ -349,6 +362,7 @@ class DataPath:
                         f"dropped a {size}-byte frame: buffers hold {NET_BUFFER_SIZE}",
                     )
                 continue
+            copy_in(off, scratch, size)
             put(delivered, io, with_len(word1, size))
             delivered += 1
             consumed += 1
@@ -508,9 +522,15 @@ class DataPath:
             self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
 
     def _tx_batch(self, n: int) -> int:
+        """Up to n tx_active frames, one ``send`` each.
+
+        Each frame is first copied out of the map (devmem's aligned window) into ordinary
+        memory, `tx_scratch`, and sent from there: the kernel never reads the map itself.
+        """
         active, free, stats = self.tx_active, self.tx_free, self.stats
         assert self.sock is not None
-        send, view = self.sock.send, self.tx_data.kernel_view
+        send, scratch = self.sock.send, self.tx_scratch
+        copy_out = self.tx_data.copy_frame_out
         clients = self.tx_clients
         peek, put = active.peek, free.put
         consumed = returned = frames = nbytes = 0
@@ -528,13 +548,12 @@ class DataPath:
             if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
                 self._bad_tx(io, length)
             else:
+                skew = copy_out(io + delta, scratch, length)
+                frame = scratch[skew : skew + length]
                 try:
                     if self.fill_tx_checksums:
-                        frame = bytearray(self.tx_data.copy_out(io + delta, length))
                         stats.tx_checksums_filled += fill_checksums(frame)
-                        send(frame)
-                    else:
-                        send(view(io + delta, length))
+                    send(frame)
                 except BlockingIOError:
                     self.tx_blocked = True  # leave it on tx_active; resend when writable
                     break
