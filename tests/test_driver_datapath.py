@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ import pytest
 from netvm_driver.datapath import DataPath, check_data_passing, read_data_passing
 from netvm_driver.devmem import COPY_ALIGN
 from netvm_driver.log import RateLimitedLog
+from netvm_driver.ring import SO_TIMESTAMPNS
 from netvm_driver.stats import Stats
 
 from netvm.board import Board
@@ -49,6 +52,15 @@ class FakeSocket:
         n = min(len(frame), nbytes)
         buf[:n] = frame[:n]
         return len(frame) if flags & socket.MSG_TRUNC else n
+
+    def recvmsg_into(
+        self, buffers: list[memoryview], ancbufsize: int, flags: int
+    ) -> tuple[int, list[tuple[int, int, bytes]], int, object]:
+        """As recvmsg_into with SO_TIMESTAMPNS on: the frame and its receive time (now)."""
+        size = self.recv_into(buffers[0], len(buffers[0]), flags)
+        now = time.time_ns()
+        stamp = struct.pack("@qq", now // 1_000_000_000, now % 1_000_000_000)
+        return size, [(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)], 0, None
 
     def send(self, data: bytes | memoryview) -> int:
         self.buffers.append(data.obj if isinstance(data, memoryview) else data)
@@ -132,6 +144,9 @@ def test_udp_echo_round_trip_through_both_directions(env: Env) -> None:
     reply = env.sock.sent[0]
     assert reply[:6] == PEER_MAC and reply[42:53] == b"hello, sDDF"
     assert env.stats.tx_frames == 1 and env.doorbell_rings("tx_fault") == 1
+    # One frame each way: each histogram holds it once, well under a second.
+    for hist in (env.stats.rx_latency, env.stats.tx_latency):
+        assert hist.samples == 1 == sum(hist.counts) and 0 <= hist.max_ns < 10**9
     assert env.conserved()["ok"]
 
 

@@ -42,6 +42,11 @@ from .ring import (
     BLOCK_PKTS_AT,
     BLOCK_STATUS,
     RX_HDR,
+    RX_STAMP,
+    RX_STAMP_AT,
+    SO_TIMESTAMPNS,
+    STAMP_CMSG_SPACE,
+    TIMESPEC,
     TP_STATUS_AVAILABLE,
     TP_STATUS_BLK_TMO,
     TP_STATUS_SEND_REQUEST,
@@ -73,6 +78,7 @@ BUFFER_MASK = NET_BUFFER_SIZE - 1
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 TPACKET_STATS = struct.Struct("II")
+SOL_SOCKET = socket.SOL_SOCKET
 IO_LIMIT = 1 << 64  # io addresses are u64: a region must end at or below 2^64
 
 
@@ -211,6 +217,7 @@ class DataPath:
         # Ordinary memory the plain socket receives into and sends from (one frame each;
         # the window a TX copy reads may start up to 15 bytes before the frame).
         self.rx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
+        self.rx_scratch_list = [self.rx_scratch]  # recvmsg_into takes a list of buffers
         self.tx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
@@ -223,6 +230,7 @@ class DataPath:
         self.ratelog = ratelog or RateLimitedLog()
         self.rx_starved = False  # no RX buffer: stop reading the socket until virt_rx refills
         self.tx_blocked = False  # the socket said EAGAIN: wait for it to become writable
+        self.tx_since = 0  # when the current TX batch started (process_tx sets it)
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
         self.rx_free.ring.cancel_signal()
 
@@ -325,16 +333,22 @@ class DataPath:
 
         The kernel receives into ordinary memory (`rx_scratch`), never into the map: its
         copy aligns the source, not the destination (devmem.py says why that matters),
-        and devmem's aligned, padded copy moves the frame into the buffer.
+        and devmem's aligned, padded copy moves the frame into the buffer. The batch's
+        first frame is received with ``recvmsg_into`` for its kernel timestamp
+        (SO_TIMESTAMPNS), which stands for the batch in stats.rx_latency; the others
+        skip the ancillary data.
         """
         free, active, stats = self.rx_free, self.rx_active, self.stats
         assert self.sock is not None
         recv_into, scratch = self.sock.recv_into, self.rx_scratch
+        recvmsg_into, scratches = self.sock.recvmsg_into, self.rx_scratch_list
+        trunc = socket.MSG_TRUNC
         copy_in = self.rx_data.copy_frame_in
         base, limit = self.rx_base, self.rx_limit
         peek, put = free.peek, active.put
         consumed = delivered = nbytes = 0
         drained = False
+        stamp = -1  # the first frame's receive time in ns (0: the kernel gave none)
         while consumed < n:
             io, word1 = peek(consumed)
             off = io - base
@@ -344,7 +358,16 @@ class DataPath:
                 self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
                 continue
             try:
-                size = recv_into(scratch, NET_BUFFER_SIZE, socket.MSG_TRUNC)
+                if stamp < 0:
+                    size, ancillary, _, _ = recvmsg_into(scratches, STAMP_CMSG_SPACE, trunc)
+                    stamp = 0
+                    if ancillary:  # SO_TIMESTAMPNS is the only ancillary data enabled
+                        level, kind, data = ancillary[0]
+                        if kind == SO_TIMESTAMPNS and level == SOL_SOCKET and len(data) >= 16:
+                            sec, nsec = TIMESPEC.unpack_from(data)
+                            stamp = sec * 1_000_000_000 + nsec
+                else:
+                    size = recv_into(scratch, NET_BUFFER_SIZE, trunc)
             except BlockingIOError:
                 drained = True
                 break
@@ -371,6 +394,8 @@ class DataPath:
             free.advance(consumed)
         if delivered:
             active.commit(delivered)
+            if stamp > 0:
+                stats.rx_latency.add(time.time_ns() - stamp, delivered)
             stats.rx_frames += delivered
             stats.rx_bytes += nbytes
         return delivered, drained
@@ -384,6 +409,10 @@ class DataPath:
         """
         ring = self.rx_ring
         assert ring is not None
+        if not ring.left and not ring.ready(ring.block):
+            # Nothing in the ring (RX auto on the socket, or an RX IRQ with no frames):
+            # do not read n descriptors for nothing, it lengthens every wake-up.
+            return 0, True
         free, active, stats = self.rx_free, self.rx_active, self.stats
         words = free.peek_words(n)
         rview, status = ring.view, ring.status
@@ -398,6 +427,9 @@ class DataPath:
         release: list[int] = []
         nbytes = oversize = 0
         drained = False
+        # The header of the batch's first (oldest) frame: its kernel timestamp stands for
+        # the whole batch's latency (stats.rx_latency), read once per batch.
+        oldest = pos if left else -1
         k = 0
         end = 2 * n
         while k < end:
@@ -428,6 +460,8 @@ class DataPath:
                     break
                 left, first = blk_pkts(rview, boff + BLOCK_PKTS_AT)
                 pos = boff + first
+                if oldest < 0:
+                    oldest = pos
                 if watch:  # RX auto: a run of nearly empty blocks means a low rate
                     if left < SPARSE_FRAMES and status[(boff + BLOCK_STATUS) >> 2] & (
                         TP_STATUS_BLK_TMO
@@ -447,6 +481,8 @@ class DataPath:
             pos = -1
         ring.block, ring.pos, ring.left = block, pos, left
         if moves:
+            # Read while the block is still ours (it goes back to the kernel below).
+            sec, nsec = RX_STAMP.unpack_from(rview, oldest + RX_STAMP_AT)
             self.rx_data.copy_frames_in(rview, moves)
         for b in release:
             status[(b * bsize + BLOCK_STATUS) >> 2] = 0
@@ -462,16 +498,23 @@ class DataPath:
         if delivered:
             active.put_words(out)
             active.commit(delivered)
+            stats.rx_latency.add(time.time_ns() - sec * 1_000_000_000 - nsec, delivered)
             stats.rx_frames += delivered
             stats.rx_bytes += nbytes
         return delivered, drained
 
     # ------------------------------------------------------------------ TX
 
-    def process_tx(self) -> None:
-        """Send everything on tx_active (the canonical consumer handshake)."""
+    def process_tx(self, woken_ns: int | None = None) -> None:
+        """Send everything on tx_active (the canonical consumer handshake).
+
+        `woken_ns` is when the event loop woke for this (time.monotonic_ns()); the TX
+        latency of the first batch counts from there, each later one from the end of
+        the one before (stats.tx_latency).
+        """
         if self.tx_blocked:
             return
+        self.tx_since = time.monotonic_ns() if woken_ns is None else woken_ns
         active, free, stats = self.tx_active, self.tx_free, self.stats
         ring = self.tx_ring
         if ring is not None and ring.pending:
@@ -566,6 +609,10 @@ class DataPath:
             put(returned, io, word1)  # the SAME descriptor back, whatever became of it
             returned += 1
             consumed += 1
+        if frames:
+            now = time.monotonic_ns()
+            stats.tx_latency.add(now - self.tx_since, frames)  # the last send returned
+            self.tx_since = now
         if consumed:
             active.advance(consumed)
         if returned:
@@ -668,10 +715,16 @@ class DataPath:
             err = errno.EAGAIN
         except OSError as exc:
             err = exc.errno or errno.EIO
+        now = time.monotonic_ns()
+        latency = now - self.tx_since
+        self.tx_since = now
         if status[pending[-1] >> 2] != TP_STATUS_SEND_REQUEST:
+            self.stats.tx_latency.add(latency, len(pending))
             pending.clear()  # the last requested slot was taken, so all of them were
             return
         left = [s for s in pending if status[s >> 2] == TP_STATUS_SEND_REQUEST]
+        if len(left) < len(pending):
+            self.stats.tx_latency.add(latency, len(pending) - len(left))
         if err in (0, errno.EAGAIN):
             # The socket's send buffer is full: the rest goes when it drains.
             ring.pending = left
