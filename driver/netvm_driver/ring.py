@@ -89,6 +89,7 @@ RX_STAMP_AT = 4
 # struct tpacket2_hdr: tp_status u32 @0, tp_len u32 @4, tp_snaplen u32 @8, tp_mac u16 @12.
 TX_LEN_MAC = struct.Struct("<IIH")  # tp_len, tp_snaplen, tp_mac, packed at slot + 4
 TX_LEN_MAC_AT = 4
+TX_HEADER = struct.Struct("@IIIH")  # tp_status, tp_len, tp_snaplen, tp_mac, at the slot
 # TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where a TX frame's data area starts.
 TX_DATA = 32
 TPACKET_REQ = struct.Struct("=4I")
