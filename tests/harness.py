@@ -36,7 +36,7 @@ from invoke import Program
 from netvm_driver.config import DriverConfig, parse_config
 from netvm_driver.datapath import DataPath
 from netvm_driver.device import Devices, open_sim_devices
-from netvm_driver.devmem import DeviceMemory, padded_window
+from netvm_driver.devmem import DeviceMemory
 from netvm_driver.stats import Stats
 
 from netvm.board import Board, Region, parse_board
@@ -340,24 +340,23 @@ class PtyTerminal:
 
 
 class SpyMemory(DeviceMemory):
-    """Records every frame copy and kernel view the data path asks for."""
+    """Records every frame copy the data path asks for, as (offset in this map, offset
+    in the other memory, length), whichever method made it."""
 
-    __slots__ = ("ins", "outs", "views", "windows")
+    __slots__ = ("ins", "outs")
 
     def __init__(self, name: str, buf: memoryview) -> None:
         super().__init__(name, buf)
-        self.ins: list[tuple[int, int, int]] = []  # copy_frames_in, flat triples as passed
-        self.outs: list[tuple[int, int, int]] = []  # copy_frames_out
-        self.views: list[tuple[int, int]] = []  # kernel_view (offset, length)
-        self.windows: list[tuple[int, int]] = []  # copy_out's padded window
+        self.ins: list[tuple[int, int, int]] = []  # copies into this map
+        self.outs: list[tuple[int, int, int]] = []  # copies out of it
 
-    def kernel_view(self, offset: int, length: int) -> memoryview:
-        self.views.append((offset, length))
-        return super().kernel_view(offset, length)
+    def copy_frame_in(self, dst: int, src: memoryview, length: int) -> None:
+        self.ins.append((dst, 0, length))
+        super().copy_frame_in(dst, src, length)
 
-    def copy_out(self, offset: int, length: int) -> bytes:
-        self.windows.append(padded_window(offset, length, self.size))
-        return super().copy_out(offset, length)
+    def copy_frame_out(self, src: int, dst: memoryview, length: int) -> int:
+        self.outs.append((src, 0, length))
+        return super().copy_frame_out(src, dst, length)
 
     def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
         self.ins += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]

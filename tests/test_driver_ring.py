@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +81,27 @@ class FakeSock:
 
 
 def write_block(
-    ring: bytearray, block: int, frames: list[bytes | tuple[bytes, int]], *, timeout: bool = False
+    ring: bytearray,
+    block: int,
+    frames: list[bytes | tuple[bytes, int]],
+    *,
+    timeout: bool = False,
+    stamps_ns: list[int] | None = None,
 ) -> None:
-    """Lay out one TPACKET_V3 block as the kernel does; (data, tp_len) marks a snapped frame."""
+    """Lay out one TPACKET_V3 block as the kernel does; (data, tp_len) marks a snapped frame.
+
+    Each frame's tp_sec/tp_nsec is its entry in `stamps_ns`, or now."""
+    stamps = stamps_ns or [time.time_ns()] * len(frames)
     boff = block * BLOCK
     pos = 48  # first frame after the block descriptor, 16-aligned
     struct.pack_into("<II", ring, boff + 12, len(frames), pos)
-    for f in frames:
+    for f, stamp in zip(frames, stamps, strict=True):
         data, length = (f, len(f)) if isinstance(f, bytes) else f
         nxt = align16(MAC_OFF + len(data))
-        struct.pack_into("<IIIIIIH", ring, boff + pos, nxt, 0, 0, len(data), length, 1, MAC_OFF)
+        sec, nsec = divmod(stamp, 1_000_000_000)
+        struct.pack_into(
+            "<IIIIIIH", ring, boff + pos, nxt, sec, nsec, len(data), length, 1, MAC_OFF
+        )
         ring[boff + pos + MAC_OFF : boff + pos + MAC_OFF + len(data)] = data
         pos += nxt
     assert pos <= BLOCK
@@ -153,6 +165,26 @@ def test_ring_frames_land_in_rx_free_buffers_in_order_and_blocks_go_back(env: En
     assert (env.stats.rx_frames, env.stats.rx_bytes) == (5, sum(sizes))
     assert block_status(env.rx_ring, 0) == block_status(env.rx_ring, 1) == 0  # kernel's again
     assert env.conserved()["ok"]
+
+
+def test_each_ring_batch_counts_its_frames_at_the_oldest_frame_s_latency(env: Env) -> None:
+    # Two batches: the first holds frames received 3 ms and 1 ms ago, the second one
+    # received 40 ms ago. A latency is at least that old whatever the machine's load, so
+    # only lower bounds are asserted (plus a sanity ceiling).
+    now = time.time_ns()
+    stamps = [now - 3_000_000, now - 1_000_000]
+    write_block(env.rx_ring, 0, [frame(0, 60), frame(1, 60)], stamps_ns=stamps)
+    env.path.process_rx()
+    hist = env.stats.rx_latency
+    assert hist.samples == 2 == env.stats.rx_frames == sum(hist.counts)
+    # Both frames counted at the older one's 3 ms, so nothing at or below 2 ms.
+    assert sum(hist.counts[: hist.bounds_us.index(2000) + 1]) == 0
+    write_block(env.rx_ring, 1, [frame(2, 60)], stamps_ns=[now - 40_000_000])
+    env.path.process_rx()
+    assert hist.samples == 3 == sum(hist.counts)
+    assert sum(hist.counts[hist.bounds_us.index(50000) :]) == 1  # the 40 ms one
+    assert 40_000_000 <= hist.max_ns < 10**10
+    assert (hist.percentile_us(50) or 0) >= 5000 and (hist.percentile_us(99) or 0) >= 50000
 
 
 def test_every_ring_copy_is_an_aligned_padded_window_inside_one_buffer(env: Env) -> None:
@@ -264,6 +296,12 @@ class QueueSocket(FakeSock):
         buf[: len(data)] = data
         return len(data)
 
+    def recvmsg_into(
+        self, buffers: list[memoryview], ancbufsize: int, flags: int
+    ) -> tuple[int, list[tuple[int, int, bytes]], int, object]:
+        """No receive timestamp, as from a socket without SO_TIMESTAMPNS."""
+        return self.recv_into(buffers[0], 0, flags), [], 0, None
+
 
 def test_auto_mode_switches_to_the_ring_on_a_burst_and_back_when_blocks_come_sparse(
     env: Env,
@@ -316,6 +354,7 @@ def test_tx_ring_sends_frames_byte_exact_and_returns_the_same_descriptors(env: E
     assert [env.virt.tx_free.read(k) for k in range(len(sizes))] == queued
     assert (env.stats.tx_frames, env.stats.tx_bytes) == (4, sum(sizes))
     assert env.path.tx_ring.pending == []  # type: ignore[union-attr]
+    assert env.stats.tx_latency.samples == 4 == sum(env.stats.tx_latency.counts)
     assert env.conserved()["ok"]
 
 
@@ -354,6 +393,7 @@ def test_link_down_drops_pending_slots_and_rewinds_in_step_with_the_kernel(env: 
     echo_to_tx_active(env, [90])
     env.path.process_tx()
     assert env.tx_sock.sent == [frame(0, 90)] and env.stats.tx_frames == 1
+    assert env.stats.tx_latency.samples == 1  # dropped frames were never sent: no sample
 
 
 def test_full_tx_ring_waits_for_the_device_and_leaves_frames_queued(env: Env) -> None:

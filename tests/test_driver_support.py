@@ -11,7 +11,7 @@ from pathlib import Path
 from netvm_driver.checksum import fill_checksums, internet_checksum
 from netvm_driver.log import RateLimitedLog
 from netvm_driver.loop import ack_irq
-from netvm_driver.stats import COUNTERS, Stats
+from netvm_driver.stats import COUNTERS, LATENCIES, LATENCY_BOUNDS_US, Histogram, Stats
 
 # A real frame: ping request captured from Linux (IPv4 header checksum 0xb861).
 ICMP_HDR = bytes.fromhex("4500005400004000400126a70a0000010a000002")
@@ -82,8 +82,45 @@ def test_stats_declares_each_counter_as_an_int_in_counters_order() -> None:
     # The annotations are what checkers see; COUNTERS names the attributes __init__ sets
     # and orders the stats file and the exit line.
     declared = {k: v for k, v in Stats.__annotations__.items() if not k.startswith("_")}
-    assert tuple(declared) == COUNTERS and set(declared.values()) == {"int"}
+    counters = {k: v for k, v in declared.items() if k not in LATENCIES.values()}
+    assert tuple(counters) == COUNTERS and set(counters.values()) == {"int"}
+    assert {declared[a] for a in LATENCIES.values()} == {"Histogram"}
     assert tuple(Stats().as_dict()) == COUNTERS and not any(Stats().as_dict().values())
+
+
+def test_histogram_buckets_and_conservative_percentiles() -> None:
+    h = Histogram((1, 10, 100))
+    assert h.as_dict() == {
+        "bounds_us": [1, 10, 100], "counts": [0, 0, 0, 0], "samples": 0,
+        "p50_us": None, "p99_us": None, "max_us": None,
+    }  # fmt: skip
+    h.add(1_000)  # exactly 1 µs: the first bucket (bounds are inclusive upper bounds)
+    h.add(1_001, 3)  # three frames of one batch, just above 1 µs
+    h.add(10_000)
+    h.add(-5)  # a clock step backwards lands in the first bucket, never an IndexError
+    assert h.counts == [2, 4, 0, 0] and h.samples == 6
+    assert h.percentile_us(33) == 1  # rank ceil(1.98) = 2: still in the first bucket
+    assert h.percentile_us(34) == 10 and h.percentile_us(50) == 10
+    assert h.percentile_us(99) == 10 and h.max_us() == 10.0
+    h.add(250_500, 94)  # above the last bound: counted in the overflow bucket
+    d = h.as_dict()
+    assert d["counts"] == [2, 4, 0, 94] and d["samples"] == 100 == sum(d["counts"])
+    assert d["p50_us"] == 250.5 and d["max_us"] == 250.5  # the overflow bucket: the max
+    assert h.percentile_us(6) == 10 and h.percentile_us(7) == 250.5
+
+
+def test_stats_file_has_both_latency_histograms(tmp_path: Path) -> None:
+    s = Stats()
+    s.rx_latency.add(30_000, 5)
+    path = tmp_path / "stats.json"
+    s.write(str(path), "exit")
+    doc = json.loads(path.read_text())
+    assert set(doc["latency"]) == {"rx_kernel_to_publish_us", "tx_doorbell_to_send_us"}
+    rx, tx = doc["latency"]["rx_kernel_to_publish_us"], doc["latency"]["tx_doorbell_to_send_us"]
+    assert rx["bounds_us"] == list(LATENCY_BOUNDS_US) and len(rx["counts"]) == 17
+    assert rx["samples"] == 5 and rx["counts"][LATENCY_BOUNDS_US.index(50)] == 5
+    assert rx["p50_us"] == rx["p99_us"] == 50 and rx["max_us"] == 30.0
+    assert tx["samples"] == 0 and tx["p50_us"] is None and tx["max_us"] is None
 
 
 def test_rate_limited_log_suppresses_and_counts() -> None:

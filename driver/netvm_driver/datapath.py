@@ -4,10 +4,12 @@ Owns: the per-batch data path, descriptor validation, the signal handshake and t
 doorbell decisions. Must not touch shared memory except through devmem/queue, and must
 not block: the socket is non-blocking and the event loop (loop.py) decides when to run.
 
-RX: take a buffer from rx_free, let the kernel copy the next frame straight into it
-(``recv_into`` on a view of the map), hand the SAME descriptor with its len to rx_active.
-TX: take a descriptor from tx_active, find the client region holding its io address, let
-the kernel send the bytes straight from the map, return the SAME descriptor to tx_free.
+RX: take a buffer from rx_free, copy the next frame into it (from the packet ring, or
+from ordinary memory the socket received it into), hand the SAME descriptor with its len
+to rx_active. TX: take a descriptor from tx_active, find the client region holding its io
+address, copy the bytes out to the packet ring (or to ordinary memory the socket sends
+from), return the SAME descriptor to tx_free. The kernel never copies to or from a map
+itself: every copy is devmem's, 16-byte aligned at both ends in the map.
 
 Shared memory is untrusted. Every descriptor is validated before use; a bad one is
 counted, logged (rate-limited) and dropped, and the driver carries on:
@@ -40,12 +42,18 @@ from .ring import (
     BLOCK_PKTS_AT,
     BLOCK_STATUS,
     RX_HDR,
+    RX_STAMP,
+    RX_STAMP_AT,
+    SO_TIMESTAMPNS,
+    STAMP_CMSG_SPACE,
+    TIMESPEC,
     TP_STATUS_AVAILABLE,
     TP_STATUS_BLK_TMO,
     TP_STATUS_SEND_REQUEST,
     TP_STATUS_USER,
     TX_BUSY,
     TX_DATA,
+    TX_HEADER,
     TX_LEN_MAC,
     TX_LEN_MAC_AT,
     RxRing,
@@ -71,6 +79,7 @@ BUFFER_MASK = NET_BUFFER_SIZE - 1
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 TPACKET_STATS = struct.Struct("II")
+SOL_SOCKET = socket.SOL_SOCKET
 IO_LIMIT = 1 << 64  # io addresses are u64: a region must end at or below 2^64
 
 
@@ -150,9 +159,9 @@ class DataPath:
     """The queues, the socket(s) and the counters, and what to do when either side moves.
 
     Each direction runs in one of two modes: "socket" (one ``recv_into``/``send`` per
-    frame on `sock`, the kernel copying straight to or from the map) or "ring" (the
-    kernel fills or drains an mmap ring, ring.py, and the driver copies with aligned,
-    padded copies, devmem.py; no system call per frame). Validation, counters, drops and
+    frame on `sock`, through a frame of ordinary memory) or "ring" (the kernel fills or
+    drains an mmap ring, ring.py; no system call per frame). Either way the frame bytes
+    move to or from the map only by devmem's aligned, padded copies. Validation, counters, drops and
     the handshake are the same in both.
     """
 
@@ -206,6 +215,11 @@ class DataPath:
         tx_sock = tx_ring.sock if tx_ring else sock
         assert tx_sock is not None  # the ValueError above: no TX ring, so a socket
         self.tx_sock = tx_sock
+        # Ordinary memory the plain socket receives into and sends from (one frame each;
+        # the window a TX copy reads may start up to 15 bytes before the frame).
+        self.rx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
+        self.rx_scratch_list = [self.rx_scratch]  # recvmsg_into takes a list of buffers
+        self.tx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
         self.window_start = 0.0
@@ -217,6 +231,7 @@ class DataPath:
         self.ratelog = ratelog or RateLimitedLog()
         self.rx_starved = False  # no RX buffer: stop reading the socket until virt_rx refills
         self.tx_blocked = False  # the socket said EAGAIN: wait for it to become writable
+        self.tx_since = 0  # when the current TX batch started (process_tx sets it)
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
         self.rx_free.ring.cancel_signal()
 
@@ -315,13 +330,26 @@ class DataPath:
                 return
 
     def _rx_batch(self, n: int) -> tuple[int, bool]:
+        """Up to n frames from the plain socket, one ``recv_into`` each.
+
+        The kernel receives into ordinary memory (`rx_scratch`), never into the map: its
+        copy aligns the source, not the destination (devmem.py says why that matters),
+        and devmem's aligned, padded copy moves the frame into the buffer. The batch's
+        first frame is received with ``recvmsg_into`` for its kernel timestamp
+        (SO_TIMESTAMPNS), which stands for the batch in stats.rx_latency; the others
+        skip the ancillary data.
+        """
         free, active, stats = self.rx_free, self.rx_active, self.stats
         assert self.sock is not None
-        recv_into, view = self.sock.recv_into, self.rx_data.kernel_view
+        recv_into, scratch = self.sock.recv_into, self.rx_scratch
+        recvmsg_into, scratches = self.sock.recvmsg_into, self.rx_scratch_list
+        trunc = socket.MSG_TRUNC
+        copy_in = self.rx_data.copy_frame_in
         base, limit = self.rx_base, self.rx_limit
         peek, put = free.peek, active.put
         consumed = delivered = nbytes = 0
         drained = False
+        stamp = -1  # the first frame's receive time in ns (0: the kernel gave none)
         while consumed < n:
             io, word1 = peek(consumed)
             off = io - base
@@ -331,7 +359,16 @@ class DataPath:
                 self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
                 continue
             try:
-                size = recv_into(view(off, NET_BUFFER_SIZE), NET_BUFFER_SIZE, socket.MSG_TRUNC)
+                if stamp < 0:
+                    size, ancillary, _, _ = recvmsg_into(scratches, STAMP_CMSG_SPACE, trunc)
+                    stamp = 0
+                    if ancillary:  # SO_TIMESTAMPNS is the only ancillary data enabled
+                        level, kind, data = ancillary[0]
+                        if kind == SO_TIMESTAMPNS and level == SOL_SOCKET and len(data) >= 16:
+                            sec, nsec = TIMESPEC.unpack_from(data)
+                            stamp = sec * 1_000_000_000 + nsec
+                else:
+                    size = recv_into(scratch, NET_BUFFER_SIZE, trunc)
             except BlockingIOError:
                 drained = True
                 break
@@ -349,6 +386,7 @@ class DataPath:
                         f"dropped a {size}-byte frame: buffers hold {NET_BUFFER_SIZE}",
                     )
                 continue
+            copy_in(off, scratch, size)
             put(delivered, io, with_len(word1, size))
             delivered += 1
             consumed += 1
@@ -357,6 +395,8 @@ class DataPath:
             free.advance(consumed)
         if delivered:
             active.commit(delivered)
+            if stamp > 0:
+                stats.rx_latency.add(time.time_ns() - stamp, delivered)
             stats.rx_frames += delivered
             stats.rx_bytes += nbytes
         return delivered, drained
@@ -370,6 +410,10 @@ class DataPath:
         """
         ring = self.rx_ring
         assert ring is not None
+        if not ring.left and not ring.ready(ring.block):
+            # Nothing in the ring (RX auto on the socket, or an RX IRQ with no frames):
+            # do not read n descriptors for nothing, it lengthens every wake-up.
+            return 0, True
         free, active, stats = self.rx_free, self.rx_active, self.stats
         words = free.peek_words(n)
         rview, status = ring.view, ring.status
@@ -384,6 +428,9 @@ class DataPath:
         release: list[int] = []
         nbytes = oversize = 0
         drained = False
+        # The header of the batch's first (oldest) frame: its kernel timestamp stands for
+        # the whole batch's latency (stats.rx_latency), read once per batch.
+        oldest = pos if left else -1
         k = 0
         end = 2 * n
         while k < end:
@@ -414,6 +461,8 @@ class DataPath:
                     break
                 left, first = blk_pkts(rview, boff + BLOCK_PKTS_AT)
                 pos = boff + first
+                if oldest < 0:
+                    oldest = pos
                 if watch:  # RX auto: a run of nearly empty blocks means a low rate
                     if left < SPARSE_FRAMES and status[(boff + BLOCK_STATUS) >> 2] & (
                         TP_STATUS_BLK_TMO
@@ -433,6 +482,8 @@ class DataPath:
             pos = -1
         ring.block, ring.pos, ring.left = block, pos, left
         if moves:
+            # Read while the block is still ours (it goes back to the kernel below).
+            sec, nsec = RX_STAMP.unpack_from(rview, oldest + RX_STAMP_AT)
             self.rx_data.copy_frames_in(rview, moves)
         for b in release:
             status[(b * bsize + BLOCK_STATUS) >> 2] = 0
@@ -448,16 +499,23 @@ class DataPath:
         if delivered:
             active.put_words(out)
             active.commit(delivered)
+            stats.rx_latency.add(time.time_ns() - sec * 1_000_000_000 - nsec, delivered)
             stats.rx_frames += delivered
             stats.rx_bytes += nbytes
         return delivered, drained
 
     # ------------------------------------------------------------------ TX
 
-    def process_tx(self) -> None:
-        """Send everything on tx_active (the canonical consumer handshake)."""
+    def process_tx(self, woken_ns: int | None = None) -> None:
+        """Send everything on tx_active (the canonical consumer handshake).
+
+        `woken_ns` is when the event loop woke for this (time.monotonic_ns()); the TX
+        latency of the first batch counts from there, each later one from the end of
+        the one before (stats.tx_latency).
+        """
         if self.tx_blocked:
             return
+        self.tx_since = time.monotonic_ns() if woken_ns is None else woken_ns
         active, free, stats = self.tx_active, self.tx_free, self.stats
         ring = self.tx_ring
         if ring is not None and ring.pending:
@@ -508,9 +566,15 @@ class DataPath:
             self.ratelog.warn("tx_bad_len", f"tx_active descriptor {io:#x} has len {length}")
 
     def _tx_batch(self, n: int) -> int:
+        """Up to n tx_active frames, one ``send`` each.
+
+        Each frame is first copied out of the map (devmem's aligned window) into ordinary
+        memory, `tx_scratch`, and sent from there: the kernel never reads the map itself.
+        """
         active, free, stats = self.tx_active, self.tx_free, self.stats
         assert self.sock is not None
-        send, view = self.sock.send, self.tx_data.kernel_view
+        send, scratch = self.sock.send, self.tx_scratch
+        copy_out = self.tx_data.copy_frame_out
         clients = self.tx_clients
         peek, put = active.peek, free.put
         consumed = returned = frames = nbytes = 0
@@ -528,13 +592,12 @@ class DataPath:
             if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
                 self._bad_tx(io, length)
             else:
+                skew = copy_out(io + delta, scratch, length)
+                frame = scratch[skew : skew + length]
                 try:
                     if self.fill_tx_checksums:
-                        frame = bytearray(self.tx_data.copy_out(io + delta, length))
                         stats.tx_checksums_filled += fill_checksums(frame)
-                        send(frame)
-                    else:
-                        send(view(io + delta, length))
+                    send(frame)
                 except BlockingIOError:
                     self.tx_blocked = True  # leave it on tx_active; resend when writable
                     break
@@ -547,6 +610,10 @@ class DataPath:
             put(returned, io, word1)  # the SAME descriptor back, whatever became of it
             returned += 1
             consumed += 1
+        if frames:
+            now = time.monotonic_ns()
+            stats.tx_latency.add(now - self.tx_since, frames)  # the last send returned
+            self.tx_since = now
         if consumed:
             active.advance(consumed)
         if returned:
@@ -558,9 +625,10 @@ class DataPath:
     def _tx_ring_batch(self, n: int) -> int:
         """Up to n tx_active frames into the TX ring, then one send: the hot loop of TX.
 
-        One batched read of the descriptors, one batched write of the returned ones, the
-        frame copies as one devmem call, then the slots are marked and flushed with one
-        non-blocking send. A descriptor is returned only after its frame was copied.
+        One batched read of the descriptors, one batched write of the returned ones, each
+        slot's header (send request included) in one store as its descriptor passes
+        validation, the frame copies as one devmem call, then one non-blocking send. A
+        descriptor is returned only after its frame was copied.
         """
         ring = self.tx_ring
         assert ring is not None
@@ -570,8 +638,11 @@ class DataPath:
         rview, status, half, slots = ring.view, ring.status, ring.half, ring.slots
         nslots = len(slots)
         nxt = ring.next
+        # The region of the last descriptor's client, most often the next one's too: one
+        # chained comparison instead of a search (precomputed bounds, in locals).
+        lo, hi, delta = clients[0]
+        header = TX_HEADER.pack_into
         moves: list[int] = []
-        queued: list[int] = []
         unowned: list[int] = []  # word indices of descriptors that are no client's buffer
         k = 0
         end = 2 * n
@@ -579,16 +650,17 @@ class DataPath:
             io = words[k]
             word1 = words[k + 1]
             length = word1 & 0xFFFF
-            for client in clients:
-                if client[0] <= io < client[1]:
-                    start, _, delta = client
-                    break
-            else:
-                unowned.append(k)
-                k += 2
-                self._bad_tx(io, None)
-                continue
-            if length == 0 or ((io - start) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
+            if not lo <= io < hi:
+                for client in clients:
+                    if client[0] <= io < client[1]:
+                        lo, hi, delta = client
+                        break
+                else:
+                    unowned.append(k)
+                    k += 2
+                    self._bad_tx(io, None)
+                    continue
+            if length == 0 or ((io - lo) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
                 self._bad_tx(io, length)
             else:
                 slot = slots[nxt]
@@ -597,12 +669,16 @@ class DataPath:
                     break
                 src = io + delta
                 moves += (src, slot + TX_DATA, length)
-                status[(slot >> 2) + 1] = length  # tp_len
-                half[(slot >> 1) + 6] = TX_DATA + (src & 15)  # tp_mac: where the frame starts
-                queued.append(slot)
+                # tp_status, tp_len, tp_snaplen and tp_mac (where the frame starts) in one
+                # store: the kernel reads a slot only inside send(), after the copies.
+                header(rview, slot, TP_STATUS_SEND_REQUEST, length, length, TX_DATA + (src & 15))
                 nxt = nxt + 1 if nxt + 1 < nslots else 0
             k += 2
         if moves:
+            first, count = ring.next, len(moves) // 3
+            queued = slots[first : first + count]
+            if first + count > nslots:  # the batch wrapped round the ring
+                queued += slots[: first + count - nslots]
             self.tx_data.copy_frames_out(rview, moves)
             if self.fill_tx_checksums:
                 for slot in queued:
@@ -610,8 +686,6 @@ class DataPath:
                     stats.tx_checksums_filled += fill_checksums(
                         rview[slot + mac : slot + mac + size]
                     )
-            for slot in queued:
-                status[slot >> 2] = TP_STATUS_SEND_REQUEST
             ring.next = nxt
             ring.pending += queued
             stats.tx_frames += len(queued)
@@ -649,10 +723,16 @@ class DataPath:
             err = errno.EAGAIN
         except OSError as exc:
             err = exc.errno or errno.EIO
+        now = time.monotonic_ns()
+        latency = now - self.tx_since
+        self.tx_since = now
         if status[pending[-1] >> 2] != TP_STATUS_SEND_REQUEST:
+            self.stats.tx_latency.add(latency, len(pending))
             pending.clear()  # the last requested slot was taken, so all of them were
             return
         left = [s for s in pending if status[s >> 2] == TP_STATUS_SEND_REQUEST]
+        if len(left) < len(pending):
+            self.stats.tx_latency.add(latency, len(pending) - len(left))
         if err in (0, errno.EAGAIN):
             # The socket's send buffer is full: the rest goes when it drains.
             ring.pending = left

@@ -1,7 +1,7 @@
 """Every access the driver makes to shared memory goes through this module.
 
-Owns: loads and stores of indices, flags and descriptor words; the views handed to the
-kernel for frame copies; the padded user copies; the guest->VMM doorbell store.
+Owns: loads and stores of indices, flags and descriptor words; the padded, aligned frame
+copies; the guest->VMM doorbell store.
 Must not hold queue logic (queue.py) or decide what is valid (datapath.py).
 
 Why so strict: in the guest these maps are uncached Device memory. An unaligned or
@@ -10,10 +10,12 @@ the other side. So:
 - indices and flags are published with ONE aligned 16/32-bit store and read with one
   aligned load (``memoryview.cast`` gives exactly one ``ldrh``/``strh``/``ldr``/``str``);
 - descriptor words are moved as aligned 64-bit words;
-- frame bytes are copied by the kernel (``recv_into``/``send`` on a view of the map), or
-  by a user copy whose both ends are 16-byte aligned, padded inside the 2048-byte buffer
-  (a plain slice copy uses memcpy, which issues unaligned overlapping accesses for odd
-  lengths);
+- frame bytes are moved only by user copies whose both ends are 16-byte aligned in the
+  map, padded inside the 2048-byte buffer (a plain slice copy uses memcpy, which issues
+  unaligned overlapping accesses for odd lengths). The kernel never copies to or from a
+  map: its copy_to_user aligns the *source* (the skb), so a frame that does not start
+  16-byte aligned there would reach the map as unaligned stores, which fault on Device
+  memory; so the sockets receive into and send from ordinary memory;
 - the fault page is only ever written, with a single byte store: the VMM skips the
   faulting instruction without emulating it, so a read would return garbage.
 Every offset is checked (alignment, and bounds by memoryview itself), so a bad offset
@@ -166,37 +168,39 @@ class DeviceMemory:
         words = [q[first + k] for k in range(nbytes >> 3)]
         return b"".join(w.to_bytes(8, "little") for w in words)
 
-    # Frame data.
+    # Frame data. Only these copies touch frame bytes, and each moves a whole 16-byte
+    # aligned window of the map; no view of a map is ever handed out, so the kernel never
+    # copies into or out of device memory itself (docs/driver.md, "Device memory").
 
-    def kernel_view(self, offset: int, length: int) -> memoryview:
-        """A view for the kernel to copy into or out of (``recv_into``/``send``).
+    def copy_frame_in(self, dst: int, src: memoryview, length: int) -> None:
+        """One frame from the start of `src` (ordinary memory) into the buffer at `dst`.
 
-        The range must lie inside one buffer of the region; the caller validated it, this
-        is the last line of defence against a write outside the map.
+        As copy_frames_in for a single frame whose source starts at offset 0: the
+        per-frame socket path uses it, one call instead of building a move list.
         """
-        if (
-            offset < 0
-            or length < 0
-            or offset + length > self.size
-            or (offset & ~(NET_BUFFER_SIZE - 1)) + NET_BUFFER_SIZE < offset + length
-        ):
+        end = dst + ((length + _PAD) & ~_PAD)
+        if dst & _PAD or not 0 <= dst <= end <= (dst | _BUF_MASK) + 1 or end > self.size:
             raise DeviceMemoryError(
-                f"{self.name}: frame view {offset:#x}+{length} outside its buffer or the region"
+                f"{self.name}: frame copy of {length} bytes to {dst:#x} is not an aligned "
+                "window inside one buffer"
             )
-        return self._mv[offset : offset + length]
+        if end - dst <= len(src):
+            self._mv[dst:end] = src[: end - dst]
+        else:
+            self._mv[dst:end] = bytes(src[:length]).ljust(end - dst, b"\0")
 
-    def copy_out(self, offset: int, length: int) -> bytes:
-        """`length` bytes at `offset`, read with a 16-byte aligned, padded copy."""
-        start, end = padded_window(offset, length, self.size)
-        window = bytes(self._mv[start:end])
-        return window[offset - start : offset - start + length]
-
-    def copy_in(self, offset: int, data: bytes) -> None:
-        """Write `data` at a 16-byte aligned `offset`, zero-padded to 16 inside the buffer."""
-        if offset & (COPY_ALIGN - 1):
-            raise DeviceMemoryError(f"{self.name}: copy destination {offset:#x} not aligned")
-        start, end = padded_window(offset, len(data), self.size)
-        self._mv[start:end] = data + bytes(end - start - len(data))
+    def copy_frame_out(self, src: int, dst: memoryview, length: int) -> int:
+        """One frame at `src` out to the start of `dst` (ordinary memory), as
+        copy_frames_out does it: the aligned window around it is read and written at
+        dst[0:], so the frame is at dst[src % 16:]; returns that skew."""
+        start = src & ~_PAD
+        end = (src + length + _PAD) & ~_PAD
+        if src < 0 or length < 0 or end > (src | _BUF_MASK) + 1 or end > self.size:
+            raise DeviceMemoryError(
+                f"{self.name}: frame copy of {length} bytes from {src:#x} leaves its buffer"
+            )
+        dst[: end - start] = self._mv[start:end]
+        return src - start
 
     def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
         """Copy frames from ordinary memory (a packet ring) into buffers of this region.

@@ -123,7 +123,10 @@ class EventLoop:
         while not stopping:
             timeout = -1.0 if next_stats is None else max(0.0, next_stats - time.monotonic())
             rx = tx = False
-            for fd, ev in ep.poll(timeout):
+            ready = ep.poll(timeout)
+            # The TX latency (stats.tx_latency) counts from here: one clock read a wake-up.
+            woken = time.monotonic_ns()
+            for fd, ev in ready:
                 if fd in interest:
                     if ev & select.EPOLLERR:
                         dp.socket_error(fd)
@@ -145,7 +148,7 @@ class EventLoop:
                     stopping = any(s in sigs for s in STOP_SIGNALS)
             # Finish the work in hand even when a stop was requested.
             if tx:
-                dp.process_tx()
+                dp.process_tx(woken)
             if rx:
                 dp.process_rx()
             want = dp.interest()

@@ -59,6 +59,9 @@ PACKET_FANOUT_CBPF = 6
 PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sends
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35  # asm-generic (arm64, x86_64); the cmsg type is the same number
+STAMP_CMSG_SPACE = 32  # CMSG_SPACE(sizeof(struct timespec)) on LP64
+TIMESPEC = struct.Struct("@qq")
 RCVBUF_BYTES = 4 << 20  # the default ~208 KiB holds only ~90 MTU frames; bursts would drop
 PACKET_MR_PROMISC = 1
 TPACKET_V2 = 1
@@ -81,9 +84,12 @@ BLOCK_PKTS_AT = 12
 # struct tpacket3_hdr: tp_next_offset u32 @0, tp_sec @4, tp_nsec @8, tp_snaplen u32 @12,
 # tp_len u32 @16, tp_status @20, tp_mac u16 @24, tp_net u16 @26.
 RX_HDR = struct.Struct("<I8xII4xH")  # next_offset, snaplen, len, mac (unpack only)
+RX_STAMP = struct.Struct("<II")  # tp_sec, tp_nsec: when the kernel received the frame
+RX_STAMP_AT = 4
 # struct tpacket2_hdr: tp_status u32 @0, tp_len u32 @4, tp_snaplen u32 @8, tp_mac u16 @12.
 TX_LEN_MAC = struct.Struct("<IIH")  # tp_len, tp_snaplen, tp_mac, packed at slot + 4
 TX_LEN_MAC_AT = 4
+TX_HEADER = struct.Struct("@IIIH")  # tp_status, tp_len, tp_snaplen, tp_mac, at the slot
 # TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where a TX frame's data area starts.
 TX_DATA = 32
 TPACKET_REQ = struct.Struct("=4I")
@@ -407,6 +413,8 @@ def open_packet_socket(interface: str) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        # Receive timestamps for the latency histogram (datapath: one read per batch).
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((interface, ETH_P_ALL))
         ifindex = socket.if_nametoindex(interface)
         mreq = PACKET_MREQ.pack(ifindex, PACKET_MR_PROMISC, 0, b"")

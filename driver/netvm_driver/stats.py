@@ -1,14 +1,16 @@
-"""Driver counters and their JSON file.
+"""Driver counters, latency histograms and their JSON file.
 
-Owns: the counter names (a stable interface: the simulation, tests and operators read
-them) and writing them atomically. The data path bumps plain int attributes once per
-batch, so counting costs next to nothing in the hot loop.
+Owns: the counter and histogram names (a stable interface: the simulation, the bench,
+tests and operators read them) and writing them atomically. The data path bumps plain
+int attributes once per batch, and adds to a histogram once per batch, so counting costs
+next to nothing in the hot loop.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from _bisect import bisect_left  # not bisect.py: one module fewer at start-up
 
 from . import jsonio
 
@@ -30,10 +32,68 @@ COUNTERS = (
 )
 
 
-class Stats:
-    """The counters as int attributes, named and ordered as COUNTERS."""
+# Bucket upper bounds of the latency histograms, in µs (docs/driver.md, "Counters").
+LATENCY_BOUNDS_US = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000,
+                     50000, 100000)  # fmt: skip
+# The histograms in the stats file's "latency" object, by key: the Stats attribute.
+LATENCIES = {"rx_kernel_to_publish_us": "rx_latency", "tx_doorbell_to_send_us": "tx_latency"}
 
-    __slots__ = (*COUNTERS, "_seq", "_started")
+
+class Histogram:
+    """Counts of latencies in buckets with fixed upper bounds, and the largest one.
+
+    counts[i] counts values <= bounds[i] (and above bounds[i - 1]); the last count is
+    everything above the last bound. Values come in nanoseconds, so placing one is one
+    bisect over the precomputed bounds; `n` frames that share a value are added at once.
+    """
+
+    __slots__ = ("bounds_ns", "bounds_us", "counts", "max_ns", "samples")
+
+    def __init__(self, bounds_us: tuple[int, ...] = LATENCY_BOUNDS_US) -> None:
+        self.bounds_us = bounds_us
+        self.bounds_ns = [b * 1000 for b in bounds_us]
+        self.counts = [0] * (len(bounds_us) + 1)
+        self.samples = 0
+        self.max_ns = 0
+
+    def add(self, value_ns: int, n: int = 1) -> None:
+        self.counts[bisect_left(self.bounds_ns, value_ns)] += n
+        self.samples += n
+        if value_ns > self.max_ns:
+            self.max_ns = value_ns
+
+    def max_us(self) -> float | None:
+        return round(self.max_ns / 1000, 1) if self.samples else None
+
+    def percentile_us(self, pct: int) -> float | None:
+        """The upper bound of the bucket holding the pct-th percentile (conservative): for
+        the last, unbounded bucket the largest value seen. None without samples."""
+        if not self.samples:
+            return None
+        rank = max(1, -(-pct * self.samples // 100))  # ceil(pct% of samples), at least 1
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank and i < len(self.bounds_us):
+                return self.bounds_us[i]
+        return self.max_us()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "bounds_us": list(self.bounds_us),
+            "counts": list(self.counts),
+            "samples": self.samples,
+            "p50_us": self.percentile_us(50),
+            "p99_us": self.percentile_us(99),
+            "max_us": self.max_us(),
+        }
+
+
+class Stats:
+    """The counters as int attributes, named and ordered as COUNTERS, and the latency
+    histograms (LATENCIES)."""
+
+    __slots__ = (*COUNTERS, *LATENCIES.values(), "_seq", "_started")
 
     # The counters once more, as annotations, so checkers know each one is an int:
     # __init__ and as_dict go by COUNTERS, which the attributes must match name for name
@@ -53,12 +113,16 @@ class Stats:
     notifications_sent: int
     irqs_handled: int
     tx_checksums_filled: int
+    rx_latency: Histogram  # kernel receive timestamp -> rx_active tail published
+    tx_latency: Histogram  # TX wake-up (or batch start) -> the send() returned
     _seq: int
     _started: float
 
     def __init__(self) -> None:
         for name in COUNTERS:
             setattr(self, name, 0)
+        self.rx_latency = Histogram()
+        self.tx_latency = Histogram()
         self._seq = 0
         self._started = time.monotonic()
 
@@ -74,6 +138,7 @@ class Stats:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started, 3),
             "counters": self.as_dict(),
+            "latency": {key: getattr(self, attr).as_dict() for key, attr in LATENCIES.items()},
         }
         tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:
