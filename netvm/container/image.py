@@ -9,8 +9,8 @@ and a digest of everything that went into it, the board's lock file among them:
 ``localhost/netvm-build:0.1.0-<12 hex>``. A rebuild with the same inputs finds its tag
 and does nothing.
 
-Written under ``build/container/``: the build context (Containerfile, sources, wheels
-list), ``build.log`` (every tool's output), ``packages.tsv`` (the image's Debian
+Written under ``build/container/``: the build context (Containerfile, sources,
+requirements and the wheels), ``build.log`` (every tool's output), ``packages.tsv`` (the image's Debian
 packages: name, version, architecture) and ``image.json`` (the tag, the image ID and
 the inputs).
 """
