@@ -330,3 +330,34 @@ def test_init_script_is_valid_shell() -> None:
     subprocess.run(["sh", "-n", str(FUNCTIONS)], check=True)
     assert os.access(ROOT / "rootfs_overlay/sbin/netvm-init", os.X_OK)
     assert shutil.which("qemu-aarch64-static")
+
+
+def test_the_guests_own_python_compiles_the_bytecode(
+    initramfs: InitramfsResult, tmp_path: Path
+) -> None:
+    """guest_compile runs the Debian base's arm64 python (under qemu-user) on the
+    sources: its pycs load as code of the guest path, hash-based and unchecked (no
+    mtime, no host path); a source it cannot compile is a user error naming what failed."""
+    import marshal
+
+    packages = rootfs.resolved_packages(rootfs.DEBIAN_PACKAGES, cache_dir())
+    debs = rootfs.fetch_packages(packages, cache_dir() / "debs")
+    guest_root = rootfs.unpacked_base(packages, debs, cache_dir())
+
+    good = tmp_path / "m.py"
+    good.write_text('"""doc"""\nX = (1, "a")\n\ndef f():\n    return X\n')
+    got = rootfs.guest_compile(guest_root, {"usr/lib/netvm/m.py": (good, 0)})
+    pyc = got["usr/lib/netvm/m.py"]
+    assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, not checked
+    code = marshal.loads(pyc[16:])
+    assert code.co_filename == "/usr/lib/netvm/m.py"
+    assert "doc" in code.co_consts
+    stripped = rootfs.guest_compile(guest_root, {"usr/lib/netvm/m.py": (good, 2)})
+    assert "doc" not in marshal.loads(stripped["usr/lib/netvm/m.py"][16:]).co_consts
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(:\n")
+    with pytest.raises(UserError) as err:
+        rootfs.guest_compile(guest_root, {"usr/lib/netvm/bad.py": (bad, 0)})
+    assert "could not byte-compile" in err.value.render()
+    assert "SyntaxError" in err.value.render()
