@@ -25,6 +25,7 @@ from netvm.board import load_board
 from netvm.board.scaffold import new_board
 from netvm.builder import lock as lock_lib
 from netvm.builder.build import BuildOptions, build, kernel_source, lock_inputs
+from netvm.container.image import ImageSpec, image_spec
 from netvm.core.cli import task
 from netvm.core.cliargs import parse_int, parse_seconds
 from netvm.core.errors import INTERRUPT_EXIT, USER_ERROR_EXIT, Finding, Interrupted, UserError
@@ -671,9 +672,8 @@ SECURITY_MIRROR_HELP = (
 )
 
 
-def _container_spec(board: str, mirror: str | None, security_mirror: str | None) -> Any:
-    from netvm.container.image import image_spec
-
+def _container_spec(board: str, mirror: str | None, security_mirror: str | None) -> ImageSpec:
+    """The image the flags (or $NETVM_DEBIAN_MIRROR, ...) and the board's lock describe."""
     return image_spec(
         _workspace(),
         load_board(board, ROOT),
