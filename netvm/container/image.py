@@ -10,9 +10,9 @@ and a digest of everything that went into it, the board's lock file among them:
 and does nothing.
 
 Written under ``build/container/``: the build context (Containerfile, sources,
-requirements and the wheels), ``build.log`` (every tool's output), ``packages.tsv`` (the image's Debian
-packages: name, version, architecture) and ``image.json`` (the tag, the image ID and
-the inputs).
+requirements and the wheels), ``build.log`` (every tool's output), ``packages.tsv``
+(the image's Debian packages: name, version, architecture) and ``image.json`` (the tag,
+the image ID and the inputs).
 """
 
 from __future__ import annotations
