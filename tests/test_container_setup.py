@@ -114,7 +114,7 @@ def test_cgroup_v1_hosts_get_cgroupfs_and_runc_and_limits_they_can_set(tmp_path:
     pid_max.write_text("100\n")
     flags = host_flags(hybrid, pid_max)
     assert flags.global_flags == ("--cgroup-manager=cgroupfs", "--runtime", "runc")
-    nofile, nproc = flags.container_flags[1], flags.container_flags[3]
+    nofile, nproc = flags.ulimits[1], flags.ulimits[3]
     assert nofile.startswith("nofile=") and nproc == "nproc=100:100"
 
     unified = tmp_path / "v2"

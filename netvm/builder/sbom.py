@@ -230,8 +230,13 @@ class DebRecord:
 
     @property
     def purl(self) -> str:
-        qualifiers = f"?arch={self.architecture}" if self.architecture else ""
-        return f"pkg:deb/debian/{self.name}@{quote(self.version, safe=':')}{qualifiers}"
+        return deb_purl(self.name, self.version, self.architecture)
+
+
+def deb_purl(name: str, version: str, architecture: str | None) -> str:
+    """The package URL of a Debian package (an epoch's ':' kept as it is)."""
+    qualifiers = f"?arch={architecture}" if architecture else ""
+    return f"pkg:deb/debian/{name}@{quote(version, safe=':')}{qualifiers}"
 
 
 def apt_records(wanted: Iterable[tuple[str, str, str]], cache: Path) -> dict[str, DebRecord]:
@@ -516,7 +521,6 @@ class _Document:
             name, version, arch = [*line.split("\t"), "", ""][:3]
             if not name or not version:
                 continue
-            qualifiers = f"?arch={arch}" if arch else ""
             ident = self.add(
                 _package(
                     spdx_id("build-deb", name),
@@ -524,13 +528,7 @@ class _Document:
                     version=version,
                     supplier=DEBIAN,
                     comment=f"Debian package in the build container {ref}",
-                    refs=[
-                        (
-                            "PACKAGE-MANAGER",
-                            "purl",
-                            f"pkg:deb/debian/{name}@{quote(version, safe=':')}{qualifiers}",
-                        )
-                    ],
+                    refs=[("PACKAGE-MANAGER", "purl", deb_purl(name, version, arch))],
                 )
             )
             self.relate(image_id, "CONTAINS", ident)

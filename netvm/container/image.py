@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,7 +225,7 @@ def _record(podman: Podman, spec: ImageSpec, out: Path) -> tuple[str, Path, Path
     image_id = run_checked(
         podman.command("image", "inspect", "--format", "{{.Id}}", spec.ref)
     ).strip()
-    cat = ["run", "--rm", "--network", "none", *podman.container_flags, spec.ref, "cat"]
+    cat = ["run", "--rm", "--network", "none", *podman.ulimits, spec.ref, "cat"]
     packages = run_checked(podman.command(*cat, "/opt/netvm/packages.tsv"))
     packages_file = out / "packages.tsv"
     packages_file.write_text(packages)
@@ -239,7 +238,7 @@ def _record(podman: Podman, spec: ImageSpec, out: Path) -> tuple[str, Path, Path
         "base": spec.base_ref,
         "sources": [s.uri for s in spec.sources],
         "packages": len(packages.splitlines()),
-        "podman_flags": list(podman.global_flags + podman.container_flags),
+        "podman_flags": list(podman.global_flags + podman.ulimits),
         "podman_flag_reasons": list(podman.reasons),
         "podman": first_line(["podman", "--version"]),
     }
@@ -270,7 +269,7 @@ def build_image(
         # chroot isolation: the RUN steps need no OCI runtime, so they work wherever
         # podman can store images; the host network reaches the archive.
         build = ["build", "--isolation", "chroot", "--network", "host"]
-        build += _ulimit_flags(podman.container_flags)
+        build += podman.ulimits
         build += ["-t", spec.ref, "-f", str(ctx / "Containerfile"), str(ctx)]
         log.check(
             log.stream(podman.command(*build)),
@@ -282,12 +281,3 @@ def build_image(
     return BuiltImage(
         spec.ref, image_id, built, time.monotonic() - start, packages_file, record_file
     )
-
-
-def _ulimit_flags(flags: Sequence[str]) -> list[str]:
-    """The --ulimit pairs of `flags` (podman build takes the same ones as run)."""
-    out: list[str] = []
-    for i, flag in enumerate(flags):
-        if flag == "--ulimit":
-            out += [flag, flags[i + 1]]
-    return out

@@ -33,11 +33,11 @@ PID_MAX = Path("/proc/sys/kernel/pid_max")
 
 @dataclass(frozen=True)
 class Podman:
-    """The podman command line for this host: global flags, and the flags every
-    container it starts needs."""
+    """The podman command line for this host: global flags, and the resource limits
+    every container it starts (and every build step) gets."""
 
     global_flags: tuple[str, ...]
-    container_flags: tuple[str, ...]
+    ulimits: tuple[str, ...]  # --ulimit pairs: `podman run` and `podman build` take both
     reasons: tuple[str, ...]  # why each non-default flag is there, for the build log
 
     def command(self, sub: str, *args: str) -> list[str]:

@@ -108,7 +108,7 @@ def run_command(
         if m.writable:
             m.path.mkdir(parents=True, exist_ok=True)
     args = ["--rm", "--network", "host", "--security-opt", "label=disable"]
-    args += list(podman.container_flags)
+    args += podman.ulimits
     if interactive:
         args += ["-i", "-t"]
     for m in mounts:
