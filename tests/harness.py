@@ -366,6 +366,18 @@ class SpyMemory(DeviceMemory):
         self.outs += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
         super().copy_frames_out(dst, moves)
 
+    def copy_buffer_heads_out(
+        self, dst: memoryview, at: int, stride: int, offsets: Sequence[int], length: int
+    ) -> None:
+        self.outs += [(off, at + i * stride, length) for i, off in enumerate(offsets)]
+        super().copy_buffer_heads_out(dst, at, stride, offsets, length)
+
+    def copy_into_buffers(
+        self, src: memoryview, offsets: Sequence[int], starts: Sequence[int], lengths: Sequence[int]
+    ) -> None:
+        self.ins += zip(offsets, starts, lengths, strict=True)
+        super().copy_into_buffers(src, offsets, starts, lengths)
+
 
 @dataclass
 class SimDriver:

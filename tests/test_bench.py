@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netvm.bench import options
 from netvm.bench.harness import run_bench
 from netvm.bench.launch_baseline import baseline_argv
 from netvm.bench.measure import rates
-from netvm.bench.options import BenchOptions, Sample
-from netvm.bench.report import _cpu_cell, table
+from netvm.bench.options import BenchOptions, Sample, driver_python
+from netvm.bench.report import _cpu_cell, report, table
 from netvm.bench.summary import summarize, targets
 from netvm.bench.tools import build_tools
 from netvm.board import Board
@@ -91,6 +93,17 @@ def fake_round(scale: float) -> dict[str, Any]:
     ours["line_rate_1514"] = fake_run(8e5, cpu=0.08)
     base["line_rate_1514"] = fake_run(2e5, cpu=0.4, loss=0.01)
     return {"ours": {**ours, "latency": lat}, "baseline": {**base, "latency": lat}}
+
+
+def test_ours_runs_under_the_guest_s_python_build_when_the_host_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest = tmp_path / "python3.11"
+    monkeypatch.setattr(options, "GUEST_PYTHON", str(guest))
+    assert driver_python() == sys.executable  # not installed: the bench's own
+    guest.write_text("#!/bin/sh\n")
+    guest.chmod(0o755)
+    assert driver_python() == str(guest) == BenchOptions().python
 
 
 def test_summary_takes_ratios_within_rounds_and_medians_across_them() -> None:
@@ -174,6 +187,10 @@ def test_quick_bench_end_to_end_writes_the_required_json(
     assert data["latency_us"]["p50"] == data["latency_us"]["p50"]  # a number, not NaN
     assert isinstance(data["latency_us"]["p99"], float)
     assert data["machine"]["cpus"] >= 2 and data["build"]["measured"] is False
+    # Ours ran under the interpreter the guest ships where the host has it, and says so.
+    py = data["machine"]["driver_python"]
+    assert py["path"] == opts.python == driver_python() and py["version"].startswith("3.")
+    assert f"ours ran under {py['path']}" in report(doc)
     for which in ("ours", "baseline"):
         r = data["rounds"][0][which]
         assert r["driver_exit"] == 0

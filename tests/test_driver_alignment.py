@@ -38,7 +38,8 @@ maps = {{}}  # id of each region's buffer -> region name
 rec = {{"in": [], "out": [], "socket_on_map": []}}
 Mem = devmem.DeviceMemory
 real = {{n: getattr(Mem, n) for n in (
-    "__init__", "copy_frame_in", "copy_frame_out", "copy_frames_in", "copy_frames_out")
+    "__init__", "copy_frame_in", "copy_frame_out", "copy_frames_in", "copy_frames_out",
+    "copy_buffer_heads_out", "copy_into_buffers")
     if hasattr(Mem, n)}}
 
 def init(self, name, buf):
@@ -61,7 +62,16 @@ def frames_out(self, dst, moves):
     rec["out"] += [(self.name, moves[i], moves[i + 2]) for i in range(0, len(moves), 3)]
     return real["copy_frames_out"](self, dst, moves)
 
-spies = {{"__init__": init, "copy_frame_in": frame_in, "copy_frame_out": frame_out,
+def heads_out(self, dst, at, stride, offsets, length):
+    rec["out"] += [(self.name, off, length) for off in offsets]
+    return real["copy_buffer_heads_out"](self, dst, at, stride, offsets, length)
+
+def into_buffers(self, src, offsets, starts, lengths):
+    rec["in"] += [(self.name, off, n) for off, n in zip(offsets, lengths)]
+    return real["copy_into_buffers"](self, src, offsets, starts, lengths)
+
+spies = {{"copy_buffer_heads_out": heads_out, "copy_into_buffers": into_buffers,
+         "__init__": init, "copy_frame_in": frame_in, "copy_frame_out": frame_out,
          "copy_frames_in": frames_in, "copy_frames_out": frames_out}}
 for n in real:
     setattr(Mem, n, spies[n])

@@ -27,6 +27,8 @@ from netvm_driver.ring import (
     TP_STATUS_BLK_TMO,
     TP_STATUS_SEND_REQUEST,
     TP_STATUS_USER,
+    TX_BLOCK_COUNT,
+    TX_BLOCK_SIZE,
     TX_DATA,
     RxRing,
     TxRing,
@@ -40,7 +42,9 @@ BLOCK = 8192
 BLOCKS = 4
 MAC_OFF = 82  # TPACKET_ALIGN(TPACKET3_HDRLEN + 16) - ETH_HLEN, as the kernel places it
 TX_FRAME = 2112
-TX_BLOCK = 1 << 16
+# The driver's own TX geometry (every slot one stride apart: the batched path), and one
+# whose blocks end in slack (per-slot only): every TX test runs on both.
+TX_GEOMETRIES = {"one-stride": (TX_BLOCK_SIZE, TX_BLOCK_COUNT), "block-slack": (1 << 16, 2)}
 
 
 def align16(n: int) -> int:
@@ -122,14 +126,15 @@ class Env(DriverEnv):
     tx_sock: FakeSock
 
 
-@pytest.fixture
-def env(odroidc4: Board, tmp_path: Path) -> Iterator[Env]:
+@pytest.fixture(params=sorted(TX_GEOMETRIES))
+def env(odroidc4: Board, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Env]:
     drv = SimDriver.open(odroidc4, tmp_path)
     rx_buf = bytearray(BLOCK * BLOCKS)
-    tx_buf = bytearray(TX_BLOCK * 2)
+    tx_block, tx_blocks = TX_GEOMETRIES[request.param]
+    tx_buf = bytearray(tx_block * tx_blocks)
     rx = RxRing(FakeSock(), rx_buf, BLOCK, BLOCKS, 1)  # type: ignore[arg-type]
     tx_sock = FakeSock()
-    tx = TxRing(tx_sock, tx_buf, TX_FRAME, TX_BLOCK, 2)  # type: ignore[arg-type]
+    tx = TxRing(tx_sock, tx_buf, TX_FRAME, tx_block, tx_blocks)  # type: ignore[arg-type]
     tx_sock.tx = tx
     stats = Stats()
     path = DataPath(
@@ -358,6 +363,39 @@ def test_tx_ring_sends_frames_byte_exact_and_returns_the_same_descriptors(env: E
     assert env.conserved()["ok"]
 
 
+def test_usual_tx_batches_take_the_batched_path_and_wrap_round_the_ring(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []
+    real = env.path._tx_ring_fast
+    monkeypatch.setattr(env.path, "_tx_ring_fast", lambda *a: taken.append(real(*a)) or taken[-1])
+    env.tx.next = len(env.tx.slots) - 2  # the batch wraps round the ring's end
+    sizes = [60, 1514, 61, 2048, 17]
+    queued = echo_to_tx_active(env, sizes)
+    env.path.process_tx()
+    assert taken == [env.tx.stride > 0]  # the per-slot loop only for a ring with slack
+    assert env.tx_sock.sent == [frame(i, n) for i, n in enumerate(sizes)]
+    assert [env.virt.tx_free.read(k) for k in range(len(sizes))] == queued
+    assert env.tx.next == 3 and env.path.tx_ring.pending == []  # type: ignore[union-attr]
+    assert (env.stats.tx_frames, env.stats.tx_bytes) == (5, sum(sizes))
+    assert env.conserved()["ok"]
+
+
+def test_a_tx_batch_with_one_unusual_descriptor_is_placed_frame_by_frame(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []
+    real = env.path._tx_ring_fast
+    monkeypatch.setattr(env.path, "_tx_ring_fast", lambda *a: taken.append(real(*a)) or taken[-1])
+    echo_to_tx_active(env, [60])
+    env.virt.inject_tx_active("oversize")
+    echo_to_tx_active(env, [70])
+    env.path.process_tx()
+    assert taken == [False]
+    assert env.stats.tx_bad_descriptor == 1 and len(env.tx_sock.sent) == 2
+    assert env.conserved()["ok"]
+
+
 def test_every_tx_copy_reads_an_aligned_padded_window_inside_one_buffer(env: Env) -> None:
     virt = env.virt
     client = virt.clients[0]
@@ -450,6 +488,65 @@ def test_copy_frames_out_reads_only_aligned_windows_inside_the_buffer(src: int, 
     mem.copy_frames_out(memoryview(out), [src, 32, n])
     skew = src % 16
     assert out[32 + skew : 32 + skew + n] == buf[src : src + n]
+
+
+@settings(max_examples=200)
+@given(
+    offsets=st.lists(st.integers(min_value=-2048, max_value=5 * 2048), min_size=1, max_size=4),
+    n=st.integers(min_value=1, max_value=2100),
+)
+def test_copy_buffer_heads_out_reads_whole_aligned_windows_from_buffer_starts(
+    offsets: list[int], n: int
+) -> None:
+    buf = bytearray(bytes(range(256)) * 32)
+    mem = DeviceMemory("t", buf)
+    out = bytearray(b"\xaa") * (4 * 2112)
+    width = align16(n)
+    ok = width <= 2048 and all(0 <= o <= len(buf) - width and o % 2048 == 0 for o in offsets)
+    if not ok:
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_buffer_heads_out(memoryview(out), 32, 2112, offsets, n)
+        return
+    mem.copy_buffer_heads_out(memoryview(out), 32, 2112, offsets, n)
+    for i, off in enumerate(offsets):
+        at = 32 + i * 2112
+        assert out[at : at + width] == buf[off : off + width]
+        assert out[at + width : at + 2112 - 32] == b"\xaa" * (2080 - width)
+
+
+@settings(max_examples=200)
+@given(
+    moves=st.lists(
+        st.tuples(
+            st.integers(min_value=-2048, max_value=5 * 2048),  # buffer offset
+            st.integers(min_value=0, max_value=4096),  # where the frame is in the source
+            st.integers(min_value=0, max_value=2100),  # its length
+        ),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda m: m[0],
+    ),
+)
+def test_copy_into_buffers_writes_padded_windows_at_buffer_starts_only(
+    moves: list[tuple[int, int, int]],
+) -> None:
+    buf = bytearray(b"\xaa") * (4 * 2048)
+    mem = DeviceMemory("t", buf)
+    src = memoryview(bytes(range(256)) * 16)
+    offsets, starts, lengths = (list(c) for c in zip(*moves, strict=True))
+    ok = all(0 <= o <= len(buf) - 2048 and o % 2048 == 0 for o in offsets) and all(
+        n <= 2048 for n in lengths
+    )
+    if not ok:
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_into_buffers(src, offsets, starts, lengths)
+        return
+    mem.copy_into_buffers(src, offsets, starts, lengths)
+    for o, s, n in moves:
+        width = align16(n)
+        window = bytes(src[s : s + width]).ljust(width, b"\0")
+        assert buf[o : o + width] == window
+        assert buf[o + width : o + 2048] == b"\xaa" * (2048 - width)
 
 
 def test_batched_descriptor_access_is_word_aligned_and_checked() -> None:

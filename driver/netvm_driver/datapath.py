@@ -30,8 +30,17 @@ import errno
 import select
 import struct
 import time
+from _operator import and_, or_  # not operator.py, as _socket
+from array import array
+from itertools import repeat
 
-from .abi import DATA_PASSING_SIZE, NET_BUFFER_SIZE, SDDF_NET_MAGIC, DataPassing
+from .abi import (
+    DATA_PASSING_SIZE,
+    DESC_LEN_MASK,
+    NET_BUFFER_SIZE,
+    SDDF_NET_MAGIC,
+    DataPassing,
+)
 from .checksum import fill_checksums
 from .config import DriverConfig
 from .device import Devices
@@ -85,6 +94,15 @@ IO_LIMIT = 1 << 64  # io addresses are u64: a region must end at or below 2^64
 
 class DataPassingError(RuntimeError):
     pass
+
+
+def buffer_table(io: int, size: int, offset: int) -> dict[int, int]:
+    """io address -> map offset of each whole 2048-byte buffer of a region at `io` that
+    starts at `offset` in its map; none if that offset is off a buffer boundary (devmem
+    copies whole buffers from their starts only)."""
+    if offset & BUFFER_MASK:
+        return {}
+    return {io + k: offset + k for k in range(0, size - NET_BUFFER_SIZE + 1, NET_BUFFER_SIZE)}
 
 
 def read_data_passing(devices: Devices) -> DataPassing:
@@ -191,17 +209,20 @@ class DataPath:
         self.rx_data = regions["rx_data"]
         self.tx_data = regions["tx_data"]
         self.rx_base = dp.rx_data_paddr
-        self.rx_limit = self.rx_data.size
-        # One test for "inside rx_data and on a buffer boundary" when the region size is
-        # a power of two (it is on every board so far); else _rx_buffer_ok.
-        size = self.rx_limit
-        self.rx_badmask = (~(size - 1) | BUFFER_MASK) if size & (size - 1) == 0 else 0
         # (io start, io end, map offset - io address) per client; the stride comes from
         # the layout (driver.json), never a hard-coded 0x100000.
         self.tx_clients = tuple(
             (dp.tx_data_paddrs[i], dp.tx_data_paddrs[i] + c.size, c.offset - dp.tx_data_paddrs[i])
             for i, c in enumerate(config.tx_clients)
         )
+        # The io address of every whole buffer -> where it starts in its map. One lookup
+        # per descriptor answers "one of ours, at a buffer's start" for a whole batch at C
+        # speed (map(dict.get, ...)); a miss is a bad descriptor on RX, and on TX a frame
+        # the per-descriptor loop must place (inside its buffer, or in no client at all).
+        self.rx_buffers = buffer_table(self.rx_base, self.rx_data.size, 0)
+        self.tx_buffers: dict[int, int] = {}
+        for lo, hi, delta in self.tx_clients:
+            self.tx_buffers.update(buffer_table(lo, hi - lo, lo + delta))
         self.rx_doorbell = devices.doorbells["rx_fault"]
         self.tx_doorbell = devices.doorbells["tx_fault"]
         self.sock = sock
@@ -288,9 +309,6 @@ class DataPath:
                 self.sparse_blocks = 0
         return delivered, drained
 
-    def _rx_buffer_ok(self, off: int) -> bool:
-        return 0 <= off < self.rx_limit and not off & BUFFER_MASK
-
     def process_rx(self) -> None:
         """Move frames from the socket to rx_active until the socket or rx_free runs dry."""
         free, active, stats = self.rx_free, self.rx_active, self.stats
@@ -305,7 +323,9 @@ class DataPath:
                 stats.bad_queue_index += 1
                 self.ratelog.warn("rx_active_index", "rx_active head is beyond our tail")
                 space = 0
-            n = min(avail, space, self.batch)
+            n = avail if avail < space else space
+            if n > self.batch:
+                n = self.batch
             if n == 0:
                 # Out of buffers: ask virt_rx for a signal, re-check, and only then stop
                 # reading (the socket queue absorbs the burst meanwhile).
@@ -345,15 +365,15 @@ class DataPath:
         recvmsg_into, scratches = self.sock.recvmsg_into, self.rx_scratch_list
         trunc = socket.MSG_TRUNC
         copy_in = self.rx_data.copy_frame_in
-        base, limit = self.rx_base, self.rx_limit
+        buffer_at = self.rx_buffers.get
         peek, put = free.peek, active.put
         consumed = delivered = nbytes = 0
         drained = False
         stamp = -1  # the first frame's receive time in ns (0: the kernel gave none)
         while consumed < n:
             io, word1 = peek(consumed)
-            off = io - base
-            if off < 0 or off >= limit or off & BUFFER_MASK:
+            off = buffer_at(io)
+            if off is None:
                 consumed += 1
                 stats.rx_bad_descriptor += 1
                 self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
@@ -404,9 +424,11 @@ class DataPath:
     def _rx_ring_batch(self, n: int) -> tuple[int, bool]:
         """Up to n frames from the RX ring into rx_free buffers: the hot loop of RX.
 
-        One batched read of n rx_free descriptors, one batched write of the rx_active
-        ones, the frame copies as one devmem call, and no system call at all. A block is
-        given back to the kernel only after the copies out of it are done.
+        One batched read of n rx_free descriptors, checked as a batch (one table lookup
+        each, at C speed), one walk of the ring's frame headers, the copies as one devmem
+        call, one batched write of the rx_active descriptors, and no system call at all.
+        A descriptor that is not one of our buffers' starts is consumed, counted and never
+        used. A block is given back to the kernel only after the copies out of it.
         """
         ring = self.rx_ring
         assert ring is not None
@@ -415,76 +437,83 @@ class DataPath:
             # do not read n descriptors for nothing, it lengthens every wake-up.
             return 0, True
         free, active, stats = self.rx_free, self.rx_active, self.stats
+        # Read only as many descriptors as there are frames to fill them (a batch's cost
+        # then follows its frames, not the free buffers); oversize frames may leave some.
+        # At least one: a ready block with no frames must still be walked and released.
+        limit = n
+        ready = ring.frames_ready(n)
+        n = ready if ready > 1 else 1
         words = free.peek_words(n)
+        usable: list[int] | None = None  # word-pair indices of the good ones, if any is bad
+        try:
+            good = list(map(self.rx_buffers.__getitem__, words[0::2]))
+        except KeyError:  # not all of them our buffers' starts: keep the good ones
+            offsets = list(map(self.rx_buffers.get, words[0::2]))
+            usable = [k for k, off in enumerate(offsets) if off is not None]
+            good = [off for off in offsets if off is not None]
         rview, status = ring.view, ring.status
         hdr, blk_pkts = RX_HDR.unpack_from, BLOCK_PKTS.unpack_from
         bsize, nblocks = ring.block_size, ring.block_count
         block, pos, left = ring.block, ring.pos, ring.left
-        base, badmask = self.rx_base, self.rx_badmask
         sw = self.rx_switch
         watch = sw is not None and sw.selected == sw.RING
-        out: list[int] = []
-        moves: list[int] = []
+        starts: list[int] = []
+        sizes: list[int] = []
+        add_start, add_size = starts.append, sizes.append
         release: list[int] = []
-        nbytes = oversize = 0
+        oversize = 0
         drained = False
         # The header of the batch's first (oldest) frame: its kernel timestamp stands for
         # the whole batch's latency (stats.rx_latency), read once per batch.
         oldest = pos if left else -1
-        k = 0
-        end = 2 * n
-        while k < end:
-            io = words[k]
-            off = io - base
-            if off & badmask if badmask else not self._rx_buffer_ok(off):
-                k += 2
-                stats.rx_bad_descriptor += 1
-                self.ratelog.warn("rx_bad", f"rx_free descriptor {io:#x} is not an RX buffer")
-                continue
-            while True:  # the next frame that fits a buffer
-                if left:
+        want = len(good)
+        while len(sizes) < want:
+            if left:
+                # A run of frames from the block in hand: the tightest loop of RX.
+                take = want - len(sizes)
+                if take > left:
+                    take = left
+                left -= take
+                for _ in range(take):
                     nxt, snap, size, mac = hdr(rview, pos)
-                    frame = pos + mac
-                    pos += nxt
-                    left -= 1
                     if size <= NET_BUFFER_SIZE and snap >= size:
-                        break
-                    oversize += 1
-                    continue
-                if pos >= 0:  # done with this block
-                    release.append(block)
-                    block = block + 1 if block + 1 < nblocks else 0
-                    pos = -1
-                boff = block * bsize
-                if not status[(boff + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
-                    drained = True
-                    break
-                left, first = blk_pkts(rview, boff + BLOCK_PKTS_AT)
-                pos = boff + first
-                if oldest < 0:
-                    oldest = pos
-                if watch:  # RX auto: a run of nearly empty blocks means a low rate
-                    if left < SPARSE_FRAMES and status[(boff + BLOCK_STATUS) >> 2] & (
-                        TP_STATUS_BLK_TMO
-                    ):
-                        self.sparse_blocks += 1
-                    else:
-                        self.sparse_blocks = 0
-            if drained:
+                        add_start(pos + mac)
+                        add_size(size)
+                    else:  # larger than a buffer, or not all of it in the ring
+                        oversize += 1
+                    pos += nxt
+                continue
+            if pos >= 0:  # done with this block
+                release.append(block)
+                block = block + 1 if block + 1 < nblocks else 0
+                pos = -1
+            boff = block * bsize
+            if not status[(boff + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
+                drained = True
                 break
-            moves += (off, frame, size)
-            out += (io, (words[k + 1] & ~0xFFFF) | size)
-            nbytes += size
-            k += 2
+            left, first = blk_pkts(rview, boff + BLOCK_PKTS_AT)
+            pos = boff + first
+            if oldest < 0:
+                oldest = pos
+            if watch:  # RX auto: a run of nearly empty blocks means a low rate
+                if left < SPARSE_FRAMES and status[(boff + BLOCK_STATUS) >> 2] & (
+                    TP_STATUS_BLK_TMO
+                ):
+                    self.sparse_blocks += 1
+                else:
+                    self.sparse_blocks = 0
         if not left and pos >= 0:  # finished this block: hand it back now
             release.append(block)
             block = block + 1 if block + 1 < nblocks else 0
             pos = -1
         ring.block, ring.pos, ring.left = block, pos, left
-        if moves:
+        delivered = len(sizes)
+        if ready < limit and delivered + oversize >= ready:
+            drained = True  # every frame the ring held is taken: no second look needed
+        if delivered:
             # Read while the block is still ours (it goes back to the kernel below).
             sec, nsec = RX_STAMP.unpack_from(rview, oldest + RX_STAMP_AT)
-            self.rx_data.copy_frames_in(rview, moves)
+            self.rx_data.copy_into_buffers(rview, good[:delivered], starts, sizes)
         for b in release:
             status[(b * bsize + BLOCK_STATUS) >> 2] = 0
         if oversize:
@@ -492,17 +521,41 @@ class DataPath:
             self.ratelog.warn(
                 "rx_oversize", f"dropped {oversize} frame(s) larger than {NET_BUFFER_SIZE} bytes"
             )
-        consumed = k >> 1
+        ios: Sequence[int]
+        firsts: Sequence[int]
+        if usable is None:
+            consumed = delivered if drained else n
+            ios, firsts = words[0 : 2 * delivered : 2], words[1 : 2 * delivered : 2]
+        else:
+            consumed = usable[delivered] if delivered < len(usable) else n
+            self._bad_rx(words, usable, consumed)
+            ios = [words[2 * k] for k in usable[:delivered]]
+            firsts = [words[2 * k + 1] for k in usable[:delivered]]
         if consumed:
             free.advance(consumed)
-        delivered = len(out) >> 1
         if delivered:
+            out: list[int] = [0] * (2 * delivered)
+            out[0::2] = ios
+            # The len goes in the low 16 bits; the reserved bits above are kept (with_len).
+            out[1::2] = sizes if max(firsts) <= DESC_LEN_MASK else map(or_, map(
+                and_, firsts, repeat(~DESC_LEN_MASK)), sizes)  # fmt: skip
             active.put_words(out)
             active.commit(delivered)
             stats.rx_latency.add(time.time_ns() - sec * 1_000_000_000 - nsec, delivered)
             stats.rx_frames += delivered
-            stats.rx_bytes += nbytes
+            stats.rx_bytes += sum(sizes)
         return delivered, drained
+
+    def _bad_rx(self, words: Sequence[int], usable: list[int], consumed: int) -> None:
+        """Count and log the rx_free descriptors among the first `consumed` that are not
+        our buffers' starts (`usable` lists the good ones): consumed, never used."""
+        good = set(usable)
+        for k in range(consumed):
+            if k not in good:
+                self.stats.rx_bad_descriptor += 1
+                self.ratelog.warn(
+                    "rx_bad", f"rx_free descriptor {words[2 * k]:#x} is not an RX buffer"
+                )
 
     # ------------------------------------------------------------------ TX
 
@@ -534,9 +587,12 @@ class DataPath:
                 stats.bad_queue_index += 1
                 self.ratelog.warn("tx_free_index", "tx_free head is beyond our tail")
                 space = 0
-            n = min(avail, space, self.batch)
-            if ring is not None:
-                n = min(n, len(ring.slots))  # one pass round the TX ring per send
+            # min() parses keywords: a comparison is cheaper on a path run per wake-up.
+            n = avail if avail < space else space
+            if n > self.batch:
+                n = self.batch
+            if ring is not None and n > len(ring.slots):
+                n = len(ring.slots)  # one pass round the TX ring per send
             if n:
                 returned = self._tx_ring_batch(n) if ring else self._tx_batch(n)
                 if returned:
@@ -634,8 +690,10 @@ class DataPath:
         assert ring is not None
         active, free, stats = self.tx_active, self.tx_free, self.stats
         words = active.peek_words(n)
+        if self._tx_ring_fast(ring, words, n):
+            return n
         clients = self.tx_clients
-        rview, status, half, slots = ring.view, ring.status, ring.half, ring.slots
+        rview, status, slots = ring.view, ring.status, ring.slots
         nslots = len(slots)
         nxt = ring.next
         # The region of the last descriptor's client, most often the next one's too: one
@@ -681,11 +739,7 @@ class DataPath:
                 queued += slots[: first + count - nslots]
             self.tx_data.copy_frames_out(rview, moves)
             if self.fill_tx_checksums:
-                for slot in queued:
-                    size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
-                    stats.tx_checksums_filled += fill_checksums(
-                        rview[slot + mac : slot + mac + size]
-                    )
+                self._fill_ring_checksums(ring, queued)
             ring.next = nxt
             ring.pending += queued
             stats.tx_frames += len(queued)
@@ -705,6 +759,71 @@ class DataPath:
         if ring.pending:
             self._tx_flush(ring)
         return returned
+
+    def _tx_ring_fast(self, ring: TxRing, words: tuple[int, ...], n: int) -> bool:
+        """All n descriptors at once, when the batch is the usual one: each a whole buffer
+        of a client, the frame at its start with 1..2048 bytes, and the next n ring slots
+        free. Returns False, having changed nothing, when any of that does not hold; the
+        per-descriptor loop then decides frame by frame.
+
+        The checks are batch operations at C speed (one table lookup per descriptor,
+        min/max of the len words, which also rules out reserved bits), each slot header
+        field is one strided store for the whole run of slots, and the copies are one
+        devmem call per run: the only per-frame Python left is the copy itself.
+        """
+        stride = ring.stride
+        lens = words[1::2]
+        if not stride or min(lens) < 1 or max(lens) > NET_BUFFER_SIZE:
+            return False
+        try:
+            offsets = list(map(self.tx_buffers.__getitem__, words[0::2]))
+        except KeyError:
+            return False
+        status, half, slots = ring.status, ring.half, ring.slots
+        first, nslots = ring.next, len(slots)
+        head = n if n < nslots - first else nslots - first  # to the ring's end, then from 0
+        runs = ((first, 0, head), (0, head, n - head))
+        words_per_slot, halves_per_slot = stride >> 2, stride >> 1
+        for slot, _, count in runs:
+            at = slot * words_per_slot
+            if count and any(status[at : at + count * words_per_slot : words_per_slot]):
+                return False  # a slot the kernel still holds: the loop stops there
+        copy_out, view = self.tx_data.copy_buffer_heads_out, ring.view
+        for slot, done, count in runs:
+            if not count:
+                continue
+            part = lens[done : done + count]
+            copy_out(view, slot * stride + TX_DATA, stride, offsets[done : done + count], max(part))
+            # tp_len, tp_snaplen, tp_mac (the frame starts the data area: its buffer's
+            # start is 16-byte aligned), then tp_status; the kernel reads a slot only
+            # inside send().
+            at, end = slot * words_per_slot, (slot + count) * words_per_slot
+            sizes = array("I", part)
+            status[at + 1 : end + 1 : words_per_slot] = sizes
+            status[at + 2 : end + 2 : words_per_slot] = sizes
+            h = slot * halves_per_slot + 6
+            half[h : h + count * halves_per_slot : halves_per_slot] = array("H", (TX_DATA,)) * count
+            status[at:end:words_per_slot] = array("I", (TP_STATUS_SEND_REQUEST,)) * count
+        queued = slots[first : first + head] + slots[: n - head]
+        if self.fill_tx_checksums:
+            self._fill_ring_checksums(ring, queued)
+        ring.next = (first + n) % nslots
+        ring.pending += queued
+        stats = self.stats
+        stats.tx_frames += n
+        stats.tx_bytes += sum(lens)
+        self.tx_active.advance(n)
+        self.tx_free.put_words(words)
+        self.tx_free.commit(n)
+        self._tx_flush(ring)
+        return True
+
+    def _fill_ring_checksums(self, ring: TxRing, queued: list[int]) -> None:
+        """--fill-tx-checksums: the checksums of the frames just placed in these slots."""
+        status, half, view, stats = ring.status, ring.half, ring.view, self.stats
+        for slot in queued:
+            size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
+            stats.tx_checksums_filled += fill_checksums(view[slot + mac : slot + mac + size])
 
     def _tx_flush(self, ring: TxRing) -> None:
         """One non-blocking send for every requested slot; account for what it left.

@@ -243,6 +243,60 @@ class DeviceMemory:
                 )
             dst[d : d + end - start] = mv[start:end]
 
+    # Whole-batch copies for frames that start at their buffer's start (what sDDF clients
+    # and virt_rx hand over). The offsets are checked as a batch (min/max) plus one
+    # bit test each, and the window is the same for every frame, so the per-frame work is
+    # the copy itself.
+
+    def copy_buffer_heads_out(
+        self, dst: memoryview, at: int, stride: int, offsets: Sequence[int], length: int
+    ) -> None:
+        """The first `length` bytes (rounded up to 16) of each buffer starting at
+        offsets[i], to dst[at + i * stride:] (ordinary memory, e.g. TX ring slots)."""
+        if not offsets:
+            return
+        width = (length + _PAD) & ~_PAD
+        if width > NET_BUFFER_SIZE or min(offsets) < 0 or max(offsets) + width > self.size:
+            raise DeviceMemoryError(
+                f"{self.name}: {len(offsets)} buffer copies of {length} bytes between "
+                f"{min(offsets):#x} and {max(offsets):#x} leave the region"
+            )
+        mv = self._mv
+        for src in offsets:
+            if src & _BUF_MASK:
+                raise DeviceMemoryError(f"{self.name}: {src:#x} is not a buffer's start")
+            dst[at : at + width] = mv[src : src + width]
+            at += stride
+
+    def copy_into_buffers(
+        self, src: memoryview, offsets: Sequence[int], starts: Sequence[int], lengths: Sequence[int]
+    ) -> None:
+        """Frame i, `lengths[i]` bytes at src[starts[i]:] (ordinary memory, e.g. an RX
+        ring), into the buffer starting at offsets[i], padded to 16 bytes from the source
+        (the ring's slack) or with zeros where the source ends. The window is each
+        frame's own: a longer one would carry other frames' bytes into the buffer."""
+        if not offsets:
+            return
+        if min(offsets) < 0 or max(offsets) + NET_BUFFER_SIZE > self.size:
+            raise DeviceMemoryError(
+                f"{self.name}: buffers between {min(offsets):#x} and {max(offsets):#x} "
+                "leave the region"
+            )
+        mv, srclen = self._mv, len(src)
+        if not len(offsets) == len(starts) == len(lengths):
+            raise DeviceMemoryError(f"{self.name}: sources do not match the buffers")
+        for dst, s, n in zip(offsets, starts, lengths, strict=False):  # checked above
+            width = (n + _PAD) & ~_PAD
+            if dst & _BUF_MASK or not 0 <= width <= NET_BUFFER_SIZE:
+                raise DeviceMemoryError(
+                    f"{self.name}: frame copy of {n} bytes to {dst:#x} is not an aligned "
+                    "window inside one buffer"
+                )
+            if s + width <= srclen:
+                mv[dst : dst + width] = src[s : s + width]
+            else:
+                mv[dst : dst + width] = bytes(src[s : s + n]).ljust(width, b"\0")
+
 
 class FaultDoorbell:
     """Guest->VMM notification: one store to a page the VMM left unmapped in stage 2."""

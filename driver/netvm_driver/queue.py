@@ -119,7 +119,7 @@ class Consumer:
         """
         ring = self.ring
         slot = self.head & ring.mask
-        first = min(n, ring.capacity - slot)
+        first = n if n < ring.capacity - slot else ring.capacity - slot
         words = ring.mem.load_descs(QUEUE_HEADER_SIZE + DESC_SIZE * slot, first)
         if first < n:
             words += ring.mem.load_descs(QUEUE_HEADER_SIZE, n - first)
@@ -159,7 +159,7 @@ class Producer:
         ring = self.ring
         n = len(words) >> 1
         slot = self.tail & ring.mask
-        first = min(n, ring.capacity - slot)
+        first = n if n < ring.capacity - slot else ring.capacity - slot
         ring.mem.store_descs(QUEUE_HEADER_SIZE + DESC_SIZE * slot, words[: 2 * first])
         if first < n:
             ring.mem.store_descs(QUEUE_HEADER_SIZE, words[2 * first :])

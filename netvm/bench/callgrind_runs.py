@@ -84,15 +84,14 @@ def callgrind_command(which: str, tools: Tools, opts: BenchOptions, out_dir: Pat
     under valgrind (tens of times slower) would not be the one it picks natively."""
     vg = " ".join(shlex.quote(a) for a in callgrind.valgrind_prefix(out_dir))
     pin = f"taskset -c {DRIVER_CPU}"
-    python = shlex.quote(sys.executable)
     if which == "ours":
         args = list(opts.driver_args)
         if not any(a.startswith("--rx-mode") for a in args):
             args = ["--rx-mode", "ring", *args]
         extra = " ".join(shlex.quote(a) for a in args)
-        return f"{pin} {vg} {python} -m netvm_driver {extra}"
+        return f"{pin} {vg} {shlex.quote(opts.python)} -m netvm_driver {extra}"
     return (
-        f"{pin} {python} {shlex.quote(str(tools.launcher))} {vg} -- "
+        f"{pin} {shlex.quote(sys.executable)} {shlex.quote(str(tools.launcher))} {vg} -- "
         f"{shlex.quote(str(tools.baseline))}"
     )
 

@@ -1,9 +1,10 @@
 """The figures beside the measurements: the machine they ran on and the build's.
 
-Owns: ``machine_info`` (CPU model and count, kernel, Python, compiler, load average,
-autogroup), recorded because absolute CPU figures depend on them; and ``build_figures``
-(image and initramfs sizes and step times from the build manifest; with
-``--build-figures`` a timed no-op build and a driver-only-change rebuild).
+Owns: ``machine_info`` (CPU model and count, kernel, Python (the bench's and the one
+running ours), compiler, load average, autogroup), recorded because absolute CPU figures
+depend on them; and ``build_figures`` (image and initramfs sizes and step times from the
+build manifest; with ``--build-figures`` a timed no-op build and a driver-only-change
+rebuild).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from netvm.core.progress import Progress
 from netvm.core.workspace import Workspace
 
 
-def machine_info(tools: Tools) -> dict[str, Any]:
+def python_version(python: str) -> str:
+    """The version of the interpreter at `python` (the one running ours)."""
+    proc = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() or "unknown"
+
+
+def machine_info(tools: Tools, driver_python: str = sys.executable) -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,6 +48,7 @@ def machine_info(tools: Tools) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "driver_python": {"path": driver_python, "version": python_version(driver_python)},
         "compiler": tools.compiler,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "autogroup": autogroup,

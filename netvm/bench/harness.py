@@ -71,7 +71,7 @@ def run_bench(opts: BenchOptions, root: Path, progress: Progress = silent) -> di
         try:
             tools = build_tools(root)
             raise_priority(os.getpid())
-            machine = machine_info(tools)
+            machine = machine_info(tools, opts.python)
             started = time.time()
             with pinned(PEER_CPU):
                 for r in range(opts.rounds):

@@ -128,11 +128,17 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
     ]
 
 
+def driver_python_line(machine: dict[str, Any]) -> str:
+    py = machine.get("driver_python") or {}
+    return f"{py.get('path', '?')} (Python {py.get('version', '?')})"
+
+
 def report(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
         f"netvm bench: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, Python {m['python']}, "
         f"{m['compiler']}; {doc['options']['rounds']} round(s), {doc['seconds']} s",
+        f"ours ran under {driver_python_line(m)}",
         "",
         doc["table"],
         "",

@@ -33,7 +33,7 @@ def driver_command(which: str, tools: Tools, opts: BenchOptions) -> str:
     pin = f"taskset -c {DRIVER_CPU}"
     if which == "ours":
         extra = " ".join(shlex.quote(a) for a in opts.driver_args)
-        return f"{pin} {shlex.quote(sys.executable)} -m netvm_driver {extra}".rstrip()
+        return f"{pin} {shlex.quote(opts.python)} -m netvm_driver {extra}".rstrip()
     return (
         f"{pin} {shlex.quote(sys.executable)} {shlex.quote(str(tools.launcher))} "
         f"{shlex.quote(str(tools.baseline))}"
