@@ -184,6 +184,11 @@ def test_quick_bench_end_to_end_writes_the_required_json(
     else:
         assert drv["rx"]["samples"] > 0 and drv["tx"]["samples"] > 0
     assert data["instructions_per_frame"] is None and data["soak"] is None
+    # The host's wake-up floor: a C reader saw the pings, each after a positive delay.
+    wake = data["wake_floor_us"]
+    assert wake["count"] == opts.ping_count and 0 < wake["min_us"] <= wake["p50_us"]
+    assert wake["p50_us"] <= wake["p99_us"] <= wake["max_us"]
+    assert "host wake-up floor" in report(doc)
     assert data["latency_us"]["p50"] == data["latency_us"]["p50"]  # a number, not NaN
     assert isinstance(data["latency_us"]["p99"], float)
     assert data["machine"]["cpus"] >= 2 and data["build"]["measured"] is False

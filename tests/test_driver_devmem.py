@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -131,11 +133,30 @@ def test_no_view_of_a_map_is_handed_out() -> None:
     # view of the map would let the kernel (or memcpy) touch it unaligned.
     public = {n for n in dir(DeviceMemory) if not n.startswith("_")}
     assert public == {
-        "copy_buffer_heads_out", "copy_frame_in", "copy_frame_out", "copy_frames_in",
-        "copy_frames_out", "copy_into_buffers", "load16", "load32", "load64", "load_desc",
-        "load_descs", "load_words",
-        "name", "size", "store16", "store32", "store64", "store_desc", "store_descs",
+        "cell16", "cell32", "copy_buffer_heads_out", "copy_frame_in", "copy_frame_out",
+        "copy_frames_in", "copy_frames_out", "copy_into_buffers", "load16", "load32",
+        "load64", "load_desc", "load_descs", "load_words", "name", "size", "store16",
+        "store32", "store64", "store_desc", "store_descs",
     }  # fmt: skip
+
+
+def test_cells_are_single_aligned_words_checked_once() -> None:
+    buf, m = mem(0)
+    load, store = m.cell16(2)
+    store(0xBEEF)
+    assert buf[2:4] == (0xBEEF).to_bytes(2, sys.byteorder) and load() == 0xBEEF
+    load32, store32 = m.cell32(4)
+    store32(0x01020304)
+    assert load32() == 0x01020304 and buf[:2] == b"\0\0" and buf[8:12] == bytes(4)
+    with pytest.raises(ValueError):
+        store(0x10000)  # does not fit 16 bits: refused, nothing written
+    assert load() == 0xBEEF
+    for bad in (m.cell16, m.cell32):
+        for offset in (1, -2, REGION, REGION - 1):
+            with pytest.raises(DeviceMemoryError):
+                bad(offset)
+    with pytest.raises(DeviceMemoryError):
+        m.cell32(2)
 
 
 def test_word_reads_are_aligned_and_bounded() -> None:

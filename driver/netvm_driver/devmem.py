@@ -31,7 +31,10 @@ from .abi import NET_BUFFER_SIZE
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
     import mmap
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from functools import partial
+else:
+    from _functools import partial  # not functools.py: see docs/driver.md, "Start-up"
 
 COPY_ALIGN = 16
 _PAD = COPY_ALIGN - 1
@@ -126,6 +129,24 @@ class DeviceMemory:
         if offset & 7 or offset < 0:
             raise DeviceMemoryError(f"{self.name}: misaligned 64-bit store at {offset:#x}")
         self._q[offset >> 3] = value
+
+    def cell16(self, offset: int) -> tuple[Callable[[], int], Callable[[int], None]]:
+        """One aligned 16-bit word as (load, store) callables, checked once here.
+
+        Each call is the same single aligned access as load16/store16, made by C code
+        (a partial of the cast view's item access): no interpreter frame per access, for
+        the queue indices read and published on every wake-up. A store of a value that
+        does not fit raises, as memoryview does.
+        """
+        if offset & 1 or not 0 <= offset < self.size - 1:
+            raise DeviceMemoryError(f"{self.name}: misaligned 16-bit cell at {offset:#x}")
+        return partial(self._h.__getitem__, offset >> 1), partial(self._h.__setitem__, offset >> 1)
+
+    def cell32(self, offset: int) -> tuple[Callable[[], int], Callable[[int], None]]:
+        """One aligned 32-bit word as (load, store) callables: as cell16."""
+        if offset & 3 or not 0 <= offset < self.size - 3:
+            raise DeviceMemoryError(f"{self.name}: misaligned 32-bit cell at {offset:#x}")
+        return partial(self._i.__getitem__, offset >> 2), partial(self._i.__setitem__, offset >> 2)
 
     def load_desc(self, offset: int) -> tuple[int, int]:
         """The two 64-bit words of a descriptor (io_or_offset; len and reserved bits)."""

@@ -120,6 +120,7 @@ class EventLoop:
         interval = self.stats_interval if self.stats_path else None
         next_stats = time.monotonic() + interval if interval else None
         stopping = False
+        last_flags = (dp.rx_starved, dp.tx_blocked)
         while not stopping:
             timeout = -1.0 if next_stats is None else max(0.0, next_stats - time.monotonic())
             rx = tx = False
@@ -151,8 +152,12 @@ class EventLoop:
                 dp.process_tx(woken)
             if rx:
                 dp.process_rx()
-            want = dp.interest()
-            if want != interest:
+            # The interest depends only on these two flags: rebuild it when they change,
+            # not on every wake-up.
+            flags = (dp.rx_starved, dp.tx_blocked)
+            if flags != last_flags:
+                last_flags = flags
+                want = dp.interest()
                 for fd, events in want.items():
                     if events != interest[fd]:
                         ep.modify(fd, events)

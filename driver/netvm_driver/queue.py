@@ -55,9 +55,26 @@ def check_capacity(capacity: int, region_size: int, name: str) -> None:
 
 
 class Ring:
-    """One queue (header and descriptors) in a shared region."""
+    """One queue (header and descriptors) in a shared region.
 
-    __slots__ = ("capacity", "mask", "mem", "name")
+    The header words are devmem cells: ``load_tail()``, ``load_head()``, ``store_tail(v)``
+    and ``store_head(v)`` are single aligned accesses made without an interpreter frame
+    (they run several times on every wake-up). A store takes a value already reduced to
+    16 bits (a larger one raises); ``publish_*`` reduce it first.
+    """
+
+    __slots__ = (
+        "_load_signal",
+        "_store_signal",
+        "capacity",
+        "load_head",
+        "load_tail",
+        "mask",
+        "mem",
+        "name",
+        "store_head",
+        "store_tail",
+    )
 
     def __init__(self, mem: DeviceMemory, capacity: int, name: str | None = None) -> None:
         self.name = name or mem.name
@@ -65,28 +82,25 @@ class Ring:
         self.mem = mem
         self.capacity = capacity
         self.mask = capacity - 1
-
-    def load_tail(self) -> int:
-        return self.mem.load16(QUEUE_TAIL)
-
-    def load_head(self) -> int:
-        return self.mem.load16(QUEUE_HEAD)
+        self.load_tail, self.store_tail = mem.cell16(QUEUE_TAIL)
+        self.load_head, self.store_head = mem.cell16(QUEUE_HEAD)
+        self._load_signal, self._store_signal = mem.cell32(QUEUE_CONSUMER_SIGNALLED)
 
     def publish_tail(self, tail: int) -> None:
-        self.mem.store16(QUEUE_TAIL, tail & INDEX_MASK)
+        self.store_tail(tail & INDEX_MASK)
 
     def publish_head(self, head: int) -> None:
-        self.mem.store16(QUEUE_HEAD, head & INDEX_MASK)
+        self.store_head(head & INDEX_MASK)
 
     def request_signal(self) -> None:
         """Consumer: "signal me when you add work" (consumer_signalled = 0)."""
-        self.mem.store32(QUEUE_CONSUMER_SIGNALLED, 0)
+        self._store_signal(0)
 
     def cancel_signal(self) -> None:
-        self.mem.store32(QUEUE_CONSUMER_SIGNALLED, 1)
+        self._store_signal(1)
 
     def signal_required(self) -> bool:
-        return self.mem.load32(QUEUE_CONSUMER_SIGNALLED) == 0
+        return self._load_signal() == 0
 
     def slot_offset(self, index: int) -> int:
         return QUEUE_HEADER_SIZE + DESC_SIZE * (index & self.mask)
@@ -128,7 +142,7 @@ class Consumer:
     def advance(self, n: int) -> None:
         """Dequeue n entries: one head publish."""
         self.head = (self.head + n) & INDEX_MASK
-        self.ring.publish_head(self.head)
+        self.ring.store_head(self.head)
 
 
 class Producer:
@@ -168,7 +182,7 @@ class Producer:
     def commit(self, n: int) -> None:
         """Publish n written entries: the descriptors are complete before the tail moves."""
         self.tail = (self.tail + n) & INDEX_MASK
-        self.ring.publish_tail(self.tail)
+        self.ring.store_tail(self.tail)
 
 
 def with_len(word1: int, length: int) -> int:

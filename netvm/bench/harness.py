@@ -35,6 +35,7 @@ from netvm.bench.rounds import one_round, raise_priority
 from netvm.bench.soak import soak_run
 from netvm.bench.summary import summarize, targets
 from netvm.bench.tools import build_tools
+from netvm.bench.wakefloor import wake_floor
 from netvm.core.errors import Interrupted, UserError
 from netvm.core.progress import Progress, silent
 from netvm.sim.netns import require_root
@@ -67,6 +68,7 @@ def run_bench(opts: BenchOptions, root: Path, progress: Progress = silent) -> di
     rounds: list[dict[str, dict[str, Any]]] = []
     cg_runs: dict[str, dict[str, Any]] = {}
     soak: dict[str, Any] | None = None
+    wake: dict[str, Any] | None = None
     with sigterm_as_interrupt():
         try:
             tools = build_tools(root)
@@ -80,6 +82,8 @@ def run_bench(opts: BenchOptions, root: Path, progress: Progress = silent) -> di
                     rounds.append(
                         {which: one_round(which, tools, opts, root, step) for which in order}
                     )
+                step("wake-up floor: a C reader blocked in recvmsg, pinged")
+                wake = wake_floor(tools, opts)
                 if opts.callgrind_frames > 0:
                     if not callgrind.available():
                         raise UserError(
@@ -120,12 +124,13 @@ def run_bench(opts: BenchOptions, root: Path, progress: Progress = silent) -> di
         "echo_1514": summary["echo_1514"],
         "latency_us": summary["latency_us"],
         "driver_latency_us": summary["driver_latency_us"],
+        "wake_floor_us": wake,
         "instructions_per_frame": (
             summarize_callgrind(cg_runs, opts.callgrind_frames) if cg_runs else None
         ),
         "soak": soak,
         "medians": summary["medians"],
-        "targets": targets(summary, soak),
+        "targets": targets(summary, soak, wake),
         "build": build_figures(root, opts.board, opts.build_figures, progress),
         "rounds": rounds,
     }

@@ -128,6 +128,14 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
     ]
 
 
+def wake_line(wake: dict[str, Any], interval_s: float) -> str:
+    return (
+        f"host wake-up floor (a C reader blocked in recvmsg, kernel timestamp to running, "
+        f"{1 / interval_s:.0f} pings/s, {wake['count']} frames): p50 {wake['p50_us']} µs, "
+        f"p99 {wake['p99_us']} µs, min {wake['min_us']} µs"
+    )
+
+
 def driver_python_line(machine: dict[str, Any]) -> str:
     py = machine.get("driver_python") or {}
     return f"{py.get('path', '?')} (Python {py.get('version', '?')})"
@@ -143,6 +151,9 @@ def report(doc: dict[str, Any]) -> str:
         doc["table"],
         "",
     ]
+    wake = doc.get("wake_floor_us")
+    if wake and wake.get("count"):
+        lines += [wake_line(wake, doc["options"]["ping_interval_s"]), ""]
     if doc.get("callgrind_table"):
         lines += [doc["callgrind_table"], ""]
     if doc.get("soak"):

@@ -121,8 +121,13 @@ def _rate_target(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def targets(summary: dict[str, Any], soak: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Each target met (True), missed (False) or not measured (None)."""
+def targets(
+    summary: dict[str, Any],
+    soak: dict[str, Any] | None = None,
+    wake: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Each target met (True), missed (False) or not measured (None). `wake` is the
+    host's wake-up floor (wakefloor.py), given beside the driver's RX latency."""
     out = [
         {"target": name, "need": f">= {need}x", "got": summary["ratios"][key],
          "met": summary["ratios"][key] >= need}
@@ -146,6 +151,8 @@ def targets(summary: dict[str, Any], soak: dict[str, Any] | None = None) -> list
         else (f"RX p50 {drv['rx']['p50']}, p99 {drv['rx']['p99']}; "
               f"TX p50 {drv['tx']['p50']}, p99 {drv['tx']['p99']}")
     )  # fmt: skip
+    if wake and wake.get("count"):
+        got += f" (host wake-up floor p50 {wake['p50_us']}, p99 {wake['p99_us']})"
     out.append(
         {"target": "driver latency at low load (RX kernel to publish, TX doorbell to send): "
          "p50 <= 50 us, p99 <= 500 us", "need": "p50 <= 50, p99 <= 500", "got": got,

@@ -1,9 +1,10 @@
 """The benchmark's C programs: compiled with the host's gcc at bench time, cached by hash.
 
-Owns: compiling gen.c (the traffic generator) and baseline.c (the upstream-style C
-driver) from this package's directory into ``build/bench/``; the binary's name carries
-the hash of its source and flags, so an edited source is recompiled and an unchanged one
-is not. Needs gcc (./bootstrap installs it).
+Owns: compiling gen.c (the traffic generator), baseline.c (the upstream-style C
+driver) and wake.c (the wake-up floor probe) from this package's directory into
+``build/bench/``; the binary's name carries the hash of its source and flags, so an
+edited source is recompiled and an unchanged one is not. Needs gcc (./bootstrap
+installs it).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ HERE = Path(__file__).resolve().parent
 # -fno-tree-loop-distribute-patterns keeps the baseline's byte-wise copies byte-wise
 # (gcc may otherwise turn such a loop into a memcpy call).
 CFLAGS = ("-O2", "-fno-tree-loop-distribute-patterns", "-Wall", "-Wextra")
-SOURCES = {"gen": "gen.c", "baseline": "baseline.c"}
+SOURCES = {"gen": "gen.c", "baseline": "baseline.c", "wake": "wake.c"}
 
 
 @dataclass(frozen=True)
 class Tools:
     gen: Path
     baseline: Path
+    wake: Path
     launcher: Path
     compiler: str
 
@@ -59,6 +61,7 @@ def build_tools(root: Path, cc: str = "gcc") -> Tools:
     return Tools(
         gen=compile_tool("gen", out_dir, cc),
         baseline=compile_tool("baseline", out_dir, cc),
+        wake=compile_tool("wake", out_dir, cc),
         launcher=HERE / "launch_baseline.py",
         compiler=compiler_version(cc) or cc,
     )
