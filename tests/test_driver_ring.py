@@ -363,17 +363,23 @@ def test_tx_ring_sends_frames_byte_exact_and_returns_the_same_descriptors(env: E
     assert env.conserved()["ok"]
 
 
-def test_usual_tx_batches_take_the_batched_path_and_wrap_round_the_ring(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def batched(env: Env, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each TX batch took the batched path (DataPath._tx_ring_fast's answers)."""
     taken: list[bool] = []
     real = env.path._tx_ring_fast
     monkeypatch.setattr(env.path, "_tx_ring_fast", lambda *a: taken.append(real(*a)) or taken[-1])
+    return taken
+
+
+def test_usual_tx_batches_take_the_batched_path_and_wrap_round_the_ring(
+    env: Env, batched: list[bool]
+) -> None:
     env.tx.next = len(env.tx.slots) - 2  # the batch wraps round the ring's end
     sizes = [60, 1514, 61, 2048, 17]
     queued = echo_to_tx_active(env, sizes)
     env.path.process_tx()
-    assert taken == [env.tx.stride > 0]  # the per-slot loop only for a ring with slack
+    assert batched == [env.tx.stride > 0]  # the per-slot loop only for a ring with slack
     assert env.tx_sock.sent == [frame(i, n) for i, n in enumerate(sizes)]
     assert [env.virt.tx_free.read(k) for k in range(len(sizes))] == queued
     assert env.tx.next == 3 and env.path.tx_ring.pending == []  # type: ignore[union-attr]
@@ -382,16 +388,13 @@ def test_usual_tx_batches_take_the_batched_path_and_wrap_round_the_ring(
 
 
 def test_a_tx_batch_with_one_unusual_descriptor_is_placed_frame_by_frame(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, batched: list[bool]
 ) -> None:
-    taken: list[bool] = []
-    real = env.path._tx_ring_fast
-    monkeypatch.setattr(env.path, "_tx_ring_fast", lambda *a: taken.append(real(*a)) or taken[-1])
     echo_to_tx_active(env, [60])
     env.virt.inject_tx_active("oversize")
     echo_to_tx_active(env, [70])
     env.path.process_tx()
-    assert taken == [False]
+    assert batched == [False]
     assert env.stats.tx_bad_descriptor == 1 and len(env.tx_sock.sent) == 2
     assert env.conserved()["ok"]
 
