@@ -13,6 +13,7 @@ import functools
 import http.server
 import importlib.util
 import io
+import mmap
 import os
 import re
 import select
@@ -373,10 +374,15 @@ class SpyMemory(DeviceMemory):
         super().copy_buffer_heads_out(dst, at, stride, offsets, length)
 
     def copy_into_buffers(
-        self, src: memoryview, offsets: Sequence[int], starts: Sequence[int], lengths: Sequence[int]
+        self,
+        src: memoryview,
+        offsets: Sequence[int],
+        starts: Sequence[int],
+        lengths: Sequence[int],
+        small: mmap.mmap | bytearray | None = None,
     ) -> None:
         self.ins += zip(offsets, starts, lengths, strict=True)
-        super().copy_into_buffers(src, offsets, starts, lengths)
+        super().copy_into_buffers(src, offsets, starts, lengths, small)
 
 
 @dataclass

@@ -66,9 +66,9 @@ def heads_out(self, dst, at, stride, offsets, length):
     rec["out"] += [(self.name, off, length) for off in offsets]
     return real["copy_buffer_heads_out"](self, dst, at, stride, offsets, length)
 
-def into_buffers(self, src, offsets, starts, lengths):
+def into_buffers(self, src, offsets, starts, lengths, small=None):
     rec["in"] += [(self.name, off, n) for off, n in zip(offsets, lengths)]
-    return real["copy_into_buffers"](self, src, offsets, starts, lengths)
+    return real["copy_into_buffers"](self, src, offsets, starts, lengths, small)
 
 spies = {{"copy_buffer_heads_out": heads_out, "copy_into_buffers": into_buffers,
          "__init__": init, "copy_frame_in": frame_in, "copy_frame_out": frame_out,

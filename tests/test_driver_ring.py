@@ -529,22 +529,25 @@ def test_copy_buffer_heads_out_reads_whole_aligned_windows_from_buffer_starts(
         max_size=4,
         unique_by=lambda m: m[0],
     ),
+    through_object=st.booleans(),
 )
 def test_copy_into_buffers_writes_padded_windows_at_buffer_starts_only(
-    moves: list[tuple[int, int, int]],
+    moves: list[tuple[int, int, int]], through_object: bool
 ) -> None:
     buf = bytearray(b"\xaa") * (4 * 2048)
     mem = DeviceMemory("t", buf)
-    src = memoryview(bytes(range(256)) * 16)
+    ring = bytearray(bytes(range(256)) * 16)
+    src = memoryview(ring)
+    small = ring if through_object else None  # short windows read by slicing the object
     offsets, starts, lengths = (list(c) for c in zip(*moves, strict=True))
     ok = all(0 <= o <= len(buf) - 2048 and o % 2048 == 0 for o in offsets) and all(
         n <= 2048 for n in lengths
     )
     if not ok:
         with pytest.raises(DeviceMemoryError):
-            mem.copy_into_buffers(src, offsets, starts, lengths)
+            mem.copy_into_buffers(src, offsets, starts, lengths, small)
         return
-    mem.copy_into_buffers(src, offsets, starts, lengths)
+    mem.copy_into_buffers(src, offsets, starts, lengths, small)
     for o, s, n in moves:
         width = align16(n)
         window = bytes(src[s : s + width]).ljust(width, b"\0")

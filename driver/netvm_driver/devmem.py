@@ -39,6 +39,10 @@ else:
 COPY_ALIGN = 16
 _PAD = COPY_ALIGN - 1
 _BUF_MASK = NET_BUFFER_SIZE - 1
+# Up to this many bytes, a copy reads the mapped object itself (slicing an mmap gives a
+# bytes object from CPython's small-object allocator, cheaper than a view); a longer
+# window would need malloc and a second copy of the bytes, where a view is cheaper.
+SMALL_COPY = 464
 _WORDS: dict[int, struct.Struct] = {}
 
 
@@ -84,7 +88,7 @@ def padded_window(
 class DeviceMemory:
     """One shared region (a UIO map, or its simulated stand-in)."""
 
-    __slots__ = ("_h", "_i", "_mv", "_q", "name", "size")
+    __slots__ = ("_h", "_i", "_mv", "_q", "_raw", "name", "size")
 
     def __init__(self, name: str, buf: mmap.mmap | bytearray) -> None:
         mv = memoryview(buf)
@@ -93,6 +97,9 @@ class DeviceMemory:
         self.name = name
         self.size = mv.nbytes
         self._mv = mv.cast("B")
+        # Slicing the mmap itself hands back the bytes in one copy without building a
+        # view object: short batched copies out of a map read through it (SMALL_COPY).
+        self._raw = buf
         self._h = self._mv.cast("H")
         self._i = self._mv.cast("I")
         self._q = self._mv.cast("Q")
@@ -274,47 +281,46 @@ class DeviceMemory:
     ) -> None:
         """The first `length` bytes (rounded up to 16) of each buffer starting at
         offsets[i], to dst[at + i * stride:] (ordinary memory, e.g. TX ring slots)."""
-        if not offsets:
-            return
         width = (length + _PAD) & ~_PAD
-        if width > NET_BUFFER_SIZE or min(offsets) < 0 or max(offsets) + width > self.size:
-            raise DeviceMemoryError(
-                f"{self.name}: {len(offsets)} buffer copies of {length} bytes between "
-                f"{min(offsets):#x} and {max(offsets):#x} leave the region"
-            )
-        mv = self._mv
+        if width > NET_BUFFER_SIZE:
+            raise DeviceMemoryError(f"{self.name}: a {length}-byte copy leaves its buffer")
+        last, source = self.size - width, self._raw if width <= SMALL_COPY else self._mv
         for src in offsets:
-            if src & _BUF_MASK:
+            # One test per buffer (no min()/max() passes): a buffer's start, inside the map.
+            if src & _BUF_MASK or not 0 <= src <= last:
                 raise DeviceMemoryError(f"{self.name}: {src:#x} is not a buffer's start")
-            dst[at : at + width] = mv[src : src + width]
+            dst[at : at + width] = source[src : src + width]
             at += stride
 
     def copy_into_buffers(
-        self, src: memoryview, offsets: Sequence[int], starts: Sequence[int], lengths: Sequence[int]
+        self,
+        src: memoryview,
+        offsets: Sequence[int],
+        starts: Sequence[int],
+        lengths: Sequence[int],
+        small: mmap.mmap | bytearray | None = None,
     ) -> None:
         """Frame i, `lengths[i]` bytes at src[starts[i]:] (ordinary memory, e.g. an RX
         ring), into the buffer starting at offsets[i], padded to 16 bytes from the source
         (the ring's slack) or with zeros where the source ends. The window is each
-        frame's own: a longer one would carry other frames' bytes into the buffer."""
-        if not offsets:
-            return
-        if min(offsets) < 0 or max(offsets) + NET_BUFFER_SIZE > self.size:
-            raise DeviceMemoryError(
-                f"{self.name}: buffers between {min(offsets):#x} and {max(offsets):#x} "
-                "leave the region"
-            )
-        mv, srclen = self._mv, len(src)
+        frame's own: a longer one would carry other frames' bytes into the buffer.
+        `small`, the object `src` views (whole, from offset 0), serves the windows of
+        up to SMALL_COPY bytes."""
         if not len(offsets) == len(starts) == len(lengths):
             raise DeviceMemoryError(f"{self.name}: sources do not match the buffers")
+        if small is not None and len(small) != len(src):
+            raise DeviceMemoryError(f"{self.name}: the small-copy source is not the view's")
+        mv, srclen, last = self._mv, len(src), self.size - NET_BUFFER_SIZE
+        short = src if small is None else small
         for dst, s, n in zip(offsets, starts, lengths, strict=False):  # checked above
             width = (n + _PAD) & ~_PAD
-            if dst & _BUF_MASK or not 0 <= width <= NET_BUFFER_SIZE:
+            if dst & _BUF_MASK or not 0 <= dst <= last or not 0 <= width <= NET_BUFFER_SIZE:
                 raise DeviceMemoryError(
                     f"{self.name}: frame copy of {n} bytes to {dst:#x} is not an aligned "
                     "window inside one buffer"
                 )
             if s + width <= srclen:
-                mv[dst : dst + width] = src[s : s + width]
+                mv[dst : dst + width] = (short if width <= SMALL_COPY else src)[s : s + width]
             else:
                 mv[dst : dst + width] = bytes(src[s : s + n]).ljust(width, b"\0")
 
