@@ -272,9 +272,9 @@ class DeviceMemory:
             dst[d : d + end - start] = mv[start:end]
 
     # Whole-batch copies for frames that start at their buffer's start (what sDDF clients
-    # and virt_rx hand over). The offsets are checked as a batch (min/max) plus one
-    # bit test each, and the window is the same for every frame, so the per-frame work is
-    # the copy itself.
+    # and virt_rx hand over): one call per batch, each buffer's offset tested in the copy
+    # loop itself (a buffer's start, inside the region), so the per-frame work is little
+    # more than the copy.
 
     def copy_buffer_heads_out(
         self, dst: memoryview, at: int, stride: int, offsets: Sequence[int], length: int
