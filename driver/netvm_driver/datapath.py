@@ -217,8 +217,9 @@ class DataPath:
         )
         # The io address of every whole buffer -> where it starts in its map. One lookup
         # per descriptor answers "one of ours, at a buffer's start" for a whole batch at C
-        # speed (map(dict.get, ...)); a miss is a bad descriptor on RX, and on TX a frame
-        # the per-descriptor loop must place (inside its buffer, or in no client at all).
+        # speed (map over the dict's item lookup); a miss is a bad descriptor on RX, and
+        # on TX a frame the per-descriptor loop must place (inside its buffer, or in no
+        # client at all).
         self.rx_buffers = buffer_table(self.rx_base, self.rx_data.size, 0)
         self.tx_buffers: dict[int, int] = {}
         for lo, hi, delta in self.tx_clients:
@@ -767,7 +768,8 @@ class DataPath:
         per-descriptor loop then decides frame by frame.
 
         The checks are batch operations at C speed (one table lookup per descriptor,
-        min/max of the len words, which also rules out reserved bits), each slot header
+        max() of the len words, which also rules out reserved bits, and all() for no len
+        0), each slot header
         field is one strided store for the whole run of slots, and the copies are one
         devmem call per run: the only per-frame Python left is the copy itself.
         """
