@@ -359,10 +359,6 @@ class SpyMemory(DeviceMemory):
         self.outs.append((src, 0, length))
         return super().copy_frame_out(src, dst, length)
 
-    def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
-        self.ins += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
-        super().copy_frames_in(src, moves)
-
     def copy_frames_out(self, dst: memoryview, moves: Sequence[int]) -> None:
         self.outs += [tuple(moves[i : i + 3]) for i in range(0, len(moves), 3)]  # type: ignore[misc]
         super().copy_frames_out(dst, moves)

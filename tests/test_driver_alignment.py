@@ -38,7 +38,7 @@ maps = {{}}  # id of each region's buffer -> region name
 rec = {{"in": [], "out": [], "socket_on_map": []}}
 Mem = devmem.DeviceMemory
 real = {{n: getattr(Mem, n) for n in (
-    "__init__", "copy_frame_in", "copy_frame_out", "copy_frames_in", "copy_frames_out",
+    "__init__", "copy_frame_in", "copy_frame_out", "copy_frames_out",
     "copy_buffer_heads_out", "copy_into_buffers")
     if hasattr(Mem, n)}}
 
@@ -54,10 +54,6 @@ def frame_out(self, src, dst, length):
     rec["out"].append((self.name, src, length))
     return real["copy_frame_out"](self, src, dst, length)
 
-def frames_in(self, src, moves):
-    rec["in"] += [(self.name, moves[i], moves[i + 2]) for i in range(0, len(moves), 3)]
-    return real["copy_frames_in"](self, src, moves)
-
 def frames_out(self, dst, moves):
     rec["out"] += [(self.name, moves[i], moves[i + 2]) for i in range(0, len(moves), 3)]
     return real["copy_frames_out"](self, dst, moves)
@@ -72,7 +68,7 @@ def into_buffers(self, src, offsets, starts, lengths, small=None):
 
 spies = {{"copy_buffer_heads_out": heads_out, "copy_into_buffers": into_buffers,
          "__init__": init, "copy_frame_in": frame_in, "copy_frame_out": frame_out,
-         "copy_frames_in": frames_in, "copy_frames_out": frames_out}}
+         "copy_frames_out": frames_out}}
 for n in real:
     setattr(Mem, n, spies[n])
 

@@ -457,26 +457,6 @@ def test_full_tx_ring_waits_for_the_device_and_leaves_frames_queued(env: Env) ->
 
 @settings(max_examples=200)
 @given(
-    dst=st.integers(min_value=0, max_value=4 * 2048 - 1),
-    n=st.integers(min_value=0, max_value=2048),
-)
-def test_copy_frames_in_writes_only_aligned_padded_windows(dst: int, n: int) -> None:
-    buf = bytearray(b"\xaa") * (4 * 2048)
-    mem = DeviceMemory("t", buf)
-    src = memoryview(bytes(range(256)) * 16)
-    end = dst + align16(n)
-    if dst % 16 or end > (dst // 2048 + 1) * 2048:
-        with pytest.raises(DeviceMemoryError):
-            mem.copy_frames_in(src, [dst, 0, n])
-        assert buf == bytearray(b"\xaa") * (4 * 2048)
-        return
-    mem.copy_frames_in(src, [dst, 0, n])
-    assert buf[dst : dst + n] == src[:n]
-    assert buf[:dst] == b"\xaa" * dst and buf[end:] == b"\xaa" * (len(buf) - end)
-
-
-@settings(max_examples=200)
-@given(
     src=st.integers(min_value=0, max_value=4 * 2048 - 1),
     n=st.integers(min_value=1, max_value=2048),
 )
@@ -546,6 +526,8 @@ def test_copy_into_buffers_writes_padded_windows_at_buffer_starts_only(
     if not ok:
         with pytest.raises(DeviceMemoryError):
             mem.copy_into_buffers(src, offsets, starts, lengths, small)
+        if len(moves) == 1:  # a refused copy wrote nothing
+            assert buf == bytearray(b"\xaa") * (4 * 2048)
         return
     mem.copy_into_buffers(src, offsets, starts, lengths, small)
     for o, s, n in moves:

@@ -203,8 +203,8 @@ class DeviceMemory:
     def copy_frame_in(self, dst: int, src: memoryview, length: int) -> None:
         """One frame from the start of `src` (ordinary memory) into the buffer at `dst`.
 
-        As copy_frames_in for a single frame whose source starts at offset 0: the
-        per-frame socket path uses it, one call instead of building a move list.
+        As copy_into_buffers for one frame whose source starts at offset 0, at any 16-byte
+        aligned offset of its buffer: the per-frame socket path uses it.
         """
         end = dst + ((length + _PAD) & ~_PAD)
         if dst & _PAD or not 0 <= dst <= end <= (dst | _BUF_MASK) + 1 or end > self.size:
@@ -229,28 +229,6 @@ class DeviceMemory:
             )
         dst[: end - start] = self._mv[start:end]
         return src - start
-
-    def copy_frames_in(self, src: memoryview, moves: Sequence[int]) -> None:
-        """Copy frames from ordinary memory (a packet ring) into buffers of this region.
-
-        `moves` is flat (dst_offset, src_offset, length) triples. Each copy writes the
-        window [dst, dst + length rounded up to 16): dst must be 16-byte aligned and the
-        window must stay inside dst's 2048-byte buffer and the region. The padding bytes
-        come from the source (the ring's own slack), or are zeros where the source ends.
-        """
-        mv, size, srclen = self._mv, self.size, len(src)
-        it = iter(moves)
-        for dst, s, n in zip(it, it, it, strict=True):
-            end = dst + ((n + _PAD) & ~_PAD)
-            if dst & _PAD or not 0 <= dst <= end <= (dst | _BUF_MASK) + 1 or end > size:
-                raise DeviceMemoryError(
-                    f"{self.name}: frame copy of {n} bytes to {dst:#x} is not an aligned "
-                    "window inside one buffer"
-                )
-            if s + end - dst <= srclen:
-                mv[dst:end] = src[s : s + end - dst]
-            else:
-                mv[dst:end] = bytes(src[s : s + n]).ljust(end - dst, b"\0")
 
     def copy_frames_out(self, dst: memoryview, moves: Sequence[int]) -> None:
         """Copy frames from buffers of this region out to ordinary memory (a packet ring).
