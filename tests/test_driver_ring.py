@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netvm_driver.datapath import DataPath, read_data_passing
-from netvm_driver.devmem import DeviceMemory, DeviceMemoryError
+from netvm_driver.devmem import DeviceMemory, DeviceMemoryError, even_run
 from netvm_driver.log import RateLimitedLog
 from netvm_driver.ring import (
     TP_STATUS_AVAILABLE,
@@ -495,6 +495,90 @@ def test_copy_buffer_heads_out_reads_whole_aligned_windows_from_buffer_starts(
         at = 32 + i * 2112
         assert out[at : at + width] == buf[off : off + width]
         assert out[at + width : at + 2112 - 32] == b"\xaa" * (2080 - width)
+
+
+POOL = 96  # buffers in the region of the strided-copy tests
+
+
+@settings(max_examples=150)
+@given(
+    count=st.integers(min_value=1, max_value=64),
+    first=st.integers(min_value=0, max_value=POOL - 1),
+    step=st.sampled_from([1, 1, 1, 2, 3]),  # in buffers; clients recycle in order: mostly 1
+    n=st.integers(min_value=1, max_value=128),
+)
+def test_evenly_spaced_buffers_copy_out_exactly_as_one_window_each(
+    count: int, first: int, step: int, n: int
+) -> None:
+    # Buffers taken in order round a pool, as a client recycles them: one run, or two
+    # where the batch wraps round the pool. Whichever copy copy_buffer_heads_out picks,
+    # each slot gets its buffer's padded window and nothing else changes.
+    buf = bytearray(os.urandom(POOL * 2048))
+    mem = DeviceMemory("t", buf)
+    offsets = [((first + i * step) % POOL) * 2048 for i in range(count)]
+    out = bytearray(b"\xaa") * (count * 2112 + 64)
+    mem.copy_buffer_heads_out(memoryview(out), 32, 2112, offsets, n)
+    width = align16(n)
+    expect = bytearray(b"\xaa") * len(out)
+    for i, off in enumerate(offsets):
+        expect[32 + i * 2112 : 32 + i * 2112 + width] = buf[off : off + width]
+    assert out == expect
+
+
+def test_a_long_run_of_short_frames_goes_as_strided_words_and_a_wrap_splits_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buf = bytearray(os.urandom(POOL * 2048))
+    mem = DeviceMemory("t", buf)
+    each: list[int] = []
+    real = DeviceMemory._heads_out_each
+
+    def spy(self: DeviceMemory, dst: memoryview, at: int, stride: int, offs: list[int],
+            width: int) -> None:  # fmt: skip
+        each.append(len(offs))
+        real(self, dst, at, stride, offs, width)
+
+    monkeypatch.setattr(DeviceMemory, "_heads_out_each", spy)
+    out = memoryview(bytearray(64 * 2112 + 64))
+    wrapped = [((70 + i) % POOL) * 2048 for i in range(64)]  # 26 before the wrap, 38 after
+    mem.copy_buffer_heads_out(out, 32, 2112, wrapped, 64)
+    assert each == []  # both runs long enough to pay
+    mem.copy_buffer_heads_out(out, 32, 2112, wrapped[:20], 1500)  # too wide: one each
+    mem.copy_buffer_heads_out(out, 32, 2112, wrapped[:4], 64)  # too few to pay
+    # Two clients' runs, the second client's buffers below the first's: both strided.
+    clients = [2048 * (60 + i) for i in range(30)] + [2048 * (10 + i) for i in range(30)]
+    mem.copy_buffer_heads_out(out, 32, 2112, clients, 48)
+    # A run too short to pay (13 at step 2) comes first: from there, one copy each.
+    shuffled = wrapped[:32:2] + wrapped[1:32:2]
+    mem.copy_buffer_heads_out(out, 32, 2112, shuffled, 64)
+    assert each == [20, 4, 32]
+    for i, off in enumerate(shuffled):
+        assert out[32 + i * 2112 : 32 + i * 2112 + 64] == buf[off : off + 64]
+    mem.copy_buffer_heads_out(out, 32, 2112, clients, 48)
+    for i, off in enumerate(clients):
+        assert out[32 + i * 2112 : 32 + i * 2112 + 48] == buf[off : off + 48]
+
+
+def test_even_run_finds_the_longest_evenly_increasing_prefix() -> None:
+    assert even_run([4, 8, 12, 20, 24], 0) == (3, 4, 4)
+    assert even_run([4, 8, 12, 20, 24], 2) == (2, 12, 8)  # any two increasing make a run
+    assert even_run([4, 8, 12, 20, 24], 4) == (1, 24, 0)
+    assert even_run([9, 3, 6], 0) == (1, 9, 0)
+    assert even_run(list(range(0, 400, 4)), 0) == (100, 0, 4)
+    assert even_run([*range(0, 40, 4), 41, *range(44, 100, 4)], 0) == (10, 0, 4)
+
+
+def test_a_strided_run_with_a_bad_start_is_refused_by_the_per_frame_check() -> None:
+    buf = bytearray(POOL * 2048)
+    mem = DeviceMemory("t", buf)
+    out = memoryview(bytearray(64 * 2112 + 64))
+    for offsets in (
+        [16 + 2048 * i for i in range(64)],  # evenly spaced, but not buffer starts
+        [2048 * (POOL - 32 + i) for i in range(64)],  # runs off the region's end
+        [-2048 * 8 + 2048 * i for i in range(64)],  # starts before the region
+    ):
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_buffer_heads_out(out, 32, 2112, offsets, 64)
 
 
 @settings(max_examples=200)

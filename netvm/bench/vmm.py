@@ -112,15 +112,19 @@ class BenchVmm:
             self.rx_free_tail = (self.rx_free_tail + 1) & 0xFFFF
         virt.rx_held.clear()
         self.rx_free.publish_tail(self.rx_free_tail)
-        # TX buffers: as many as tx_active holds, alternating between the clients.
-        per_client = virt.layout.tx_capacity // len(virt.clients)
+        # TX buffers: as many as tx_active holds, shared between the clients and queued
+        # one client's run after the other's, in each client's buffer order, as sDDF's
+        # virt_tx moves them (one client's queue at a time; a client recycles its
+        # buffers in order). The order only matters to ours: runs of evenly spaced
+        # buffers are copied by batch (docs/driver.md).
+        per_client = self.tx_per_client = virt.layout.tx_capacity // len(virt.clients)
         self.tx_buffers = [
             (
                 c.layout.tx_map_offset + k * NET_BUFFER_SIZE,
                 c.layout.tx_io_base + k * NET_BUFFER_SIZE,
             )
-            for k in range(per_client)
             for c in virt.clients
+            for k in range(per_client)
         ]
         self.tx_offset = {io: off for off, io in self.tx_buffers}
         self.tx_pool = list(self.tx_buffers)  # (offset, io) of TX buffers this side holds
@@ -213,7 +217,7 @@ class BenchVmm:
             raise RuntimeError("TX buffers are still with the driver")
         first = self.tx_buffers if budget <= 0 else self.tx_buffers[:budget]
         for i, (off, _) in enumerate(first):
-            c = self.virt.clients[i % len(self.virt.clients)]
+            c = self.virt.clients[i // self.tx_per_client]  # the buffer's own client
             frame = TX_DST_MAC + c.mac + BENCH_ETHERTYPE + i.to_bytes(8, "little")
             frame += bytes((k * 7) & 0xFF for k in range(len(frame), size))
             self.tx_data[off : off + size] = frame
