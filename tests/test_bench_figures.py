@@ -6,6 +6,7 @@ and the targets. No simulation runs here; tests/test_bench.py runs the real thin
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -25,7 +26,7 @@ from netvm.bench.latency import (
 )
 from netvm.bench.launch_baseline import split_wrapper
 from netvm.bench.report import callgrind_table, report, soak_lines, table
-from netvm.bench.soak import rss_summary, soak_warmup
+from netvm.bench.soak import rss_kib, rss_summary, soak_warmup
 from netvm.bench.summary import summarize, targets
 from netvm.bench.vmm import account_buffers
 
@@ -182,6 +183,20 @@ def test_rss_growth_is_measured_after_the_warm_up() -> None:
     grown = rss_summary([(2.0, 20000), (3.0, 21100)], warmup=1.0)
     assert grown["growth_kib"] == 1100 and grown["met"] is False
     assert rss_summary([(0.5, 1)], warmup=1.0)["growth_kib"] is None
+    assert r["growth_parts_kib"] is None  # no parts sampled
+    parts = [(0.5, {"anon": 1, "shmem": 9}), (2.0, {"anon": 5000, "shmem": 3000}),
+             (4.5, {"anon": 5300, "shmem": 3100})]  # fmt: skip
+    split = rss_summary(series, warmup=1.0, parts=parts)["growth_parts_kib"]
+    assert split == {"anon": 300, "shmem": 100}  # after the warm-up, each part its own
+
+
+def test_rss_parts_of_a_live_process_add_up_to_its_rss() -> None:
+    got = rss_kib(os.getpid())
+    assert got is not None
+    total, parts = got
+    assert set(parts) == {"anon", "file", "shmem"} and parts["anon"] > 0
+    assert abs(sum(parts.values()) - total) <= 64  # read in one go; rounding only
+    assert rss_kib(2**22 + 12345) is None  # no such process
     assert soak_warmup(600) == 30.0 and soak_warmup(8) == 2.0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netvm_driver import devmem
 from netvm_driver.datapath import DataPath, read_data_passing
 from netvm_driver.devmem import DeviceMemory, DeviceMemoryError, even_run
 from netvm_driver.log import RateLimitedLog
@@ -557,6 +558,21 @@ def test_a_long_run_of_short_frames_goes_as_strided_words_and_a_wrap_splits_it(
     mem.copy_buffer_heads_out(out, 32, 2112, clients, 48)
     for i, off in enumerate(clients):
         assert out[32 + i * 2112 : 32 + i * 2112 + 48] == buf[off : off + 48]
+
+
+def test_strided_reads_keep_few_structs_and_stay_right_across_many_shapes() -> None:
+    buf = bytearray(os.urandom(POOL * 2048))
+    mem = DeviceMemory("t", buf)
+    out = memoryview(bytearray(POOL * 2112))
+    for count in range(17, POOL, 7):  # runs long enough to pay, ending mid-chunk
+        for n in range(16, 129, 16):
+            offsets = [2048 * i for i in range(count)]
+            mem.copy_buffer_heads_out(out, 32, 2112, offsets, n)
+            assert all(
+                out[32 + i * 2112 : 32 + i * 2112 + n] == buf[off : off + n]
+                for i, off in enumerate(offsets)
+            )
+    assert 0 < len(mem._gathers) <= devmem.GATHER_CACHE  # bounded, whatever the traffic
 
 
 def test_even_run_finds_the_longest_evenly_increasing_prefix() -> None:

@@ -12,8 +12,7 @@ the other side. So:
 - descriptor words are moved as aligned 64-bit words;
 - frame bytes are moved only by user copies whose both ends are 16-byte aligned in the
   map, padded inside the 2048-byte buffer (a plain slice copy uses memcpy, which issues
-  unaligned overlapping accesses for odd lengths), or as aligned 64-bit words of that
-  same padded window. The kernel never copies to or from a
+  unaligned overlapping accesses for odd lengths). The kernel never copies to or from a
   map: its copy_to_user aligns the *source* (the skb), so a frame that does not start
   16-byte aligned there would reach the map as unaligned stores, which fault on Device
   memory; so the sockets receive into and send from ordinary memory;
@@ -44,12 +43,17 @@ _BUF_MASK = NET_BUFFER_SIZE - 1
 # bytes object from CPython's small-object allocator, cheaper than a view); a longer
 # window would need malloc and a second copy of the bytes, where a view is cheaper.
 SMALL_COPY = 464
-# copy_buffer_heads_out's choice between a slice copy per frame and strided word copies
-# per batch, in instructions under Debian's python3.11 (callgrind): a slice copy costs
-# ~2,300 a frame whatever its width up to SMALL_COPY; a strided batch costs a fixed
-# ~12,000, ~2,000 per word of the width, and ~75 per word copied. So 64-byte frames pay
-# from ~17 in a batch, 128-byte ones from ~41, and wider ones never.
+# copy_buffer_heads_out's choice between a slice copy per frame and, for a run of evenly
+# spaced buffers, one read of all windows (struct) and strided word copies into the ring,
+# in instructions under Debian's python3.11 (callgrind): a slice copy costs ~2,300 a
+# frame whatever its width up to SMALL_COPY; a run costs a fixed ~12,000, ~2,000 per word
+# of the width, and ~75 per word copied. So 64-byte frames pay from ~17 in a run,
+# 128-byte ones from ~41, and wider ones never.
 STRIDED_MAX_WIDTH = 128
+# The reads of a run go GATHER_CHUNK windows per struct: a struct for 16 compiles in
+# ~14,000 instructions (one for 128 in ~54,000), and chunks keep the shapes few.
+GATHER_CHUNK = 16
+GATHER_CACHE = 64  # such structs kept per region, (windows, width, step) each
 STRIDED_CALL, STRIDED_PASS, STRIDED_WORD, SLICE_COPY = 12_000, 2_000, 75, 2_300
 _WORDS: dict[int, struct.Struct] = {}
 
@@ -116,7 +120,7 @@ def padded_window(
 class DeviceMemory:
     """One shared region (a UIO map, or its simulated stand-in)."""
 
-    __slots__ = ("_h", "_i", "_mv", "_q", "_raw", "name", "size")
+    __slots__ = ("_gathers", "_h", "_i", "_mv", "_q", "_raw", "name", "size")
 
     def __init__(self, name: str, buf: mmap.mmap | bytearray) -> None:
         mv = memoryview(buf)
@@ -131,6 +135,8 @@ class DeviceMemory:
         self._h = self._mv.cast("H")
         self._i = self._mv.cast("I")
         self._q = self._mv.cast("Q")
+        # _heads_out_strided's reads: unpack_from per (windows, width, step) (_gather).
+        self._gathers: dict[tuple[int, int, int], Callable[..., tuple[bytes, ...]]] = {}
 
     # Single aligned loads and stores. memoryview indexing is bounds-checked; the explicit
     # checks reject misaligned and negative offsets (which would index the wrong element).
@@ -325,24 +331,43 @@ class DeviceMemory:
     def _heads_out_strided(
         self, dst: memoryview, at: int, stride: int, first: int, step: int, n: int, width: int
     ) -> bool:
-        """The heads of the n buffers at first, first + step, ... (an even_run), as
-        `width` / 8 strided copies of aligned 64-bit words: word j of every frame in one
-        assignment. Returns False, having written nothing, unless every one is a buffer's
-        start inside the map and every slot fits in `dst`; the per-frame copy then
-        decides (and refuses a bad offset). Every access to the map is an aligned 64-bit
-        load inside a buffer's padded window: the words the per-frame copy reads."""
+        """The heads of the n buffers at first, first + step, ... (an even_run): read by
+        struct, GATHER_CHUNK windows a call, each window by the same aligned memcpy as the
+        per-frame copy (so the map sees the same accesses), then written as `width` / 8
+        strided copies of 64-bit words (word j of every frame in one assignment) into
+        `dst`, which is ordinary memory. Returns False,
+        having written nothing, unless every one is a buffer's start inside the map and
+        every slot fits in `dst`; the per-frame copy then decides (and refuses a bad
+        offset)."""
         if (
             first & _BUF_MASK or first < 0 or step & _BUF_MASK or step <= 0
             or first + (n - 1) * step + width > self.size
             or at + (n - 1) * stride + width > dst.nbytes or dst.nbytes & 7
         ):  # fmt: skip
             return False
-        out, words = dst.cast("Q"), self._q
-        d, ds, s, ss = at >> 3, stride >> 3, first >> 3, step >> 3
-        dn, sn = n * ds, n * ss
-        for j in range(width >> 3):
-            out[d + j : d + j + dn : ds] = words[s + j : s + j + sn : ss]
+        frames: list[bytes] = []
+        for k in range(0, n, GATHER_CHUNK):
+            count = n - k if n - k < GATHER_CHUNK else GATHER_CHUNK
+            frames += self._gather(count, width, step)(self._mv, first + k * step)
+        words = memoryview(b"".join(frames)).cast("Q")
+        out = dst.cast("Q")
+        d, ds, per = at >> 3, stride >> 3, width >> 3
+        dn = n * ds
+        for j in range(per):
+            out[d + j : d + j + dn : ds] = words[j::per]
         return True
+
+    def _gather(self, count: int, width: int, step: int) -> Callable[..., tuple[bytes, ...]]:
+        """unpack_from of a struct that reads `count` windows of `width` bytes, `step`
+        bytes apart, each as one bytes object (a memcpy of the window)."""
+        key = (count, width, step)
+        gather = self._gathers.get(key)
+        if gather is None:
+            if len(self._gathers) >= GATHER_CACHE:
+                self._gathers.clear()  # shapes seen long ago; the next batches rebuild theirs
+            fmt = f"{width}s{step - width}x" * (count - 1) + f"{width}s"
+            gather = self._gathers[key] = struct.Struct(fmt).unpack_from
+        return gather
 
     def copy_into_buffers(
         self,

@@ -124,8 +124,13 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
         f"{'ok' if cons.get('ok') else 'FAILED'}",
         f"  RSS {rss['start_kib']} KiB at start, {rss['after_warmup_kib']} KiB after "
         f"{rss['warmup_s']} s warm-up, {rss['end_kib']} KiB at end (growth "
-        f"{rss['growth_kib']} KiB, peak {rss['peak_kib']} KiB)",
+        f"{rss['growth_kib']} KiB{_rss_parts(rss.get('growth_parts_kib'))}, peak "
+        f"{rss['peak_kib']} KiB)",
     ]
+
+
+def _rss_parts(parts: dict[str, int] | None) -> str:
+    return ": " + ", ".join(f"{k} {v:+}" for k, v in parts.items()) if parts else ""
 
 
 def wake_line(wake: dict[str, Any], interval_s: float) -> str:

@@ -42,18 +42,32 @@ SOAK_WARMUP_MAX_S = 30.0  # RSS growth is measured after min(this, a quarter of 
 RSS_GROWTH_TARGET_KIB = 1024
 
 
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of a process in KiB (None once it has gone)."""
+RSS_PARTS = {"RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+
+
+def rss_kib(pid: int) -> tuple[int, dict[str, int]] | None:
+    """VmRSS of a process in KiB and its parts (None once it has gone): anon (heap,
+    stack), file (the interpreter, libraries, the packet rings), shmem (here the
+    simulated device regions in /dev/shm; the guest's UIO maps are PFN maps, which RSS
+    does not count)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
-    return int(m.group(1)) if m else None
+    fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE))
+    if "VmRSS" not in fields:
+        return None
+    parts = {name: int(fields[key]) for key, name in RSS_PARTS.items() if key in fields}
+    return int(fields["VmRSS"]), parts
 
 
-def rss_summary(series: list[tuple[float, int]], warmup: float) -> dict[str, Any]:
-    """RSS growth after the warm-up: the last sample against the first one after it."""
+def rss_summary(
+    series: list[tuple[float, int]],
+    warmup: float,
+    parts: list[tuple[float, dict[str, int]]] | None = None,
+) -> dict[str, Any]:
+    """RSS growth after the warm-up: the last sample against the first one after it;
+    with `parts`, the same for each part of it (which one grew)."""
     after = [kib for t, kib in series if t >= warmup]
     out: dict[str, Any] = {
         "warmup_s": round(warmup, 1),
@@ -65,6 +79,10 @@ def rss_summary(series: list[tuple[float, int]], warmup: float) -> dict[str, Any
         "target_growth_kib": RSS_GROWTH_TARGET_KIB,
     }
     out["met"] = out["growth_kib"] is not None and out["growth_kib"] <= RSS_GROWTH_TARGET_KIB
+    split = [p for t, p in parts or () if t >= warmup]
+    out["growth_parts_kib"] = (
+        {k: split[-1].get(k, 0) - split[0].get(k, 0) for k in split[0]} if len(split) >= 2 else None
+    )
     out["series"] = [[round(t, 1), kib] for t, kib in series]
     return out
 
@@ -81,6 +99,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     sim = BenchSimulation(board, sim_opts, root, progress=progress)
     sim.start()
     series: list[tuple[float, int]] = []
+    parts: list[tuple[float, dict[str, int]]] = []
     try:
         pid = driver_ahead(sim)
         bench = take_over(sim)
@@ -98,9 +117,10 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
             t0 = first.t
             while (left := seconds - (time.monotonic() - t0)) > 0:
                 time.sleep(min(SOAK_SAMPLE_S, left))
-                kib = rss_kib(pid)
-                if kib is not None:
-                    series.append((time.monotonic() - t0, kib))
+                got = rss_kib(pid)
+                if got is not None:
+                    series.append((time.monotonic() - t0, got[0]))
+                    parts.append((series[-1][0], got[1]))
             last = sample(sim, bench, pid)
             vmm_last = thread_cpu_ns(vmm_tid)
             report = finish_generator(gen, 60)
@@ -124,7 +144,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out["driver_counters"] = moved
     out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
     out["rx_loss_no_buffer"] = no_buffer_share(out)
-    out["rss"] = rss_summary(series, soak_warmup(seconds))
+    out["rss"] = rss_summary(series, soak_warmup(seconds), parts)
     out["conservation"] = conservation
     out["driver_exit"] = result.driver_exit
     out["met"] = bool(
