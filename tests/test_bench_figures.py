@@ -25,8 +25,8 @@ from netvm.bench.latency import (
     summarize_latency,
 )
 from netvm.bench.launch_baseline import split_wrapper
-from netvm.bench.report import callgrind_table, report, soak_lines, table
-from netvm.bench.soak import rss_kib, rss_summary, soak_warmup
+from netvm.bench.report import callgrind_table, report, short_lines, soak_lines, table
+from netvm.bench.soak import rss_kib, rss_summary, short_seconds, soak_warmup
 from netvm.bench.summary import summarize, targets
 from netvm.bench.vmm import account_buffers
 
@@ -198,6 +198,26 @@ def test_rss_parts_of_a_live_process_add_up_to_its_rss() -> None:
     assert abs(sum(parts.values()) - total) <= 64  # read in one go; rounding only
     assert rss_kib(2**22 + 12345) is None  # no such process
     assert soak_warmup(600) == 30.0 and soak_warmup(8) == 2.0
+
+
+def test_short_seconds_name_when_the_soak_fell_behind_and_who_was_busy() -> None:
+    ticks = [
+        (0.0, 0, 0, 0, 0),
+        (1.0, 81_000, 0, 300_000_000, 400_000_000),  # a full second: not listed
+        (2.0, 100_000, 0, 1_300_000_000, 450_000_000),  # 19,000/s, the driver busy
+        (3.0, 181_000, 7, 1_900_000_000, 850_000_000),  # full rate, but echoes skipped
+        (3.0, 181_000, 7, 1_900_000_000, 850_000_000),  # no time passed: skipped
+    ]
+    short = short_seconds(ticks, 81_274.0)
+    assert short == [
+        {"t": 2.0, "frames_per_s": 19_000, "echo_no_buffer": 0, "driver_cpu": 1.0,
+         "vmm_cpu": 0.05},
+        {"t": 3.0, "frames_per_s": 81_000, "echo_no_buffer": 7, "driver_cpu": 0.6,
+         "vmm_cpu": 0.4},
+    ]  # fmt: skip
+    lines = short_lines(short)
+    assert "2 second(s)" in lines[0] and lines[0].index("t=2 s") < lines[0].index("t=3 s")
+    assert "every second" in short_lines([])[0] and short_lines(None) == []
 
 
 def test_echo_loss_is_counted_each_way() -> None:

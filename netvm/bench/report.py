@@ -126,6 +126,23 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
         f"{rss['warmup_s']} s warm-up, {rss['end_kib']} KiB at end (growth "
         f"{rss['growth_kib']} KiB{_rss_parts(rss.get('growth_parts_kib'))}, peak "
         f"{rss['peak_kib']} KiB)",
+        *short_lines(soak.get("short_seconds")),
+    ]
+
+
+def short_lines(short: list[dict[str, Any]] | None, shown: int = 5) -> list[str]:
+    if short is None:
+        return []
+    if not short:
+        return ["  every second moved >= 95 % of the rate, with a TX buffer for every echo"]
+    worst = sorted(short, key=lambda s: s["frames_per_s"])[:shown]
+    return [
+        f"  {len(short)} second(s) below 95 % of the rate or short of TX buffers; the worst: "
+        + "; ".join(
+            f"t={s['t']:g} s {s['frames_per_s']:,}/s, {s['echo_no_buffer']} echoes skipped, "
+            f"driver {s['driver_cpu']:.0%} VMM {s['vmm_cpu']:.0%}"
+            for s in worst
+        )
     ]
 
 

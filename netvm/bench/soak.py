@@ -9,6 +9,7 @@ a clean driver exit. Short rounds cannot show a slow leak or a lost buffer; this
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from netvm.bench.echo import counter_deltas, echo_counts, no_buffer_share
 from netvm.bench.measure import (
+    cpu_of,
     finish_generator,
     fresh_stats,
     kill_generator,
@@ -40,6 +42,7 @@ from netvm.sim import SimOptions
 SOAK_SAMPLE_S = 1.0  # RSS and counters sampled this often during a soak
 SOAK_WARMUP_MAX_S = 30.0  # RSS growth is measured after min(this, a quarter of the soak)
 RSS_GROWTH_TARGET_KIB = 1024
+SHORT_SHARE = 0.95  # a sample moving less than this share of the rate is reported
 
 
 RSS_PARTS = {"RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
@@ -87,6 +90,29 @@ def rss_summary(
     return out
 
 
+def short_seconds(
+    ticks: list[tuple[float, int, int, int, int]], rate: float
+) -> list[dict[str, float]]:
+    """The samples in which the VMM took fewer than SHORT_SHARE of the frames sent at
+    `rate` off rx_active, or had no free TX buffer for an echo: when, how many frames a
+    second, echoes skipped, and each side's CPU share in that second, to tell a driver
+    that fell behind (busy) from a VMM that did (busy) or a host that stalled both (idle).
+    `ticks` holds (seconds, VMM rx_frames, VMM echo_no_buffer, driver CPU ns, VMM CPU ns)."""
+    out = []
+    for a, b in itertools.pairwise(ticks):
+        span = b[0] - a[0]
+        if span <= 0:
+            continue
+        per_s, skipped = (b[1] - a[1]) / span, b[2] - a[2]
+        if per_s < SHORT_SHARE * rate or skipped:
+            out.append({
+                "t": round(b[0], 1), "frames_per_s": round(per_s), "echo_no_buffer": skipped,
+                "driver_cpu": round((b[3] - a[3]) / 1e9 / span, 3),
+                "vmm_cpu": round((b[4] - a[4]) / 1e9 / span, 3),
+            })  # fmt: skip
+    return out
+
+
 def soak_warmup(seconds: float) -> float:
     return min(SOAK_WARMUP_MAX_S, seconds / 4)
 
@@ -100,6 +126,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     sim.start()
     series: list[tuple[float, int]] = []
     parts: list[tuple[float, dict[str, int]]] = []
+    ticks: list[tuple[float, int, int, int, int]] = []
     try:
         pid = driver_ahead(sim)
         bench = take_over(sim)
@@ -115,12 +142,20 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
             first = sample(sim, bench, pid)
             vmm_first = thread_cpu_ns(vmm_tid)
             t0 = first.t
+
+            def tick(t: float) -> tuple[float, int, int, int, int]:
+                now = sim.call(bench.snapshot)
+                return (t, now["rx_frames"], now["echo_no_buffer"], cpu_of(pid)[0],
+                        thread_cpu_ns(vmm_tid))  # fmt: skip
+
+            ticks = [tick(0.0)]
             while (left := seconds - (time.monotonic() - t0)) > 0:
                 time.sleep(min(SOAK_SAMPLE_S, left))
                 got = rss_kib(pid)
                 if got is not None:
                     series.append((time.monotonic() - t0, got[0]))
                     parts.append((series[-1][0], got[1]))
+                    ticks.append(tick(time.monotonic() - t0))
             last = sample(sim, bench, pid)
             vmm_last = thread_cpu_ns(vmm_tid)
             report = finish_generator(gen, 60)
@@ -145,6 +180,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
     out["rx_loss_no_buffer"] = no_buffer_share(out)
     out["rss"] = rss_summary(series, soak_warmup(seconds), parts)
+    out["short_seconds"] = short_seconds(ticks, LINE_RATE_1514)
     out["conservation"] = conservation
     out["driver_exit"] = result.driver_exit
     out["met"] = bool(
