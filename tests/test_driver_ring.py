@@ -274,6 +274,78 @@ def test_a_frame_ending_at_the_ring_end_is_padded_with_zeros(env: Env) -> None:
     assert rx[0:size] == frame(9, size) and rx[size:64] == bytes(64 - size)
 
 
+@settings(max_examples=200)
+@given(
+    sizes=st.lists(st.sampled_from([60, 60, 61, 64, 1514, 3000]), min_size=1, max_size=5),
+    snapped=st.integers(min_value=-1, max_value=4),
+    close=st.booleans(),
+    repeat=st.integers(min_value=1, max_value=12),
+)
+def test_a_uniform_run_is_read_exactly_as_the_per_frame_walk_reads_it(
+    sizes: list[int], snapped: int, close: bool, repeat: int
+) -> None:
+    # Bursts: each drawn size repeated, so runs of one size are common and mixed ones too.
+    lengths = [n for n in sizes for _ in range(repeat)]
+    while 48 + sum(align16(MAC_OFF + n) for n in lengths) > BLOCK:  # what one block holds
+        lengths.pop()
+    frames: list[bytes | tuple[bytes, int]] = [frame(i, n) for i, n in enumerate(lengths)]
+    if 0 <= snapped < len(frames):  # one frame cut short: its tp_len is beyond its data
+        frames[snapped] = (frame(snapped, lengths[snapped]), lengths[snapped] + 100)
+    ring = bytearray(BLOCK)
+    write_block(ring, 0, frames)
+    if close:  # the kernel zeroes the last frame's tp_next_offset when it closes a block
+        last = 48 + sum(align16(MAC_OFF + n) for n in lengths[:-1])
+        struct.pack_into("<I", ring, last, 0)
+    rx = RxRing(FakeSock(), ring, BLOCK, 1, 1)  # type: ignore[arg-type]
+    # The per-frame walk: each frame kept (where its data starts, its length) or refused.
+    walk: list[tuple[int, int] | None] = []
+    pos = 48
+    for _ in lengths:
+        nxt, snap, size, mac = struct.unpack_from("<I8xII4xH", ring, pos)
+        walk.append((pos + mac, size) if size <= 2048 and snap >= size else None)
+        pos += nxt
+    got = rx.uniform_run(48, len(lengths))
+    # One run: the same spacing up to the last frame (frames of different lengths may
+    # share it; the last one's own does not matter), all kept.
+    spacing = {align16(MAC_OFF + n) for n in lengths[:-1]}
+    alike = len(spacing) == 1 and None not in walk and len(lengths) >= 2
+    if got is None:
+        assert not alike
+    else:
+        assert alike
+        assert list(zip(got[0], got[1], strict=True)) == walk and got[2] == pos
+
+
+def test_bursts_of_one_size_skip_the_header_loop_and_land_like_any_frames(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = env.path.rx_ring
+    assert ring is not None
+    runs: list[bool] = []
+    real = RxRing.uniform_run
+
+    def spy(self: RxRing, pos: int, count: int) -> tuple[list[int], list[int], int] | None:
+        got = real(self, pos, count)
+        runs.append(got is not None)
+        return got
+
+    monkeypatch.setattr(RxRing, "uniform_run", spy)
+    burst = [frame(i, 64) for i in range(40)]
+    mixed = [frame(40 + i, 64 if i != 20 else 200) for i in range(30)]
+    write_block(env.rx_ring, 0, burst)
+    write_block(env.rx_ring, 1, mixed)
+    env.path.process_rx()
+    assert runs == [True, False]  # the burst read as one run; the mixed block frame by frame
+    base = env.virt.layout.rx_io_base
+    rx = env.sim.regions["rx_data"]
+    got = [env.virt.rx_active.read(k) for k in range(70)]
+    assert [n for _, n in got] == [64] * 40 + [64] * 20 + [200] + [64] * 9
+    for k, ((io, n), want) in enumerate(zip(got, burst + mixed, strict=True)):
+        off = io - base
+        assert rx[off : off + n] == want, k
+    assert env.stats.rx_frames == 70 and env.conserved()["ok"]
+
+
 class FakeSwitch:
     """RxSwitch without sockets: records which member it was told to select."""
 

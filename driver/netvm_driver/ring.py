@@ -34,6 +34,7 @@ import mmap
 import os
 import struct
 
+from .abi import NET_BUFFER_SIZE
 from .device import DeviceError
 from .records import Record
 
@@ -84,6 +85,11 @@ BLOCK_PKTS_AT = 12
 # struct tpacket3_hdr: tp_next_offset u32 @0, tp_sec @4, tp_nsec @8, tp_snaplen u32 @12,
 # tp_len u32 @16, tp_status @20, tp_mac u16 @24, tp_net u16 @26.
 RX_HDR = struct.Struct("<I8xII4xH")  # next_offset, snaplen, len, mac (unpack only)
+RX_NEXT = struct.Struct("<I")  # tp_next_offset alone
+# RxRing.uniform_run reads a burst's headers RUN_CHUNK frames per struct (few shapes to
+# compile, ~14,000 instructions each) and keeps RUN_CACHE such structs.
+RUN_CHUNK = 16
+RUN_CACHE = 64
 RX_STAMP = struct.Struct("<II")  # tp_sec, tp_nsec: when the kernel received the frame
 RX_STAMP_AT = 4
 # struct tpacket2_hdr: tp_status u32 @0, tp_len u32 @4, tp_snaplen u32 @8, tp_mac u16 @12.
@@ -185,6 +191,7 @@ class RxRing:
         "left",
         "map",
         "pos",
+        "runs",
         "sock",
         "status",
         "timeout_ms",
@@ -204,6 +211,54 @@ class RxRing:
         self.block = 0
         self.pos = -1
         self.left = 0
+        # uniform_run's header reads: unpack_from per (frames, spacing) (_run_headers).
+        self.runs: dict[tuple[int, int], Callable[..., tuple[int, ...]]] = {}
+
+    def uniform_run(self, pos: int, count: int) -> tuple[list[int], list[int], int] | None:
+        """The `count` frames from the header at `pos` on, when they are evenly spaced
+        and alike (a burst of one size): their data offsets, their lengths and the
+        position after the last; None when they are not, or one is larger than a buffer
+        or cut short, and the per-frame walk decides. The headers are read RUN_CHUNK at a
+        time by one struct call each; the checks are comparisons over the fields.
+
+        Frame i is at pos + i * step only if every frame before it says so (its
+        tp_next_offset is step), so each header read is a real one until the first that
+        differs, where the run is refused."""
+        view = self.view
+        step = RX_NEXT.unpack_from(view, pos)[0]
+        if count < 2 or step < RX_HDR.size or pos + (count - 1) * step + RX_HDR.size > len(view):
+            return None
+        fields: list[int] = []
+        for k in range(0, count, RUN_CHUNK):
+            n = count - k if count - k < RUN_CHUNK else RUN_CHUNK
+            got = self._run_headers(n, step)(view, pos + k * step)
+            # Every tp_next_offset is step, but the run's last may be anything (0 where it
+            # ends a block).
+            nexts = got[0:-4:4] if k + n == count else got[0::4]
+            if nexts.count(step) != len(nexts):
+                return None
+            fields += got
+        sizes = fields[2::4]
+        macs = fields[3::4]
+        if fields[1::4] != sizes or max(sizes) > NET_BUFFER_SIZE or macs.count(macs[0]) != count:
+            return None
+        start = pos + macs[0]
+        return (
+            list(range(start, start + count * step, step)),
+            sizes,
+            pos + (count - 1) * step + fields[-4],
+        )
+
+    def _run_headers(self, count: int, step: int) -> Callable[..., tuple[int, ...]]:
+        key = (count, step)
+        read = self.runs.get(key)
+        if read is None:
+            if len(self.runs) >= RUN_CACHE:
+                self.runs.clear()  # sizes seen long ago; the next bursts rebuild theirs
+            one = RX_HDR.format.lstrip("<")
+            gap = f"{step - RX_HDR.size}x"
+            read = self.runs[key] = struct.Struct("<" + (one + gap) * (count - 1) + one).unpack_from
+        return read
 
     def ready(self, block: int) -> bool:
         """Whether the kernel has handed `block` to user space."""
