@@ -335,10 +335,9 @@ class DeviceMemory:
         struct, GATHER_CHUNK windows a call, each window by the same aligned memcpy as the
         per-frame copy (so the map sees the same accesses), then written as `width` / 8
         strided copies of 64-bit words (word j of every frame in one assignment) into
-        `dst`, which is ordinary memory. Returns False,
-        having written nothing, unless every one is a buffer's start inside the map and
-        every slot fits in `dst`; the per-frame copy then decides (and refuses a bad
-        offset)."""
+        `dst`, which is ordinary memory. Returns False, having written nothing, unless
+        every one is a buffer's start inside the map and every slot fits in `dst`; the
+        per-frame copy then decides (and refuses a bad offset)."""
         if (
             first & _BUF_MASK or first < 0 or step & _BUF_MASK or step <= 0
             or first + (n - 1) * step + width > self.size

@@ -224,9 +224,11 @@ class RxRing:
         Frame i is at pos + i * step only if every frame before it says so (its
         tp_next_offset is step), so each header read is a real one until the first that
         differs, where the run is refused."""
+        if count < 2:
+            return None
         view = self.view
         step = RX_NEXT.unpack_from(view, pos)[0]
-        if count < 2 or step < RX_HDR.size or pos + (count - 1) * step + RX_HDR.size > len(view):
+        if step < RX_HDR.size or pos + (count - 1) * step + RX_HDR.size > len(view):
             return None
         fields: list[int] = []
         for k in range(0, count, RUN_CHUNK):
