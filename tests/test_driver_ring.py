@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netvm_driver import devmem
+from netvm_driver import strided
 from netvm_driver.datapath import DataPath, read_data_passing
 from netvm_driver.devmem import DeviceMemory, DeviceMemoryError, even_run
 from netvm_driver.log import RateLimitedLog
@@ -644,7 +644,7 @@ def test_strided_reads_keep_few_structs_and_stay_right_across_many_shapes() -> N
                 out[32 + i * 2112 : 32 + i * 2112 + n] == buf[off : off + n]
                 for i, off in enumerate(offsets)
             )
-    assert 0 < len(mem._gathers) <= devmem.GATHER_CACHE  # bounded, whatever the traffic
+    assert 0 < len(mem._gathers) <= strided.STRUCT_CACHE  # bounded, whatever the traffic
 
 
 def test_even_run_finds_the_longest_evenly_increasing_prefix() -> None:

@@ -27,12 +27,15 @@ from __future__ import annotations
 import struct
 
 from .abi import NET_BUFFER_SIZE
+from .strided import READ_CHUNK, strided_unpack
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
     import mmap
     from collections.abc import Callable, Sequence
     from functools import partial
+
+    from .strided import Unpack
 else:
     from _functools import partial  # not functools.py: see docs/driver.md, "Start-up"
 
@@ -50,10 +53,6 @@ SMALL_COPY = 464
 # of the width, and ~75 per word copied. So 64-byte frames pay from ~17 in a run,
 # 128-byte ones from ~41, and wider ones never.
 STRIDED_MAX_WIDTH = 128
-# The reads of a run go GATHER_CHUNK windows per struct: a struct for 16 compiles in
-# ~14,000 instructions (one for 128 in ~54,000), and chunks keep the shapes few.
-GATHER_CHUNK = 16
-GATHER_CACHE = 64  # such structs kept per region, (windows, width, step) each
 STRIDED_CALL, STRIDED_PASS, STRIDED_WORD, SLICE_COPY = 12_000, 2_000, 75, 2_300
 _WORDS: dict[int, struct.Struct] = {}
 
@@ -135,8 +134,8 @@ class DeviceMemory:
         self._h = self._mv.cast("H")
         self._i = self._mv.cast("I")
         self._q = self._mv.cast("Q")
-        # _heads_out_strided's reads: unpack_from per (windows, width, step) (_gather).
-        self._gathers: dict[tuple[int, int, int], Callable[..., tuple[bytes, ...]]] = {}
+        # _heads_out_strided's reads, kept by shape (strided.py).
+        self._gathers: dict[tuple[str, int, int], Unpack] = {}
 
     # Single aligned loads and stores. memoryview indexing is bounds-checked; the explicit
     # checks reject misaligned and negative offsets (which would index the wrong element).
@@ -332,7 +331,7 @@ class DeviceMemory:
         self, dst: memoryview, at: int, stride: int, first: int, step: int, n: int, width: int
     ) -> bool:
         """The heads of the n buffers at first, first + step, ... (an even_run): read by
-        struct, GATHER_CHUNK windows a call, each window by the same aligned memcpy as the
+        struct, READ_CHUNK windows a call, each window by the same aligned memcpy as the
         per-frame copy (so the map sees the same accesses), then written as `width` / 8
         strided copies of 64-bit words (word j of every frame in one assignment) into
         `dst`, which is ordinary memory. Returns False, having written nothing, unless
@@ -345,9 +344,11 @@ class DeviceMemory:
         ):  # fmt: skip
             return False
         frames: list[bytes] = []
-        for k in range(0, n, GATHER_CHUNK):
-            count = n - k if n - k < GATHER_CHUNK else GATHER_CHUNK
-            frames += self._gather(count, width, step)(self._mv, first + k * step)
+        field = f"{width}s"
+        for k in range(0, n, READ_CHUNK):
+            count = n - k if n - k < READ_CHUNK else READ_CHUNK
+            read = strided_unpack(self._gathers, field, width, count, step)
+            frames += read(self._mv, first + k * step)
         words = memoryview(b"".join(frames)).cast("Q")
         out = dst.cast("Q")
         d, ds, per = at >> 3, stride >> 3, width >> 3
@@ -355,18 +356,6 @@ class DeviceMemory:
         for j in range(per):
             out[d + j : d + j + dn : ds] = words[j::per]
         return True
-
-    def _gather(self, count: int, width: int, step: int) -> Callable[..., tuple[bytes, ...]]:
-        """unpack_from of a struct that reads `count` windows of `width` bytes, `step`
-        bytes apart, each as one bytes object (a memcpy of the window)."""
-        key = (count, width, step)
-        gather = self._gathers.get(key)
-        if gather is None:
-            if len(self._gathers) >= GATHER_CACHE:
-                self._gathers.clear()  # shapes seen long ago; the next batches rebuild theirs
-            fmt = f"{width}s{step - width}x" * (count - 1) + f"{width}s"
-            gather = self._gathers[key] = struct.Struct(fmt).unpack_from
-        return gather
 
     def copy_into_buffers(
         self,

@@ -37,11 +37,14 @@ import struct
 from .abi import NET_BUFFER_SIZE
 from .device import DeviceError
 from .records import Record
+from .strided import READ_CHUNK, strided_unpack
 
 TYPE_CHECKING = False  # typing stays out of the start-up (records.py says why)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import TypeVar
+
+    from .strided import Unpack
 
     T = TypeVar("T")
 
@@ -86,10 +89,7 @@ BLOCK_PKTS_AT = 12
 # tp_len u32 @16, tp_status @20, tp_mac u16 @24, tp_net u16 @26.
 RX_HDR = struct.Struct("<I8xII4xH")  # next_offset, snaplen, len, mac (unpack only)
 RX_NEXT = struct.Struct("<I")  # tp_next_offset alone
-# RxRing.uniform_run reads a burst's headers RUN_CHUNK frames per struct (few shapes to
-# compile, ~14,000 instructions each) and keeps RUN_CACHE such structs.
-RUN_CHUNK = 16
-RUN_CACHE = 64
+RX_HDR_FIELDS = RX_HDR.format.lstrip("<")  # one header's layout, for strided reads
 RX_STAMP = struct.Struct("<II")  # tp_sec, tp_nsec: when the kernel received the frame
 RX_STAMP_AT = 4
 # struct tpacket2_hdr: tp_status u32 @0, tp_len u32 @4, tp_snaplen u32 @8, tp_mac u16 @12.
@@ -211,14 +211,14 @@ class RxRing:
         self.block = 0
         self.pos = -1
         self.left = 0
-        # uniform_run's header reads: unpack_from per (frames, spacing) (_run_headers).
-        self.runs: dict[tuple[int, int], Callable[..., tuple[int, ...]]] = {}
+        # uniform_run's header reads, kept by shape (strided.py).
+        self.runs: dict[tuple[str, int, int], Unpack] = {}
 
     def uniform_run(self, pos: int, count: int) -> tuple[list[int], list[int], int] | None:
         """The `count` frames from the header at `pos` on, when they are evenly spaced
         and alike (a burst of one size): their data offsets, their lengths and the
         position after the last; None when they are not, or one is larger than a buffer
-        or cut short, and the per-frame walk decides. The headers are read RUN_CHUNK at a
+        or cut short, and the per-frame walk decides. The headers are read READ_CHUNK at a
         time by one struct call each; the checks are comparisons over the fields.
 
         Frame i is at pos + i * step only if every frame before it says so (its
@@ -231,9 +231,10 @@ class RxRing:
         if step < RX_HDR.size or pos + (count - 1) * step + RX_HDR.size > len(view):
             return None
         fields: list[int] = []
-        for k in range(0, count, RUN_CHUNK):
-            n = count - k if count - k < RUN_CHUNK else RUN_CHUNK
-            got = self._run_headers(n, step)(view, pos + k * step)
+        for k in range(0, count, READ_CHUNK):
+            n = count - k if count - k < READ_CHUNK else READ_CHUNK
+            read = strided_unpack(self.runs, RX_HDR_FIELDS, RX_HDR.size, n, step)
+            got: tuple[int, ...] = read(view, pos + k * step)
             # Every tp_next_offset is step, but the run's last may be anything (0 where it
             # ends a block).
             nexts = got[0:-4:4] if k + n == count else got[0::4]
@@ -250,17 +251,6 @@ class RxRing:
             sizes,
             pos + (count - 1) * step + fields[-4],
         )
-
-    def _run_headers(self, count: int, step: int) -> Callable[..., tuple[int, ...]]:
-        key = (count, step)
-        read = self.runs.get(key)
-        if read is None:
-            if len(self.runs) >= RUN_CACHE:
-                self.runs.clear()  # sizes seen long ago; the next bursts rebuild theirs
-            one = RX_HDR.format.lstrip("<")
-            gap = f"{step - RX_HDR.size}x"
-            read = self.runs[key] = struct.Struct("<" + (one + gap) * (count - 1) + one).unpack_from
-        return read
 
     def ready(self, block: int) -> bool:
         """Whether the kernel has handed `block` to user space."""
