@@ -26,7 +26,7 @@ from netvm.bench.latency import (
 )
 from netvm.bench.launch_baseline import split_wrapper
 from netvm.bench.report import callgrind_table, report, short_lines, soak_lines, table
-from netvm.bench.soak import rss_kib, rss_summary, short_seconds, soak_warmup
+from netvm.bench.soak import Tick, rss_kib, rss_summary, short_seconds, soak_warmup
 from netvm.bench.summary import summarize, targets
 from netvm.bench.vmm import account_buffers
 
@@ -201,22 +201,40 @@ def test_rss_parts_of_a_live_process_add_up_to_its_rss() -> None:
 
 
 def test_short_seconds_name_when_the_soak_fell_behind_and_who_was_busy() -> None:
+    def counters(drops: int, waiting: int, waits: int = 0) -> dict[str, int]:
+        return {"rx_dropped_no_buffer": drops, "rx_dropped_buffer_wait": waiting,
+                "rx_buffer_waits": waits, "tx_send_waits": 0}  # fmt: skip
+
     ticks = [
-        (0.0, 0, 0, 0, 0),
-        (1.0, 81_000, 0, 300_000_000, 400_000_000),  # a full second: not listed
-        (2.0, 100_000, 0, 1_300_000_000, 450_000_000),  # 19,000/s, the driver busy
-        (3.0, 181_000, 7, 1_900_000_000, 850_000_000),  # full rate, but echoes skipped
-        (3.0, 181_000, 7, 1_900_000_000, 850_000_000),  # no time passed: skipped
+        Tick(0.0, 0, 0, 0, 0, counters(0, 0)),
+        Tick(1.0, 81_000, 0, 300_000_000, 400_000_000, counters(0, 0)),  # full: not listed
+        # 19,000/s with the driver busy and reading: it lost them
+        Tick(2.0, 100_000, 0, 1_300_000_000, 450_000_000, counters(60_000, 1_000, 1)),
+        Tick(3.0, 181_000, 7, 1_900_000_000, 850_000_000, counters(60_000, 1_000, 1)),
+        Tick(3.0, 181_000, 7, 1_900_000_000, 850_000_000, counters(60_000, 1_000, 1)),  # no time
+        # short, and nearly every drop came while the driver waited for rx_free buffers
+        Tick(4.0, 200_000, 7, 2_300_000_000, 1_850_000_000, counters(120_000, 60_000, 9)),
+        Tick(5.0, 250_000, 7, 2_700_000_000, 2_250_000_000, {}),  # the driver did not answer
     ]
     short = short_seconds(ticks, 81_274.0)
     assert short == [
         {"t": 2.0, "frames_per_s": 19_000, "echo_no_buffer": 0, "driver_cpu": 1.0,
-         "vmm_cpu": 0.05},
+         "vmm_cpu": 0.05, "kernel_drops": 60_000, "drops_buffer_wait": 1_000,
+         "rx_buffer_waits": 1, "tx_send_waits": 0, "behind": "driver"},
+        # full rate, but echoes skipped: the TX buffers sat on tx_active
         {"t": 3.0, "frames_per_s": 81_000, "echo_no_buffer": 7, "driver_cpu": 0.6,
-         "vmm_cpu": 0.4},
+         "vmm_cpu": 0.4, "kernel_drops": 0, "drops_buffer_wait": 0, "rx_buffer_waits": 0,
+         "tx_send_waits": 0, "behind": "driver"},
+        {"t": 4.0, "frames_per_s": 19_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
+         "vmm_cpu": 1.0, "kernel_drops": 60_000, "drops_buffer_wait": 59_000,
+         "rx_buffer_waits": 8, "tx_send_waits": 0, "behind": "vmm"},
+        {"t": 5.0, "frames_per_s": 50_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
+         "vmm_cpu": 0.4, "behind": "none"},
     ]  # fmt: skip
     lines = short_lines(short)
-    assert "2 second(s)" in lines[0] and lines[0].index("t=2 s") < lines[0].index("t=3 s")
+    assert "4 second(s)" in lines[0] and lines[0].index("t=2 s") < lines[0].index("t=3 s")
+    assert "60,000 kernel drops (59,000 waiting for RX buffers)" in lines[0]
+    assert lines[1] == "  behind, by second: driver 2, none 1, vmm 1"
     assert "every second" in short_lines([])[0] and short_lines(None) == []
 
 
@@ -288,9 +306,11 @@ def fake_round(latency: dict[str, Any]) -> dict[str, Any]:
     ours["line_rate_1514"] = fake_run(8e5, cpu=0.08)
     base["line_rate_1514"] = fake_run(2e5, cpu=0.4)
     ours["echo_1514"] = fake_run(4e5, cpu=0.2, rx_loss=0.01, tx_loss=0.0, loss=0.01,
-                                 rx_loss_no_buffer=0.008, vmm_cpu_fraction=0.3)  # fmt: skip
+                                 rx_loss_no_buffer=0.008, rx_loss_driver_behind=0.002,
+                                 vmm_cpu_fraction=0.3)  # fmt: skip
     base["echo_1514"] = fake_run(1e5, cpu=0.8, rx_loss=0.2, tx_loss=0.0, loss=0.2,
-                                 rx_loss_no_buffer=None, vmm_cpu_fraction=0.3)  # fmt: skip
+                                 rx_loss_no_buffer=None, rx_loss_driver_behind=None,
+                                 vmm_cpu_fraction=0.3)  # fmt: skip
     return {
         "ours": {**ours, "latency": lat, "driver_latency": latency},
         "baseline": {**base, "latency": lat},
@@ -327,7 +347,9 @@ def test_summary_reports_the_echo_both_ways_and_its_targets() -> None:
     assert echo["rx_loss_no_buffer"] == 0.008 and echo["baseline_rx_loss_no_buffer"] is None
     assert echo["baseline_rx_loss"] == 0.2
     row = next(line for line in table(s).splitlines() if line.startswith("| echo"))
-    assert "loss RX 1.0000% (0.8000% no rx_free buffer), TX 0.0000%" in row
+    assert echo["rx_loss_driver_behind"] == 0.002
+    assert "loss RX 1.0000% (0.8000% no rx_free buffer, 0.2000% driver behind), TX" in row
+    assert "loss RX 20.0000%, TX" in row  # the baseline counts no split
     assert "CPU 20.0% of a core" in row
     t = {x["target"].split(":")[0]: x for x in targets(s)}
     assert t["echo 1514 B at line rate, full duplex"]["met"] is False  # loss and 20 %
@@ -357,6 +379,7 @@ def soak_doc(loss: float, ok: bool, growth: int) -> dict[str, Any]:
     rss = rss_summary([(0.0, 20000), (40.0, 20000), (600.0, 20000 + growth)], warmup=30.0)
     return {"seconds": 600.0, "rate": 81274.0, "sent": 48_764_400, "rx_loss": loss,
             "tx_loss": 0.0, "loss": loss, "rx_loss_no_buffer": loss,
+            "rx_loss_driver_behind": 0.0,
             "cpu": {"cpu_fraction": 0.3}, "vmm_cpu_fraction": 0.25, "rss": rss,
             "conservation": {"rx": pair, "tx": {**pair, "free": 0, "vmm": 512}, "ok": ok},
             "met": loss == 0 and ok and rss["met"]}  # fmt: skip

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netvm_driver.datapath import DataPath, check_data_passing, read_data_passing
+from netvm_driver.datapath import (
+    PACKET_STATISTICS,
+    SOL_PACKET,
+    DataPath,
+    check_data_passing,
+    read_data_passing,
+)
 from netvm_driver.devmem import COPY_ALIGN
 from netvm_driver.log import RateLimitedLog
 from netvm_driver.ring import SO_TIMESTAMPNS
@@ -41,6 +47,7 @@ class FakeSocket:
         self.sent: list[bytes] = []
         self.send_errors: deque[OSError] = deque()
         self.buffers: list[object] = []  # what each buffer handed to the socket views
+        self.drops = 0  # frames "the kernel" dropped since PACKET_STATISTICS was last read
 
     def recv_into(self, buf: memoryview, nbytes: int, flags: int) -> int:
         self.buffers.append(buf.obj)
@@ -68,6 +75,12 @@ class FakeSocket:
             raise self.send_errors.popleft()
         self.sent.append(bytes(data))
         return len(data)
+
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        """PACKET_STATISTICS only: (packets, drops), zeroed by the read as the kernel does."""
+        assert (level, name, size) == (SOL_PACKET, PACKET_STATISTICS, 8)
+        drops, self.drops = self.drops, 0
+        return struct.pack("=II", drops, drops)
 
 
 @dataclass
@@ -252,6 +265,50 @@ def test_tail_jump_is_counted_and_traffic_resumes_after_repair(env: Env) -> None
     assert env.conserved()["ok"]
 
 
+def test_buffer_waits_are_counted_once_each_with_the_drops_during_them(env: Env) -> None:
+    """An operator tells "virt_rx returned buffers late" from "the driver read too
+    slowly" by these counters: kernel drops while every rx_free buffer was in use go to
+    rx_dropped_buffer_wait as well, drops at any other time only to rx_dropped_no_buffer."""
+    env.sock.drops = 3  # dropped while the driver was reading: not a buffer wait
+    env.virt.jump_index("rx_free")  # no buffer the driver can use
+    env.sock.rx.append(b"\x01" * 60)
+    env.path.process_rx()
+    env.path.process_rx()  # woken again while still out of buffers: the same wait
+    assert env.path.rx_starved and env.stats.rx_buffer_waits == 1
+    env.sock.drops = 5  # the socket overflowed while the driver waited
+    env.virt.restore_index("rx_free")
+    env.path.process_rx()
+    assert not env.path.rx_starved and not env.sock.rx
+    assert env.stats.rx_dropped_buffer_wait == 5
+    env.sock.drops = 2
+    env.path.collect_socket_drops()  # what a stats write does
+    assert (env.stats.rx_dropped_no_buffer, env.stats.rx_dropped_buffer_wait) == (10, 5)
+    assert env.stats.rx_buffer_waits == 1
+
+
+def test_tx_waits_for_one_rx_batch_at_most_during_an_rx_backlog(env: Env) -> None:
+    """After a stall the socket holds more than a batch; the clients' TX must not wait
+    until all of it is read (they would run out of TX buffers meanwhile)."""
+    env.sock.rx.append(udp_frame("10.0.0.2", b"echo me", client_mac(env)))
+    env.path.process_rx()
+    env.virt.on_rx_doorbell()  # the echo client queues the reply on tx_active
+    assert env.path.tx_active.available() == 1
+    backlog = env.path.batch + 20
+    env.sock.rx.extend([b"\x03" * 60] * backlog)
+    read_by_then: list[int] = []
+    send = env.sock.send
+
+    def spy(data: bytes | memoryview) -> int:
+        read_by_then.append(env.stats.rx_frames)
+        return send(data)
+
+    env.sock.send = spy  # type: ignore[method-assign]
+    env.path.process_rx()  # RX work only, as on an RX wake-up
+    assert env.stats.rx_frames == 1 + backlog and not env.sock.rx
+    assert len(env.sock.sent) == 1 and b"echo me" in env.sock.sent[0]
+    assert read_by_then == [1 + env.path.batch]  # sent after the first RX batch
+
+
 def test_a_tail_jump_is_out_of_range_for_every_head_the_driver_can_reach(env: Env) -> None:
     # The driver keeps consuming while the VMM publishes the jump, so its head may be
     # anywhere up to the VMM's own tail by the time it reads the jumped one.
@@ -291,6 +348,7 @@ def test_send_would_block_leaves_the_frame_queued(env: Env) -> None:
     env.sock.send_errors.append(BlockingIOError())
     env.path.process_tx()
     assert env.path.tx_blocked and env.sock.sent == []
+    assert env.stats.tx_send_waits == 1
     assert env.virt.tx_active.head == 0  # still the driver's to send
     env.path.tx_blocked = False  # what the event loop does on EPOLLOUT
     env.path.process_tx()

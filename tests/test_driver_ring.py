@@ -66,6 +66,10 @@ class FakeSock:
     def close(self) -> None:
         pass
 
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        """PACKET_STATISTICS of a ring that dropped nothing: (packets, drops)."""
+        return bytes(size)
+
     def send(self, data: bytes, flags: int = 0) -> int:
         """Like tpacket_snd: send every requested slot in ring order."""
         if self.errors:

@@ -338,11 +338,16 @@ class DataPath:
                 if min(free.available(), active.space()) > 0:
                     free.ring.cancel_signal()
                     continue
-                self.rx_starved = True
+                if not self.rx_starved:
+                    # What the kernel dropped so far was not for want of a buffer.
+                    self.collect_socket_drops()
+                    self.rx_starved = True
+                    stats.rx_buffer_waits += 1
                 return
             if self.rx_starved:
                 self.rx_starved = False
                 free.ring.cancel_signal()
+                stats.rx_dropped_buffer_wait += self.collect_socket_drops()
             if self.rx_switch is not None:
                 delivered, drained = self._rx_auto_batch(n)
             elif self.rx_ring is not None:
@@ -353,6 +358,11 @@ class DataPath:
                 self._notify(active.ring, self.rx_doorbell)
             if drained:
                 return
+            if self.tx_active.available() > 0:
+                # A backlog of RX (after a stall, tens of ms of frames) would otherwise
+                # hold TX until it is all read: the clients, out of TX buffers meanwhile,
+                # would drop. So TX waits for one RX batch at most.
+                self.process_tx()
 
     def _rx_batch(self, n: int) -> tuple[int, bool]:
         """Up to n frames from the plain socket, one ``recv_into`` each.
@@ -667,6 +677,7 @@ class DataPath:
                     send(frame)
                 except BlockingIOError:
                     self.tx_blocked = True  # leave it on tx_active; resend when writable
+                    stats.tx_send_waits += 1
                     break
                 except OSError as exc:  # ENETDOWN, EMSGSIZE, ENOBUFS: the frame is lost
                     stats.tx_dropped += 1
@@ -735,6 +746,7 @@ class DataPath:
                 slot = slots[nxt]
                 if status[slot >> 2] & TX_BUSY:
                     self.tx_blocked = True  # ring full until the device completes: POLLOUT
+                    stats.tx_send_waits += 1
                     break
                 src = io + delta
                 moves += (src, slot + TX_DATA, length)
@@ -871,6 +883,7 @@ class DataPath:
             # The socket's send buffer is full: the rest goes when it drains.
             ring.pending = left
             self.tx_blocked = True
+            self.stats.tx_send_waits += 1
             return
         view, stats = ring.view, self.stats
         for slot in left:
@@ -918,10 +931,14 @@ class DataPath:
             self.stats.rx_errors += 1
             self.ratelog.warn("sock_err", f"socket error: {errno.errorcode.get(err, err)}")
 
-    def collect_socket_drops(self) -> None:
-        """Frames the kernel dropped because we were not reading (no buffer) since last call."""
+    def collect_socket_drops(self) -> int:
+        """Frames the kernel dropped since the last call (its queue or ring was full: we
+        did not read fast enough, or had no buffer to read into); adds and returns them.
+        The kernel zeroes its count on every read."""
+        total = 0
         for sock in self.rx_socks:
             # The first two words of tpacket_stats and tpacket_stats_v3 (a ring's) agree.
             raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS.size)
-            _, drops = TPACKET_STATS.unpack(raw)
-            self.stats.rx_dropped_no_buffer += drops
+            total += TPACKET_STATS.unpack(raw)[1]
+        self.stats.rx_dropped_no_buffer += total
+        return total

@@ -19,7 +19,8 @@ COUNTERS = (
     "rx_bytes",
     "tx_frames",
     "tx_bytes",
-    "rx_dropped_no_buffer",  # dropped by the kernel while no RX buffer was free
+    "rx_dropped_no_buffer",  # dropped by the kernel: its socket queue or ring was full
+    "rx_dropped_buffer_wait",  # of those, dropped while every rx_free buffer was in use
     "rx_dropped_oversize",  # larger than a 2048-byte buffer: dropped, never truncated
     "rx_bad_descriptor",  # rx_free entry outside rx_data or not on a buffer boundary
     "tx_bad_descriptor",  # tx_active entry outside every client region, len 0 or > 2048
@@ -29,6 +30,8 @@ COUNTERS = (
     "notifications_sent",  # guest -> VMM doorbell stores
     "irqs_handled",  # VMM -> guest interrupts read from the IRQ fds
     "tx_checksums_filled",
+    "rx_buffer_waits",  # reading stopped: every rx_free buffer in use (virt_rx behind)
+    "tx_send_waits",  # sending stopped: TX ring or send buffer full (the link behind)
 )
 
 
@@ -104,6 +107,7 @@ class Stats:
     tx_frames: int
     tx_bytes: int
     rx_dropped_no_buffer: int
+    rx_dropped_buffer_wait: int
     rx_dropped_oversize: int
     rx_bad_descriptor: int
     tx_bad_descriptor: int
@@ -113,6 +117,8 @@ class Stats:
     notifications_sent: int
     irqs_handled: int
     tx_checksums_filled: int
+    rx_buffer_waits: int
+    tx_send_waits: int
     rx_latency: Histogram  # kernel receive timestamp -> rx_active tail published
     tx_latency: Histogram  # TX wake-up (or batch start) -> the send() returned
     _seq: int

@@ -112,15 +112,27 @@ def echo_run(
         # delivery): when it lags, rx_free runs dry and the driver has nowhere to put
         # frames, which is the harness's loss rather than the driver's.
         vmm_cpu_fraction=round((vmm_b - vmm_a) / 1e9 / (b.t - a.t), 4),
+        vmm_nice=bench.nice,
         driver_counters=moved,
-        driver_rx_dropped_no_buffer=moved.get("rx_dropped_no_buffer"),
     )
-    result["rx_loss_no_buffer"] = no_buffer_share(result)
+    result.update(rx_loss_parts(moved, int(report["sent"])))
     return result
 
 
-def no_buffer_share(run: dict[str, Any]) -> float | None:
-    """The part of the RX loss the driver dropped because rx_free was empty (the VMM had
-    not given buffers back in time), where the driver counts it."""
-    dropped, sent = run.get("driver_rx_dropped_no_buffer"), run.get("sent")
-    return round(dropped / sent, 6) if dropped is not None and sent else None
+def rx_loss_parts(moved: dict[str, int], sent: int) -> dict[str, Any]:
+    """The kernel's drops on the driver's socket, as the driver counted them, and two
+    shares of `sent`: `rx_loss_no_buffer`, dropped while every rx_free buffer was in use
+    (the VMM had not given buffers back in time: the harness's part), and
+    `rx_loss_driver_behind`, dropped while the driver had buffers but did not read fast
+    enough. None where the driver does not count them (the baseline)."""
+    dropped, waiting = moved.get("rx_dropped_no_buffer"), moved.get("rx_dropped_buffer_wait")
+    out: dict[str, Any] = {
+        "driver_rx_dropped_no_buffer": dropped,
+        "driver_rx_dropped_buffer_wait": waiting,
+        "rx_loss_no_buffer": None,
+        "rx_loss_driver_behind": None,
+    }
+    if dropped is not None and waiting is not None and sent > 0:
+        out["rx_loss_no_buffer"] = round(waiting / sent, 6)
+        out["rx_loss_driver_behind"] = round((dropped - waiting) / sent, 6)
+    return out

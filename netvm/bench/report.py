@@ -9,6 +9,7 @@ saved document can be printed again without running anything.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from netvm.bench.options import TESTS
@@ -35,9 +36,8 @@ def _loss(value: float | None) -> str:
 def _rate_row(label: str, f: dict[str, Any], both_ways: bool) -> str:
     def side(prefix: str) -> tuple[str, str]:
         if both_ways:
-            starved = f.get(prefix + "rx_loss_no_buffer")
             lost = (f"loss RX {_loss(f.get(prefix + 'rx_loss'))}"
-                    + ("" if starved is None else f" ({_loss(starved)} no rx_free buffer)")
+                    + _rx_loss_parts(f, prefix)
                     + f", TX {_loss(f.get(prefix + 'tx_loss'))}")  # fmt: skip
         else:
             lost = f"loss {_loss(f.get(prefix + 'loss'))}"
@@ -117,8 +117,8 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
     )
     return [
         f"soak: {soak['seconds']:g} s echo at {soak['rate']:,.0f} frames/s: sent "
-        f"{soak['sent']:,}, loss RX {_loss(soak['rx_loss'])} ({_loss(soak['rx_loss_no_buffer'])}"
-        f" no rx_free buffer), TX {_loss(soak['tx_loss'])}; driver CPU "
+        f"{soak['sent']:,}, loss RX {_loss(soak['rx_loss'])}{_rx_loss_parts(soak)}, TX "
+        f"{_loss(soak['tx_loss'])}; driver CPU "
         f"{(cpu['cpu_fraction'] or 0):.1%} of a core, VMM {soak['vmm_cpu_fraction']:.1%}",
         f"  buffers (free+active+vmm+in flight/total): {pair} — "
         f"{'ok' if cons.get('ok') else 'FAILED'}",
@@ -140,10 +140,28 @@ def short_lines(short: list[dict[str, Any]] | None, shown: int = 5) -> list[str]
         f"  {len(short)} second(s) below 95 % of the rate or short of TX buffers; the worst: "
         + "; ".join(
             f"t={s['t']:g} s {s['frames_per_s']:,}/s, {s['echo_no_buffer']} echoes skipped, "
-            f"driver {s['driver_cpu']:.0%} VMM {s['vmm_cpu']:.0%}"
+            f"{_count(s.get('kernel_drops'))} kernel drops ({_count(s.get('drops_buffer_wait'))} "
+            f"waiting for RX buffers), driver {s['driver_cpu']:.0%} VMM {s['vmm_cpu']:.0%}, "
+            f"behind: {s.get('behind', 'n/a')}"
             for s in worst
-        )
+        ),
+        "  behind, by second: "
+        + ", ".join(
+            f"{k} {n}" for k, n in sorted(Counter(s.get("behind", "n/a") for s in short).items())
+        ),
     ]
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _rx_loss_parts(run: dict[str, Any], prefix: str = "") -> str:
+    """The driver's split of the RX loss, where it counts one."""
+    starved, slow = run.get(prefix + "rx_loss_no_buffer"), run.get(prefix + "rx_loss_driver_behind")
+    if starved is None or slow is None:
+        return ""
+    return f" ({_loss(starved)} no rx_free buffer, {_loss(slow)} driver behind)"
 
 
 def _rss_parts(parts: dict[str, int] | None) -> str:

@@ -14,9 +14,9 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from netvm.bench.echo import counter_deltas, echo_counts, no_buffer_share
+from netvm.bench.echo import counter_deltas, echo_counts, rx_loss_parts
 from netvm.bench.measure import (
     cpu_of,
     finish_generator,
@@ -90,25 +90,64 @@ def rss_summary(
     return out
 
 
-def short_seconds(
-    ticks: list[tuple[float, int, int, int, int]], rate: float
-) -> list[dict[str, float]]:
+class Tick(NamedTuple):
+    """One soak sample: the VMM's counters, both sides' CPU time, the driver's counters."""
+
+    t: float  # seconds since the soak started
+    rx_frames: int  # frames the VMM took off rx_active
+    echo_no_buffer: int  # echoes skipped: every TX buffer on tx_active or with the driver
+    driver_cpu_ns: int
+    vmm_cpu_ns: int
+    counters: dict[str, int]  # the driver's, freshly written ({} if it did not answer)
+
+
+# Driver counters a short second reports, under the names it reports them by.
+TICK_COUNTERS = {
+    "rx_dropped_no_buffer": "kernel_drops",
+    "rx_dropped_buffer_wait": "drops_buffer_wait",
+    "rx_buffer_waits": "rx_buffer_waits",
+    "tx_send_waits": "tx_send_waits",
+}
+
+
+def behind(drops: int, waiting: int, skipped: int) -> str:
+    """Which side lost frames in a sample: "vmm" when most kernel drops came while every
+    rx_free buffer was in use, "driver" when they came while it had buffers or when
+    echoes were skipped (the TX buffers sat on tx_active: the VMM takes back what is on
+    tx_free before it skips one), "none" when nothing was lost (the generator sent
+    fewer, or frames were still in flight at the sample)."""
+    if drops and 2 * waiting >= drops:
+        return "vmm"
+    if drops or skipped:
+        return "driver"
+    return "none"
+
+
+def short_seconds(ticks: list[Tick], rate: float) -> list[dict[str, Any]]:
     """The samples in which the VMM took fewer than SHORT_SHARE of the frames sent at
     `rate` off rx_active, or had no free TX buffer for an echo: when, how many frames a
-    second, echoes skipped, and each side's CPU share in that second, to tell a driver
-    that fell behind (busy) from a VMM that did (busy) or a host that stalled both (idle).
-    `ticks` holds (seconds, VMM rx_frames, VMM echo_no_buffer, driver CPU ns, VMM CPU ns)."""
+    second, echoes skipped, each side's CPU share in that second, the driver's counters
+    that moved (kernel drops, those while it waited for RX buffers, the waits for RX
+    buffers and for the socket to take TX) and which side was behind."""
     out = []
     for a, b in itertools.pairwise(ticks):
-        span = b[0] - a[0]
+        span = b.t - a.t
         if span <= 0:
             continue
-        per_s, skipped = (b[1] - a[1]) / span, b[2] - a[2]
+        per_s, skipped = (b.rx_frames - a.rx_frames) / span, b.echo_no_buffer - a.echo_no_buffer
         if per_s < SHORT_SHARE * rate or skipped:
+            moved = {
+                name: b.counters[key] - a.counters[key]
+                for key, name in TICK_COUNTERS.items()
+                if key in a.counters and key in b.counters
+            }
             out.append({
-                "t": round(b[0], 1), "frames_per_s": round(per_s), "echo_no_buffer": skipped,
-                "driver_cpu": round((b[3] - a[3]) / 1e9 / span, 3),
-                "vmm_cpu": round((b[4] - a[4]) / 1e9 / span, 3),
+                "t": round(b.t, 1), "frames_per_s": round(per_s), "echo_no_buffer": skipped,
+                "driver_cpu": round((b.driver_cpu_ns - a.driver_cpu_ns) / 1e9 / span, 3),
+                "vmm_cpu": round((b.vmm_cpu_ns - a.vmm_cpu_ns) / 1e9 / span, 3),
+                **moved,
+                "behind": behind(moved.get("kernel_drops", 0),
+                                 moved.get("drops_buffer_wait", 0), skipped),
             })  # fmt: skip
     return out
 
@@ -126,7 +165,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     sim.start()
     series: list[tuple[float, int]] = []
     parts: list[tuple[float, dict[str, int]]] = []
-    ticks: list[tuple[float, int, int, int, int]] = []
+    ticks: list[Tick] = []
     try:
         pid = driver_ahead(sim)
         bench = take_over(sim)
@@ -143,10 +182,11 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
             vmm_first = thread_cpu_ns(vmm_tid)
             t0 = first.t
 
-            def tick(t: float) -> tuple[float, int, int, int, int]:
+            def tick(t: float) -> Tick:
                 now = sim.call(bench.snapshot)
-                return (t, now["rx_frames"], now["echo_no_buffer"], cpu_of(pid)[0],
-                        thread_cpu_ns(vmm_tid))  # fmt: skip
+                doc = fresh_stats(sim, timeout=0.5) or {}
+                return Tick(t, now["rx_frames"], now["echo_no_buffer"], cpu_of(pid)[0],
+                            thread_cpu_ns(vmm_tid), doc.get("counters", {}))  # fmt: skip
 
             ticks = [tick(0.0)]
             while (left := seconds - (time.monotonic() - t0)) > 0:
@@ -176,9 +216,11 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out.update(echo_counts(before, after, int(report["sent"]), peer))
     out["cpu"] = rates(first, last, "rx_frames")
     out["vmm_cpu_fraction"] = round((vmm_last - vmm_first) / 1e9 / (last.t - first.t), 4)
+    out["vmm_nice"] = bench.nice
     out["driver_counters"] = moved
-    out["driver_rx_dropped_no_buffer"] = moved.get("rx_dropped_no_buffer")
-    out["rx_loss_no_buffer"] = no_buffer_share(out)
+    out.update(rx_loss_parts(moved, int(report["sent"])))
+    out["rx_buffer_waits"] = moved.get("rx_buffer_waits")
+    out["tx_send_waits"] = moved.get("tx_send_waits")
     out["rss"] = rss_summary(series, soak_warmup(seconds), parts)
     out["short_seconds"] = short_seconds(ticks, LINE_RATE_1514)
     out["conservation"] = conservation

@@ -46,9 +46,9 @@ def _rate_summary(rounds: list[dict[str, dict[str, Any]]], test: str) -> dict[st
     out: dict[str, Any] = {"rate": LINE_RATE_1514}
     for which, prefix in (("ours", ""), ("baseline", "baseline_")):
         runs = [r[which][test] for r in rounds if test in r[which]]
-        for key in ("loss", "rx_loss", "tx_loss", "rx_loss_no_buffer", "cpu_fraction",
-                    "cpu_us_per_frame", "user_us_per_frame", "kernel_us_per_frame",
-                    "vmm_cpu_fraction"):  # fmt: skip
+        for key in ("loss", "rx_loss", "tx_loss", "rx_loss_no_buffer", "rx_loss_driver_behind",
+                    "cpu_fraction", "cpu_us_per_frame", "user_us_per_frame",
+                    "kernel_us_per_frame", "vmm_cpu_fraction"):  # fmt: skip
             if runs and key in runs[0]:
                 out[prefix + key] = median_or_none([run.get(key) for run in runs])
     return out
