@@ -25,8 +25,22 @@ from netvm.bench.latency import (
     summarize_latency,
 )
 from netvm.bench.launch_baseline import split_wrapper
-from netvm.bench.report import callgrind_table, report, short_lines, soak_lines, table
-from netvm.bench.soak import Tick, rss_kib, rss_summary, short_seconds, soak_warmup
+from netvm.bench.report import (
+    callgrind_table,
+    report,
+    short_lines,
+    soak_lines,
+    steady_line,
+    table,
+)
+from netvm.bench.soak import (
+    Tick,
+    rss_kib,
+    rss_summary,
+    short_seconds,
+    soak_warmup,
+    steady_losses,
+)
 from netvm.bench.summary import summarize, targets
 from netvm.bench.vmm import account_buffers
 
@@ -236,6 +250,31 @@ def test_short_seconds_name_when_the_soak_fell_behind_and_who_was_busy() -> None
     assert "60,000 kernel drops (59,000 waiting for RX buffers)" in lines[0]
     assert lines[1] == "  behind, by second: driver 2, none 1, vmm 1"
     assert "every second" in short_lines([])[0] and short_lines(None) == []
+
+
+def test_steady_losses_leave_out_the_warm_up_but_not_what_came_after() -> None:
+    def tick(t: float, frames: int, skipped: int, drops: int, waiting: int) -> Tick:
+        counters = {"rx_dropped_no_buffer": drops, "rx_dropped_buffer_wait": waiting}
+        return Tick(t, frames, skipped, 0, 0, counters)
+
+    ticks = [
+        tick(0.0, 0, 0, 0, 0),
+        tick(1.0, 80_000, 0, 5_000, 3_000),  # start-up loss, inside the warm-up
+        Tick(30.5, 2_400_000, 0, 0, 0, {}),  # the driver did not answer: not a bound
+        tick(31.0, 2_450_000, 2, 5_000, 3_000),
+        tick(60.0, 4_800_000, 9, 5_040, 3_010),
+    ]
+    assert steady_losses(ticks, 30.0) == {
+        "from_s": 31.0, "to_s": 60.0, "frames": 2_350_000, "kernel_drops": 40,
+        "drops_buffer_wait": 10, "echo_no_buffer": 7,
+    }  # fmt: skip
+    assert steady_losses(ticks[:4], 30.0) is None  # one sample past the warm-up
+    line = steady_line(steady_losses(ticks, 30.0))
+    assert line == [
+        "  after the warm-up (t = 31–60 s, 2,350,000 frames): 40 kernel drops "
+        "(10 waiting for RX buffers), 7 echoes skipped"
+    ]
+    assert steady_line(None) == []
 
 
 def test_echo_loss_is_counted_each_way() -> None:

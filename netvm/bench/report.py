@@ -126,7 +126,19 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
         f"{rss['warmup_s']} s warm-up, {rss['end_kib']} KiB at end (growth "
         f"{rss['growth_kib']} KiB{_rss_parts(rss.get('growth_parts_kib'))}, peak "
         f"{rss['peak_kib']} KiB)",
+        *steady_line(soak.get("steady")),
         *short_lines(soak.get("short_seconds")),
+    ]
+
+
+def steady_line(steady: dict[str, Any] | None) -> list[str]:
+    if not steady:
+        return []
+    return [
+        f"  after the warm-up (t = {steady['from_s']:g}–{steady['to_s']:g} s, "
+        f"{steady['frames']:,} frames): {steady['kernel_drops']:,} kernel drops "
+        f"({steady['drops_buffer_wait']:,} waiting for RX buffers), "
+        f"{steady['echo_no_buffer']:,} echoes skipped"
     ]
 
 

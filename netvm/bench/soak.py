@@ -152,6 +152,27 @@ def short_seconds(ticks: list[Tick], rate: float) -> list[dict[str, Any]]:
     return out
 
 
+def steady_losses(ticks: list[Tick], warmup: float) -> dict[str, Any] | None:
+    """What was lost after the warm-up, between the first sample past it and the last:
+    the kernel's drops on the driver's socket (and those while it waited for rx_free
+    buffers) and the echoes skipped. None without two samples with the driver's counters.
+    Start-up loss (the first seconds at line rate) counts in the soak's loss all the
+    same; this tells it from loss that keeps coming."""
+    later = [t for t in ticks if t.t >= warmup and "rx_dropped_no_buffer" in t.counters]
+    if len(later) < 2:
+        return None
+    a, b = later[0], later[-1]
+    return {
+        "from_s": round(a.t, 1),
+        "to_s": round(b.t, 1),
+        "frames": b.rx_frames - a.rx_frames,
+        "kernel_drops": b.counters["rx_dropped_no_buffer"] - a.counters["rx_dropped_no_buffer"],
+        "drops_buffer_wait": b.counters.get("rx_dropped_buffer_wait", 0)
+        - a.counters.get("rx_dropped_buffer_wait", 0),
+        "echo_no_buffer": b.echo_no_buffer - a.echo_no_buffer,
+    }
+
+
 def soak_warmup(seconds: float) -> float:
     return min(SOAK_WARMUP_MAX_S, seconds / 4)
 
@@ -223,6 +244,7 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out["tx_send_waits"] = moved.get("tx_send_waits")
     out["rss"] = rss_summary(series, soak_warmup(seconds), parts)
     out["short_seconds"] = short_seconds(ticks, LINE_RATE_1514)
+    out["steady"] = steady_losses(ticks, soak_warmup(seconds))
     out["conservation"] = conservation
     out["driver_exit"] = result.driver_exit
     out["met"] = bool(
