@@ -280,6 +280,8 @@ def test_buffer_waits_are_counted_once_each_with_the_drops_during_them(env: Env)
     env.path.process_rx()
     assert not env.path.rx_starved and not env.sock.rx
     assert env.stats.rx_dropped_buffer_wait == 5
+    wait = env.stats.rx_wait  # one sample per wait: how long virt_rx kept the driver waiting
+    assert wait.samples == 1 and 0 < wait.max_ns < 10**9
     env.sock.drops = 2
     env.path.collect_socket_drops()  # what a stats write does
     assert (env.stats.rx_dropped_no_buffer, env.stats.rx_dropped_buffer_wait) == (10, 5)

@@ -109,13 +109,15 @@ def test_histogram_buckets_and_conservative_percentiles() -> None:
     assert h.percentile_us(6) == 10 and h.percentile_us(7) == 250.5
 
 
-def test_stats_file_has_both_latency_histograms(tmp_path: Path) -> None:
+def test_stats_file_has_the_latency_histograms(tmp_path: Path) -> None:
     s = Stats()
     s.rx_latency.add(30_000, 5)
     path = tmp_path / "stats.json"
     s.write(str(path), "exit")
     doc = json.loads(path.read_text())
-    assert set(doc["latency"]) == {"rx_kernel_to_publish_us", "tx_doorbell_to_send_us"}
+    assert set(doc["latency"]) == {
+        "rx_kernel_to_publish_us", "tx_doorbell_to_send_us", "rx_buffer_wait_us",
+    }  # fmt: skip
     rx, tx = doc["latency"]["rx_kernel_to_publish_us"], doc["latency"]["tx_doorbell_to_send_us"]
     assert rx["bounds_us"] == list(LATENCY_BOUNDS_US) and len(rx["counts"]) == 17
     assert rx["samples"] == 5 and rx["counts"][LATENCY_BOUNDS_US.index(50)] == 5

@@ -256,6 +256,7 @@ class DataPath:
         self.batch = batch
         self.ratelog = ratelog or RateLimitedLog()
         self.rx_starved = False  # no RX buffer: stop reading the socket until virt_rx refills
+        self.rx_starved_since = 0  # when it ran out (time.monotonic_ns())
         self.tx_blocked = False  # the socket said EAGAIN: wait for it to become writable
         self.tx_since = 0  # when the current TX batch started (process_tx sets it)
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
@@ -342,12 +343,14 @@ class DataPath:
                     # What the kernel dropped so far was not for want of a buffer.
                     self.collect_socket_drops()
                     self.rx_starved = True
+                    self.rx_starved_since = time.monotonic_ns()
                     stats.rx_buffer_waits += 1
                 return
             if self.rx_starved:
                 self.rx_starved = False
                 free.ring.cancel_signal()
                 stats.rx_dropped_buffer_wait += self.collect_socket_drops()
+                stats.rx_wait.add(time.monotonic_ns() - self.rx_starved_since)
             if self.rx_switch is not None:
                 delivered, drained = self._rx_auto_batch(n)
             elif self.rx_ring is not None:

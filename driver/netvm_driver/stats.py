@@ -39,7 +39,11 @@ COUNTERS = (
 LATENCY_BOUNDS_US = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000,
                      50000, 100000)  # fmt: skip
 # The histograms in the stats file's "latency" object, by key: the Stats attribute.
-LATENCIES = {"rx_kernel_to_publish_us": "rx_latency", "tx_doorbell_to_send_us": "tx_latency"}
+LATENCIES = {
+    "rx_kernel_to_publish_us": "rx_latency",
+    "tx_doorbell_to_send_us": "tx_latency",
+    "rx_buffer_wait_us": "rx_wait",
+}
 
 
 class Histogram:
@@ -121,6 +125,7 @@ class Stats:
     tx_send_waits: int
     rx_latency: Histogram  # kernel receive timestamp -> rx_active tail published
     tx_latency: Histogram  # TX wake-up (or batch start) -> the send() returned
+    rx_wait: Histogram  # out of rx_free buffers -> virt_rx gave one back (one per wait)
     _seq: int
     _started: float
 
@@ -129,6 +134,7 @@ class Stats:
             setattr(self, name, 0)
         self.rx_latency = Histogram()
         self.tx_latency = Histogram()
+        self.rx_wait = Histogram()
         self._seq = 0
         self._started = time.monotonic()
 

@@ -227,7 +227,8 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
         sim.call(bench.stop_echo)
         after = sim.call(bench.snapshot)
         peer = settle_peer(sim) - peer_before
-        moved = counter_deltas(stats_before, fresh_stats(sim)) or {}
+        stats_after = fresh_stats(sim)
+        moved = counter_deltas(stats_before, stats_after) or {}
     finally:
         result = sim.stop("bench soak")
     conservation = sim.bench_conservation or {
@@ -242,6 +243,11 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
     out.update(rx_loss_parts(moved, int(report["sent"])))
     out["rx_buffer_waits"] = moved.get("rx_buffer_waits")
     out["tx_send_waits"] = moved.get("tx_send_waits")
+    # How long each wait for an rx_free buffer lasted (the driver started with the soak).
+    wait = ((stats_after or {}).get("latency") or {}).get("rx_buffer_wait_us")
+    out["rx_buffer_wait_us"] = (
+        {k: wait.get(k) for k in ("samples", "p50_us", "p99_us", "max_us")} if wait else None
+    )
     out["rss"] = rss_summary(series, soak_warmup(seconds), parts)
     out["short_seconds"] = short_seconds(ticks, LINE_RATE_1514)
     out["steady"] = steady_losses(ticks, soak_warmup(seconds))

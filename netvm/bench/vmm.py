@@ -173,6 +173,7 @@ class BenchVmm:
                 self.rx_free_tail = (self.rx_free_tail + n) & 0xFFFF
                 free.publish_tail(self.rx_free_tail)
                 c.rx_frames += n
+                self._kick_rx()  # a driver out of buffers resumes now, not after the rest
                 continue
             ring.request_signal()
             if ring.tail == self.rx_active_head:
