@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from netvm.bench.options import BenchOptions, Sample, driver_python
 from netvm.bench.report import _cpu_cell, report, table
 from netvm.bench.summary import summarize, targets
 from netvm.bench.tools import build_tools
-from netvm.bench.vmm import BenchVmm
+from netvm.bench.vmm import VMM_NICE, BenchVmm, vmm_ahead
 from netvm.board import Board
 from netvm.sim import SimOptions, Simulation
 from tests.harness import ROOT, SimDriver
@@ -119,6 +121,19 @@ def test_summary_takes_ratios_within_rounds_and_medians_across_them() -> None:
     assert [m for name, m in met.items() if name.startswith("driver latency")] == [None]
     assert all(m for name, m in met.items() if not name.startswith("driver latency"))
     assert "| RX 64 B |" in table(summary)
+
+
+def test_the_vmm_thread_alone_runs_ahead_of_the_generator() -> None:
+    """vmm_ahead raises the priority of the calling thread (the VMM's), not of the bench
+    process: the generator it starts inherits the process's."""
+    got: list[int] = []
+    thread = threading.Thread(target=lambda: got.append(vmm_ahead()))
+    thread.start()
+    thread.join()
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = VMM_NICE if os.geteuid() == 0 else mine  # raising needs CAP_SYS_NICE
+    assert got == [expected]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
 
 
 def test_echo_takes_back_returned_tx_buffers_before_it_skips_a_frame(

@@ -25,6 +25,7 @@ from netvm.bench.latency import (
     summarize_latency,
 )
 from netvm.bench.launch_baseline import split_wrapper
+from netvm.bench.measure import run_delay_ns, steal_ticks
 from netvm.bench.report import (
     callgrind_table,
     report,
@@ -34,7 +35,9 @@ from netvm.bench.report import (
     table,
 )
 from netvm.bench.soak import (
+    CLOCK_TICKS,
     Tick,
+    behind,
     rss_kib,
     rss_summary,
     short_seconds,
@@ -204,6 +207,12 @@ def test_rss_growth_is_measured_after_the_warm_up() -> None:
     assert split == {"anon": 300, "shmem": 100}  # after the warm-up, each part its own
 
 
+def test_scheduler_figures_of_a_live_process_and_cpu() -> None:
+    before = run_delay_ns(os.getpid())
+    assert before >= 0 and run_delay_ns(os.getpid()) >= before  # a running total
+    assert steal_ticks(0) >= 0 and steal_ticks(4096) == 0  # no such CPU: nothing stolen
+
+
 def test_rss_parts_of_a_live_process_add_up_to_its_rss() -> None:
     got = rss_kib(os.getpid())
     assert got is not None
@@ -219,6 +228,7 @@ def test_short_seconds_name_when_the_soak_fell_behind_and_who_was_busy() -> None
         return {"rx_dropped_no_buffer": drops, "rx_dropped_buffer_wait": waiting,
                 "rx_buffer_waits": waits, "tx_send_waits": 0}  # fmt: skip
 
+    hz = CLOCK_TICKS
     ticks = [
         Tick(0.0, 0, 0, 0, 0, counters(0, 0)),
         Tick(1.0, 81_000, 0, 300_000_000, 400_000_000, counters(0, 0)),  # full: not listed
@@ -229,27 +239,46 @@ def test_short_seconds_name_when_the_soak_fell_behind_and_who_was_busy() -> None
         # short, and nearly every drop came while the driver waited for rx_free buffers
         Tick(4.0, 200_000, 7, 2_300_000_000, 1_850_000_000, counters(120_000, 60_000, 9)),
         Tick(5.0, 250_000, 7, 2_700_000_000, 2_250_000_000, {}),  # the driver did not answer
-    ]
+        Tick(6.0, 300_000, 7, 3_100_000_000, 2_650_000_000, counters(120_000, 60_000, 9)),
+        # lost while reading, but kept from its CPU for 4 ms and robbed of it for 10 ms
+        Tick(7.0, 350_000, 7, 3_500_000_000, 3_050_000_000, counters(130_000, 60_000, 9),
+             4_000_000, hz // 100),
+    ]  # fmt: skip
     short = short_seconds(ticks, 81_274.0)
     assert short == [
         {"t": 2.0, "frames_per_s": 19_000, "echo_no_buffer": 0, "driver_cpu": 1.0,
-         "vmm_cpu": 0.05, "kernel_drops": 60_000, "drops_buffer_wait": 1_000,
-         "rx_buffer_waits": 1, "tx_send_waits": 0, "behind": "driver"},
+         "vmm_cpu": 0.05, "driver_wait_ms": 0.0, "steal_ms": 0, "kernel_drops": 60_000,
+         "drops_buffer_wait": 1_000, "rx_buffer_waits": 1, "tx_send_waits": 0,
+         "behind": "driver"},
         # full rate, but echoes skipped: the TX buffers sat on tx_active
         {"t": 3.0, "frames_per_s": 81_000, "echo_no_buffer": 7, "driver_cpu": 0.6,
-         "vmm_cpu": 0.4, "kernel_drops": 0, "drops_buffer_wait": 0, "rx_buffer_waits": 0,
-         "tx_send_waits": 0, "behind": "driver"},
+         "vmm_cpu": 0.4, "driver_wait_ms": 0.0, "steal_ms": 0, "kernel_drops": 0,
+         "drops_buffer_wait": 0, "rx_buffer_waits": 0, "tx_send_waits": 0,
+         "behind": "driver"},
         {"t": 4.0, "frames_per_s": 19_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
-         "vmm_cpu": 1.0, "kernel_drops": 60_000, "drops_buffer_wait": 59_000,
-         "rx_buffer_waits": 8, "tx_send_waits": 0, "behind": "vmm"},
+         "vmm_cpu": 1.0, "driver_wait_ms": 0.0, "steal_ms": 0, "kernel_drops": 60_000,
+         "drops_buffer_wait": 59_000, "rx_buffer_waits": 8, "tx_send_waits": 0,
+         "behind": "vmm"},
         {"t": 5.0, "frames_per_s": 50_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
-         "vmm_cpu": 0.4, "behind": "none"},
+         "vmm_cpu": 0.4, "driver_wait_ms": 0.0, "steal_ms": 0, "behind": "none"},
+        {"t": 6.0, "frames_per_s": 50_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
+         "vmm_cpu": 0.4, "driver_wait_ms": 0.0, "steal_ms": 0, "behind": "none"},
+        {"t": 7.0, "frames_per_s": 50_000, "echo_no_buffer": 0, "driver_cpu": 0.4,
+         "vmm_cpu": 0.4, "driver_wait_ms": 4.0, "steal_ms": 10, "kernel_drops": 10_000,
+         "drops_buffer_wait": 0, "rx_buffer_waits": 0, "tx_send_waits": 0,
+         "behind": "host"},
     ]  # fmt: skip
     lines = short_lines(short)
-    assert "4 second(s)" in lines[0] and lines[0].index("t=2 s") < lines[0].index("t=3 s")
+    assert "6 second(s)" in lines[0] and lines[0].index("t=2 s") < lines[0].index("t=4 s")
     assert "60,000 kernel drops (59,000 waiting for RX buffers)" in lines[0]
-    assert lines[1] == "  behind, by second: driver 2, none 1, vmm 1"
+    assert "driver kept from its CPU 0.0 ms (stolen 0 ms)" in lines[0]
+    assert lines[1] == "  behind, by second: driver 2, host 1, none 2, vmm 1"
     assert "every second" in short_lines([])[0] and short_lines(None) == []
+    # The same loss while reading is the host's once the driver was kept from its CPU.
+    assert behind(10_000, 100, 0, kept_ms=14.0) == "host"
+    assert behind(10_000, 100, 0, kept_ms=9.0) == "driver"
+    assert behind(0, 0, 5, kept_ms=30.0) == "host"
+    assert behind(10_000, 9_000, 0, kept_ms=30.0) == "vmm"
 
 
 def test_steady_losses_leave_out_the_warm_up_but_not_what_came_after() -> None:

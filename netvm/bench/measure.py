@@ -250,6 +250,21 @@ def wait_tx_home(sim: BenchSimulation, bench: BenchVmm, timeout: float = 10.0) -
     return int(out)
 
 
+def run_delay_ns(pid: int) -> int:
+    """How long `pid` has been runnable but waiting for a CPU, in ns (/proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1])
+
+
+def steal_ticks(cpu: int) -> int:
+    """Clock ticks the hypervisor has taken from `cpu` for other guests (/proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[8])
+    return 0
+
+
 def thread_cpu_ns(tid: int) -> int:
     """Run time of one thread of this process (the simulated VMM's) in ns."""
     with open(f"/proc/self/task/{tid}/schedstat") as f:

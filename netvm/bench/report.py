@@ -154,7 +154,8 @@ def short_lines(short: list[dict[str, Any]] | None, shown: int = 5) -> list[str]
             f"t={s['t']:g} s {s['frames_per_s']:,}/s, {s['echo_no_buffer']} echoes skipped, "
             f"{_count(s.get('kernel_drops'))} kernel drops ({_count(s.get('drops_buffer_wait'))} "
             f"waiting for RX buffers), driver {s['driver_cpu']:.0%} VMM {s['vmm_cpu']:.0%}, "
-            f"behind: {s.get('behind', 'n/a')}"
+            f"driver kept from its CPU {s.get('driver_wait_ms', 'n/a')} ms (stolen "
+            f"{s.get('steal_ms', 'n/a')} ms), behind: {s.get('behind', 'n/a')}"
             for s in worst
         ),
         "  behind, by second: "

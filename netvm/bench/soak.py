@@ -10,6 +10,7 @@ a clean driver exit. Short rounds cannot show a slow leak or a lost buffer; this
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 import time
@@ -24,14 +25,16 @@ from netvm.bench.measure import (
     kill_generator,
     peer_rx_packets,
     rates,
+    run_delay_ns,
     sample,
     settle,
     settle_peer,
     start_generator,
+    steal_ticks,
     thread_cpu_ns,
     wait_tx_home,
 )
-from netvm.bench.options import LINE_RATE_1514, BenchOptions
+from netvm.bench.options import DRIVER_CPU, LINE_RATE_1514, BenchOptions
 from netvm.bench.rounds import driver_ahead, driver_command, take_over
 from netvm.bench.tools import Tools
 from netvm.bench.vmm import BenchSimulation
@@ -42,6 +45,7 @@ from netvm.sim import SimOptions
 SOAK_SAMPLE_S = 1.0  # RSS and counters sampled this often during a soak
 SOAK_WARMUP_MAX_S = 30.0  # RSS growth is measured after min(this, a quarter of the soak)
 RSS_GROWTH_TARGET_KIB = 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/stat's unit, per second
 SHORT_SHARE = 0.95  # a sample moving less than this share of the rate is reported
 
 
@@ -99,6 +103,8 @@ class Tick(NamedTuple):
     driver_cpu_ns: int
     vmm_cpu_ns: int
     counters: dict[str, int]  # the driver's, freshly written ({} if it did not answer)
+    driver_wait_ns: int = 0  # the driver runnable but not running (waiting for its CPU)
+    steal_ticks: int = 0  # clock ticks the hypervisor took from the driver's CPU
 
 
 # Driver counters a short second reports, under the names it reports them by.
@@ -110,16 +116,21 @@ TICK_COUNTERS = {
 }
 
 
-def behind(drops: int, waiting: int, skipped: int) -> str:
+HOST_STALL_MS = 10.0  # a driver kept from its CPU this long in a second: the host's doing
+
+
+def behind(drops: int, waiting: int, skipped: int, kept_ms: float = 0.0) -> str:
     """Which side lost frames in a sample: "vmm" when most kernel drops came while every
-    rx_free buffer was in use, "driver" when they came while it had buffers or when
-    echoes were skipped (the TX buffers sat on tx_active: the VMM takes back what is on
-    tx_free before it skips one), "none" when nothing was lost (the generator sent
-    fewer, or frames were still in flight at the sample)."""
+    rx_free buffer was in use; "host" when they came while the driver had buffers (or
+    echoes were skipped) but the driver spent HOST_STALL_MS or more of the second
+    runnable and not running, or its CPU was stolen by the hypervisor (`kept_ms`);
+    "driver" for the same loss without that (the TX buffers sat on tx_active when an
+    echo was skipped: the VMM takes back what is on tx_free first); "none" when nothing
+    was lost (the generator sent fewer, or frames were still in flight at the sample)."""
     if drops and 2 * waiting >= drops:
         return "vmm"
     if drops or skipped:
-        return "driver"
+        return "host" if kept_ms >= HOST_STALL_MS else "driver"
     return "none"
 
 
@@ -141,13 +152,16 @@ def short_seconds(ticks: list[Tick], rate: float) -> list[dict[str, Any]]:
                 for key, name in TICK_COUNTERS.items()
                 if key in a.counters and key in b.counters
             }
+            waited = (b.driver_wait_ns - a.driver_wait_ns) / 1e6
+            stolen = (b.steal_ticks - a.steal_ticks) * 1000 / CLOCK_TICKS
             out.append({
                 "t": round(b.t, 1), "frames_per_s": round(per_s), "echo_no_buffer": skipped,
                 "driver_cpu": round((b.driver_cpu_ns - a.driver_cpu_ns) / 1e9 / span, 3),
                 "vmm_cpu": round((b.vmm_cpu_ns - a.vmm_cpu_ns) / 1e9 / span, 3),
+                "driver_wait_ms": round(waited, 1), "steal_ms": round(stolen),
                 **moved,
                 "behind": behind(moved.get("kernel_drops", 0),
-                                 moved.get("drops_buffer_wait", 0), skipped),
+                                 moved.get("drops_buffer_wait", 0), skipped, waited + stolen),
             })  # fmt: skip
     return out
 
@@ -207,7 +221,8 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
                 now = sim.call(bench.snapshot)
                 doc = fresh_stats(sim, timeout=0.5) or {}
                 return Tick(t, now["rx_frames"], now["echo_no_buffer"], cpu_of(pid)[0],
-                            thread_cpu_ns(vmm_tid), doc.get("counters", {}))  # fmt: skip
+                            thread_cpu_ns(vmm_tid), doc.get("counters", {}),
+                            run_delay_ns(pid), steal_ticks(DRIVER_CPU))  # fmt: skip
 
             ticks = [tick(0.0)]
             while (left := seconds - (time.monotonic() - t0)) > 0:
