@@ -1,10 +1,12 @@
 """The soak: ours at full-duplex line rate for a long time, if asked (``--soak``).
 
-Owns: ``soak_run`` (one echo run of ``opts.soak`` seconds with the driver's RSS sampled
-throughout), the RSS figures (growth measured after a warm-up, so the allocator settling
-early is not counted as a leak) and the verdict: no loss,
-every buffer of both queue pairs accounted for at the end, RSS growth within its target,
-a clean driver exit. Short rounds cannot show a slow leak or a lost buffer; this can.
+Owns: ``soak_run`` (one echo run of ``opts.soak`` seconds with the driver's RSS, its
+counters and both sides' CPU sampled every second), the RSS figures (growth measured
+after a warm-up, so the allocator settling early is not counted as a leak), where the
+loss came from (``short_seconds`` and ``behind``: the VMM, the host or the driver;
+``steady_losses``: after the warm-up) and the verdict: no loss, every buffer of both
+queue pairs accounted for at the end, RSS growth within its target, a clean driver exit.
+Short rounds cannot show a slow leak or a lost buffer; this can.
 """
 
 from __future__ import annotations
