@@ -635,6 +635,12 @@ class DataPath:
                 return
             active.ring.cancel_signal()
 
+    def _wait_to_send(self) -> None:
+        """The socket would block (TX ring or send buffer full): stop TX until the event
+        loop sees it writable (EPOLLOUT), and count the wait."""
+        self.tx_blocked = True
+        self.stats.tx_send_waits += 1
+
     def _bad_tx(self, io: int, length: int | None) -> None:
         """Count and log a tx_active descriptor that is no client's buffer (length None)
         or whose length does not fit its buffer. Only the rare path calls this: the checks
@@ -679,8 +685,7 @@ class DataPath:
                         stats.tx_checksums_filled += fill_checksums(frame)
                     send(frame)
                 except BlockingIOError:
-                    self.tx_blocked = True  # leave it on tx_active; resend when writable
-                    stats.tx_send_waits += 1
+                    self._wait_to_send()  # leave it on tx_active; resend when writable
                     break
                 except OSError as exc:  # ENETDOWN, EMSGSIZE, ENOBUFS: the frame is lost
                     stats.tx_dropped += 1
@@ -748,8 +753,7 @@ class DataPath:
             else:
                 slot = slots[nxt]
                 if status[slot >> 2] & TX_BUSY:
-                    self.tx_blocked = True  # ring full until the device completes: POLLOUT
-                    stats.tx_send_waits += 1
+                    self._wait_to_send()  # ring full until the device completes
                     break
                 src = io + delta
                 moves += (src, slot + TX_DATA, length)
@@ -885,8 +889,7 @@ class DataPath:
         if err in (0, errno.EAGAIN):
             # The socket's send buffer is full: the rest goes when it drains.
             ring.pending = left
-            self.tx_blocked = True
-            self.stats.tx_send_waits += 1
+            self._wait_to_send()
             return
         view, stats = ring.view, self.stats
         for slot in left:

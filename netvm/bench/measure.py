@@ -28,10 +28,22 @@ DIRECT_ADDRESS = "10.0.0.250/24"
 PING_TIME = re.compile(r"time=([\d.]+) ms")
 
 
+def _schedstat(path: str) -> tuple[int, int]:
+    """(ns run on a CPU, ns runnable but waiting for one) from a schedstat file."""
+    with open(path) as f:
+        run_ns, wait_ns = f.read().split()[:2]
+    return int(run_ns), int(wait_ns)
+
+
+def sched_times(pid: int) -> tuple[int, int]:
+    """How long `pid` has run and how long it has been runnable but waiting for a CPU,
+    in ns (/proc/PID/schedstat)."""
+    return _schedstat(f"/proc/{pid}/schedstat")
+
+
 def cpu_of(pid: int) -> tuple[int, int, int]:
     """(run time in ns from /proc/PID/schedstat, utime and stime in clock ticks)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        run_ns = int(f.read().split()[0])
+    run_ns = sched_times(pid)[0]
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return run_ns, int(fields[11]), int(fields[12])
@@ -250,12 +262,6 @@ def wait_tx_home(sim: BenchSimulation, bench: BenchVmm, timeout: float = 10.0) -
     return int(out)
 
 
-def run_delay_ns(pid: int) -> int:
-    """How long `pid` has been runnable but waiting for a CPU, in ns (/proc/PID/schedstat)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[1])
-
-
 def steal_ticks(cpu: int) -> int:
     """Clock ticks the hypervisor has taken from `cpu` for other guests (/proc/stat)."""
     with open("/proc/stat") as f:
@@ -267,5 +273,4 @@ def steal_ticks(cpu: int) -> int:
 
 def thread_cpu_ns(tid: int) -> int:
     """Run time of one thread of this process (the simulated VMM's) in ns."""
-    with open(f"/proc/self/task/{tid}/schedstat") as f:
-        return int(f.read().split()[0])
+    return _schedstat(f"/proc/self/task/{tid}/schedstat")[0]

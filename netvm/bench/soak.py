@@ -21,14 +21,13 @@ from typing import Any, NamedTuple
 
 from netvm.bench.echo import counter_deltas, echo_counts, rx_loss_parts
 from netvm.bench.measure import (
-    cpu_of,
     finish_generator,
     fresh_stats,
     kill_generator,
     peer_rx_packets,
     rates,
-    run_delay_ns,
     sample,
+    sched_times,
     settle,
     settle_peer,
     start_generator,
@@ -222,9 +221,10 @@ def soak_run(tools: Tools, opts: BenchOptions, root: Path, progress: Progress) -
             def tick(t: float) -> Tick:
                 now = sim.call(bench.snapshot)
                 doc = fresh_stats(sim, timeout=0.5) or {}
-                return Tick(t, now["rx_frames"], now["echo_no_buffer"], cpu_of(pid)[0],
-                            thread_cpu_ns(vmm_tid), doc.get("counters", {}),
-                            run_delay_ns(pid), steal_ticks(DRIVER_CPU))  # fmt: skip
+                ran, waited = sched_times(pid)
+                return Tick(t, now["rx_frames"], now["echo_no_buffer"], ran,
+                            thread_cpu_ns(vmm_tid), doc.get("counters", {}), waited,
+                            steal_ticks(DRIVER_CPU))  # fmt: skip
 
             ticks = [tick(0.0)]
             while (left := seconds - (time.monotonic() - t0)) > 0:
