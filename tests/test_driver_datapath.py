@@ -343,6 +343,38 @@ def test_empty_tx_active_leaves_a_signal_request(env: Env) -> None:
     assert env.virt.tx_active.signal_required()
 
 
+def test_rescan_after_an_enable_finds_work_that_came_while_masked(env: Env) -> None:
+    """libvmm drops an IRQ injected while the guest has it masked: a frame queued on
+    tx_active, or buffers refilled on rx_free, after the driver last looked, is found by
+    the look the event loop makes after re-enabling (DataPath.rescan)."""
+    env.path.process_tx()  # nothing to send: the signal is requested
+    env.sock.rx.append(udp_frame("10.0.0.2", b"masked", client_mac(env)))
+    env.path.process_rx()
+    env.virt.on_rx_doorbell()  # the client answers: a frame on tx_active, its IRQ dropped
+    env.path.rescan(rx=True, tx=False)  # only the tx IRQ was masked: TX is not looked at
+    assert env.sock.sent == []
+    env.path.rescan(rx=False, tx=True)
+    assert len(env.sock.sent) == 1 and b"masked" in env.sock.sent[0]
+
+    env.virt.jump_index("rx_free")  # out of buffers: the driver waits for the rx IRQ
+    env.sock.rx.append(b"\x01" * 60)
+    env.path.process_rx()
+    assert env.path.rx_starved and env.sock.rx
+    env.virt.restore_index("rx_free")  # refilled while the rx IRQ was masked
+    env.path.rescan(rx=False, tx=True)
+    assert env.path.rx_starved
+    env.path.rescan(rx=True, tx=False)
+    assert not env.path.rx_starved and not env.sock.rx
+    assert env.conserved()["ok"]
+
+
+def test_rescan_with_nothing_new_reads_no_socket(env: Env) -> None:
+    """Not starved, the socket is epoll's to report: a rescan leaves a waiting frame."""
+    env.sock.rx.append(b"\x01" * 60)
+    env.path.rescan(rx=True, tx=True)
+    assert env.sock.rx and env.stats.rx_frames == 0 and env.sock.sent == []
+
+
 def test_send_would_block_leaves_the_frame_queued(env: Env) -> None:
     env.sock.rx.append(udp_frame("10.0.0.2", b"later", client_mac(env)))
     env.path.process_rx()

@@ -635,6 +635,15 @@ class DataPath:
                 return
             active.ring.cancel_signal()
 
+    def rescan(self, *, rx: bool, tx: bool) -> None:
+        """After the event loop re-enabled the rx and/or tx IRQ: process what arrived
+        while it was masked (the VMM drops an interrupt injected then). One queue index
+        load per direction when nothing did."""
+        if tx and not self.tx_blocked and self.tx_active.available():
+            self.process_tx()
+        if rx and self.rx_starved and self.rx_free.available():
+            self.process_rx()
+
     def _wait_to_send(self) -> None:
         """The socket would block (TX ring or send buffer full): stop TX until the event
         loop sees it writable (EPOLLOUT), and count the wait."""

@@ -16,8 +16,8 @@ Acknowledge order (level-triggered line, Linux UIO): read the UIO count, drain t
 receive FIFO (that drops the UART's RX interrupt), clear the interrupt, THEN write 1 to
 re-enable the UIO IRQ; re-enabling first would re-raise the still-pending line at once.
 
-The event loop expects one IRQ fd per direction with UIO semantics (read 4 bytes until
-EAGAIN, write a 4-byte 1 to re-enable). A doorbell byte means "look at both
+The event loop expects one IRQ fd per direction with UIO semantics (read a 4-byte count,
+write a 4-byte 1 to re-enable). A doorbell byte means "look at both
 directions", so a small bridge thread waits on the real doorbell IRQ, acknowledges the
 UART in the order above and then makes both stand-in fds readable (UNIX socket pairs:
 the loop reads its 4-byte count there and its enable writes are drained here). The loop
