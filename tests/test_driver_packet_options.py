@@ -50,4 +50,4 @@ def test_tx_ring_bypasses_the_qdisc_with_frame_offsets_and_loss() -> None:
         remove(ns)
     got = json.loads(proc.stdout)
     assert got["options"] == {"qdisc_bypass": 1, "loss": 1, "tx_has_off": 1, "version": 1}
-    assert got["slots"] == 128  # 2 blocks of 33 pages, 64 slots of 2112 bytes each
+    assert got["slots"] == 256  # 4 blocks of 33 pages, 64 slots of 2112 bytes each
