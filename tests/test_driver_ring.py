@@ -713,6 +713,44 @@ def test_copy_into_buffers_writes_padded_windows_at_buffer_starts_only(
         assert buf[o + width : o + 2048] == b"\xaa" * (2048 - width)
 
 
+@settings(max_examples=200)
+@given(
+    moves=st.lists(
+        st.tuples(
+            st.integers(min_value=-2048, max_value=5 * 2048),  # buffer offset
+            st.integers(min_value=0, max_value=4096),  # where the frame is in the source
+        ),
+        min_size=2,
+        max_size=5,
+        unique_by=lambda m: m[0],
+    ),
+    n=st.integers(min_value=0, max_value=2100),  # every frame's length: a uniform burst
+)
+def test_a_burst_of_one_length_copies_and_refuses_as_frame_by_frame(
+    moves: list[tuple[int, int]], n: int
+) -> None:
+    """copy_into_buffers tests a burst of one length as a batch (RxRing.uniform_run's
+    frames): the same windows land, zero-padded past the source's end, and a bad offset
+    or length is refused as the frame-by-frame loop refuses it."""
+    buf = bytearray(b"\xaa") * (4 * 2048)
+    mem = DeviceMemory("t", buf)
+    ring = bytearray(bytes(range(256)) * 16)
+    offsets, starts = (list(c) for c in zip(*moves, strict=True))
+    width = align16(n)
+    good = [0 <= o <= len(buf) - 2048 and o % 2048 == 0 and n <= 2048 for o in offsets]
+    if not all(good):
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_into_buffers(memoryview(ring), offsets, starts, [n] * len(moves), ring)
+        if not good[0]:
+            assert buf == bytearray(b"\xaa") * (4 * 2048)  # refused before any copy
+        return
+    mem.copy_into_buffers(memoryview(ring), offsets, starts, [n] * len(moves), ring)
+    for o, s in moves:
+        window = bytes(ring[s : s + width]).ljust(width, b"\0")  # zeros past the source
+        assert buf[o : o + width] == window
+        assert buf[o + width : o + 2048] == b"\xaa" * (2048 - width)
+
+
 def test_batched_descriptor_access_is_word_aligned_and_checked() -> None:
     buf = bytearray(8 + 16 * 4)
     mem = DeviceMemory("q", buf)

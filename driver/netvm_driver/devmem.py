@@ -233,6 +233,12 @@ class DeviceMemory:
     # aligned window of the map; no view of a map is ever handed out, so the kernel never
     # copies into or out of device memory itself (docs/driver.md, "Device memory").
 
+    def _not_a_window(self, dst: int, length: int) -> DeviceMemoryError:
+        return DeviceMemoryError(
+            f"{self.name}: frame copy of {length} bytes to {dst:#x} is not an aligned "
+            "window inside one buffer"
+        )
+
     def copy_frame_in(self, dst: int, src: memoryview, length: int) -> None:
         """One frame from the start of `src` (ordinary memory) into the buffer at `dst`.
 
@@ -241,10 +247,7 @@ class DeviceMemory:
         """
         end = dst + ((length + _PAD) & ~_PAD)
         if dst & _PAD or not 0 <= dst <= end <= (dst | _BUF_MASK) + 1 or end > self.size:
-            raise DeviceMemoryError(
-                f"{self.name}: frame copy of {length} bytes to {dst:#x} is not an aligned "
-                "window inside one buffer"
-            )
+            raise self._not_a_window(dst, length)
         if end - dst <= len(src):
             self._mv[dst:end] = src[: end - dst]
         else:
@@ -377,13 +380,23 @@ class DeviceMemory:
             raise DeviceMemoryError(f"{self.name}: the small-copy source is not the view's")
         mv, srclen, last = self._mv, len(src), self.size - NET_BUFFER_SIZE
         short = src if small is None else small
+        count = len(lengths)
+        if count > 1 and lengths.count(lengths[0]) == count:
+            # A burst of one size (RxRing.uniform_run): one width, and the tests of the
+            # sources as batch operations, so per frame only the buffer's test and the
+            # copy. A burst that reaches past the source's end takes the loop below.
+            width = (lengths[0] + _PAD) & ~_PAD
+            if 0 <= width <= NET_BUFFER_SIZE and min(starts) >= 0 and max(starts) + width <= srclen:
+                source = short if width <= SMALL_COPY else src
+                for dst, s in zip(offsets, starts, strict=False):  # checked above
+                    if dst & _BUF_MASK or not 0 <= dst <= last:
+                        raise self._not_a_window(dst, lengths[0])
+                    mv[dst : dst + width] = source[s : s + width]
+                return
         for dst, s, n in zip(offsets, starts, lengths, strict=False):  # checked above
             width = (n + _PAD) & ~_PAD
             if dst & _BUF_MASK or not 0 <= dst <= last or not 0 <= width <= NET_BUFFER_SIZE:
-                raise DeviceMemoryError(
-                    f"{self.name}: frame copy of {n} bytes to {dst:#x} is not an aligned "
-                    "window inside one buffer"
-                )
+                raise self._not_a_window(dst, n)
             if s + width <= srclen:
                 mv[dst : dst + width] = (short if width <= SMALL_COPY else src)[s : s + width]
             else:
