@@ -673,14 +673,16 @@ def test_a_strided_run_with_a_bad_start_is_refused_by_the_per_frame_check() -> N
             mem.copy_buffer_heads_out(out, 32, 2112, offsets, 64)
 
 
+# Where a copy into a 4-buffer region may be asked to go (good, misaligned or outside),
+# and where its frame may start in a 4 KiB source.
+BUFFER_OFFSETS = st.integers(min_value=-2048, max_value=5 * 2048)
+SOURCE_STARTS = st.integers(min_value=0, max_value=4096)
+
+
 @settings(max_examples=200)
 @given(
     moves=st.lists(
-        st.tuples(
-            st.integers(min_value=-2048, max_value=5 * 2048),  # buffer offset
-            st.integers(min_value=0, max_value=4096),  # where the frame is in the source
-            st.integers(min_value=0, max_value=2100),  # its length
-        ),
+        st.tuples(BUFFER_OFFSETS, SOURCE_STARTS, st.integers(min_value=0, max_value=2100)),
         min_size=1,
         max_size=4,
         unique_by=lambda m: m[0],
@@ -716,10 +718,7 @@ def test_copy_into_buffers_writes_padded_windows_at_buffer_starts_only(
 @settings(max_examples=200)
 @given(
     moves=st.lists(
-        st.tuples(
-            st.integers(min_value=-2048, max_value=5 * 2048),  # buffer offset
-            st.integers(min_value=0, max_value=4096),  # where the frame is in the source
-        ),
+        st.tuples(BUFFER_OFFSETS, SOURCE_STARTS),
         min_size=2,
         max_size=5,
         unique_by=lambda m: m[0],
