@@ -375,6 +375,16 @@ def test_rescan_with_nothing_new_reads_no_socket(env: Env) -> None:
     assert env.sock.rx and env.stats.rx_frames == 0 and env.sock.sent == []
 
 
+def test_rescan_does_not_count_an_impossible_index_again(env: Env) -> None:
+    """The wake-up's processing counts a bad peer index once; the look after the enable
+    that follows does not process it, nor count it, a second time."""
+    env.virt.jump_index("tx_active")
+    env.path.process_tx()  # what the tx IRQ's wake-up does first
+    assert env.stats.bad_queue_index == 1
+    env.path.rescan(rx=False, tx=True)
+    assert env.stats.bad_queue_index == 1
+
+
 def test_send_would_block_leaves_the_frame_queued(env: Env) -> None:
     env.sock.rx.append(udp_frame("10.0.0.2", b"later", client_mac(env)))
     env.path.process_rx()

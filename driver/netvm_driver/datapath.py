@@ -638,10 +638,11 @@ class DataPath:
     def rescan(self, *, rx: bool, tx: bool) -> None:
         """After the event loop re-enabled the rx and/or tx IRQ: process what arrived
         while it was masked (the VMM drops an interrupt injected then). One queue index
-        load per direction when nothing did."""
-        if tx and not self.tx_blocked and self.tx_active.available():
+        load per direction when nothing did. An impossible index (-1) was counted by the
+        processing this wake-up did, so it is not processed, nor counted, twice."""
+        if tx and not self.tx_blocked and self.tx_active.available() > 0:
             self.process_tx()
-        if rx and self.rx_starved and self.rx_free.available():
+        if rx and self.rx_starved and self.rx_free.available() > 0:
             self.process_rx()
 
     def _wait_to_send(self) -> None:
