@@ -31,6 +31,8 @@ from netvm_driver.ring import (
     TX_BLOCK_COUNT,
     TX_BLOCK_SIZE,
     TX_DATA,
+    VNET_HDR,
+    VNET_HDR_LEN,
     RxRing,
     TxRing,
 )
@@ -81,8 +83,17 @@ class FakeSock:
         while tx.status[tx.slots[i] >> 2] == TP_STATUS_SEND_REQUEST:
             slot = tx.slots[i]
             size, mac = tx.status[(slot >> 2) + 1], tx.half[(slot >> 1) + 6]
-            assert TX_DATA <= mac <= TX_DATA + 15
-            self.sent.append(bytes(tx.view[slot + mac : slot + mac + size]))
+            # tp_mac and tp_len as the kernel checks them (PACKET_TX_HAS_OFF), then the
+            # virtio_net_hdr at tp_mac: no offload, and the whole frame in the skb.
+            assert mac >= 32 and mac + size <= TX_FRAME
+            assert mac == TX_DATA - VNET_HDR_LEN  # the driver's: every frame at TX_DATA
+            flags, gso, hdr_len, gso_size, csum_start, csum_off = VNET_HDR.unpack_from(
+                tx.view, slot + mac
+            )
+            frame = bytes(tx.view[slot + mac + VNET_HDR_LEN : slot + mac + size])
+            assert (flags, gso, gso_size, csum_start, csum_off) == (0, 0, 0, 0, 0)
+            assert hdr_len == len(frame)
+            self.sent.append(frame)
             tx.status[slot >> 2] = TP_STATUS_AVAILABLE
             total += size
             i = (i + 1) % len(tx.slots)
@@ -415,17 +426,80 @@ def test_auto_mode_switches_to_the_ring_on_a_burst_and_back_when_blocks_come_spa
 
 def echo_to_tx_active(env: Env, sizes: list[int]) -> list[tuple[int, int]]:
     """Queue frames on tx_active from client 0's buffers, as a client would."""
+    return queue_tx_frames(env, [frame(i, n) for i, n in enumerate(sizes)])
+
+
+def queue_tx_frames(env: Env, frames: list[bytes]) -> list[tuple[int, int]]:
     virt = env.virt
     client = virt.clients[0]
     out = []
-    for i, n in enumerate(sizes):
+    for data in frames:
         io = client.pool.popleft()
         off = client.layout.tx_map_offset + io - client.layout.tx_io_base
-        virt.tx_data[off : off + n] = frame(i, n)
-        assert virt._enqueue_tx(io, n)
-        out.append((io, n))
+        virt.tx_data[off : off + len(data)] = data
+        assert virt._enqueue_tx(io, len(data))
+        out.append((io, len(data)))
     virt.flush()
     return out
+
+
+def tagged(i: int, size: int, ethertype: int) -> bytes:
+    data = bytearray(frame(i, size))
+    data[12:14] = ethertype.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_frame_off_a_16_byte_boundary_leaves_its_slot_like_any_other(env: Env) -> None:
+    # It moves down to the data area's start; the slot then serves a whole ring's round
+    # of frames later, and the fake kernel's send() checks tp_mac and every header
+    # field of each.
+    virt = env.virt
+    client = virt.clients[0]
+    io = client.pool.popleft() + 4
+    off = client.layout.tx_map_offset + io - client.layout.tx_io_base
+    virt.tx_data[off : off + 100] = frame(7, 100)
+    assert virt._enqueue_tx(io, 100)
+    virt.flush()
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frame(7, 100)]
+    virt.on_tx_doorbell()
+    sizes = [60 + i % 7 for i in range(len(env.tx.slots))]
+    echo_to_tx_active(env, sizes)
+    env.path.process_tx()
+    assert env.tx_sock.sent[1:] == [frame(i, n) for i, n in enumerate(sizes)]
+    assert env.tx.next == 1
+
+
+def test_tx_frames_longer_than_the_link_s_mtu_are_dropped_counted_and_returned(
+    env: Env,
+) -> None:
+    # The kernel does not check a ring frame with a virtio_net_hdr against the MTU, so
+    # the driver does, by the kernel's rule for a packet socket: MTU + 14 bytes, or + 18
+    # with an 802.1Q tag.
+    mtu = [1500]
+    env.tx.read_mtu = lambda: mtu[0]
+    env.tx.refresh_mtu()
+    frames = [
+        frame(0, 60),
+        frame(1, 1514),
+        frame(2, 1515),
+        tagged(3, 1518, 0x8100),
+        tagged(4, 1518, 0x88A8),  # a service tag: the kernel allows only 802.1Q
+        tagged(5, 1519, 0x8100),
+    ]
+    queued = queue_tx_frames(env, frames)
+    env.path.process_tx()
+    assert env.tx_sock.sent == [frames[0], frames[1], frames[3]]
+    assert env.stats.tx_dropped == 3 and env.stats.tx_frames == 3
+    assert env.stats.tx_bytes == 60 + 1514 + 1518
+    assert [env.virt.tx_free.read(k) for k in range(len(frames))] == queued
+    assert env.conserved()["ok"]
+    mtu[0] = 1600  # raised while the driver runs: the next long frame reads it again
+    longer = frame(6, 1614)
+    queue_tx_frames(env, [longer])
+    env.path.process_tx()
+    assert env.tx_sock.sent[-1] == longer and env.stats.tx_dropped == 3
+    assert env.tx.max_len == 1614
 
 
 def test_tx_ring_sends_frames_byte_exact_and_returns_the_same_descriptors(env: Env) -> None:

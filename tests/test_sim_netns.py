@@ -110,7 +110,7 @@ def test_hostile_queue_contents_are_counted_and_good_traffic_flows(sim: Simulati
     # Bad descriptors first; the load below walks rx_free round several times.
     for kind in ("outside", "below", "misaligned"):
         sim.call(lambda k=kind: virt.inject_rx_free(k))
-    for kind in ("outside", "len0", "oversize"):
+    for kind in ("outside", "len0", "oversize", "over_mtu"):
         sim.call(lambda k=kind: virt.inject_tx_active(k))
     load = subprocess.Popen(
         sim.peer_command(
@@ -142,6 +142,7 @@ def test_hostile_queue_contents_are_counted_and_good_traffic_flows(sim: Simulati
     counters = sim.driver_stats()
     assert counters["rx_bad_descriptor"] == 3  # outside, below, misaligned
     assert counters["tx_bad_descriptor"] == 3  # outside, len 0, len 4000
+    assert counters["tx_dropped"] == 1  # len 1600: its buffer, not the link's MTU
     assert counters["bad_queue_index"] >= 2  # each jump seen at least once
     # And afterwards the path is still whole.
     after = sim.peer_tool("udp-echo", "--target", "10.0.0.2", "--sizes", "1-64,1400-1472")

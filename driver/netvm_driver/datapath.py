@@ -50,6 +50,7 @@ from .ring import (
     BLOCK_PKTS,
     BLOCK_PKTS_AT,
     BLOCK_STATUS,
+    HDR_LEN_AT,
     RX_HDR,
     RX_STAMP,
     RX_STAMP_AT,
@@ -63,8 +64,9 @@ from .ring import (
     TX_BUSY,
     TX_DATA,
     TX_HEADER,
-    TX_LEN_MAC,
-    TX_LEN_MAC_AT,
+    TX_VNET,
+    VNET_HDR,
+    VNET_HDR_LEN,
     RxRing,
     RxSwitch,
     TxRing,
@@ -651,6 +653,25 @@ class DataPath:
         self.tx_blocked = True
         self.stats.tx_send_waits += 1
 
+    def _link_takes(self, ring: TxRing, src: int, length: int) -> bool:
+        """Whether the link takes a frame longer than its MTU allows untagged (rare):
+        the MTU is read again (it may have been raised since) and the frame's EtherType
+        looked at (an 802.1Q tag allows 4 bytes more). A frame it does not take is
+        counted and logged as dropped: a TX ring with a virtio_net_hdr would hand it to
+        the device whatever its length."""
+        ring.refresh_mtu()
+        if length <= ring.max_len:
+            return True
+        scratch = self.tx_scratch
+        skew = self.tx_data.copy_frame_out(src, scratch, length)
+        if ring.takes(length, int.from_bytes(scratch[skew + 12 : skew + 14], "big")):
+            return True
+        self.stats.tx_dropped += 1
+        self.ratelog.warn(
+            "tx_too_long", f"dropped a {length}-byte frame: the link's MTU is {ring.mtu}"
+        )
+        return False
+
     def _bad_tx(self, io: int, length: int | None) -> None:
         """Count and log a tx_active descriptor that is no client's buffer (length None)
         or whose length does not fit its buffer. Only the rare path calls this: the checks
@@ -739,8 +760,9 @@ class DataPath:
         # The region of the last descriptor's client, most often the next one's too: one
         # chained comparison instead of a search (precomputed bounds, in locals).
         lo, hi, delta = clients[0]
-        header = TX_HEADER.pack_into
+        header, vnet = TX_HEADER.pack_into, VNET_HDR.pack_into
         moves: list[int] = []
+        skewed: list[int] = []  # (slot, skew, length) of frames not at a 16-byte boundary
         unowned: list[int] = []  # word indices of descriptors that are no client's buffer
         k = 0
         end = 2 * n
@@ -760,6 +782,8 @@ class DataPath:
                     continue
             if length == 0 or ((io - lo) & BUFFER_MASK) + length > NET_BUFFER_SIZE:
                 self._bad_tx(io, length)
+            elif length > ring.max_len and not self._link_takes(ring, io + delta, length):
+                pass  # counted as dropped; its buffer goes back like any other
             else:
                 slot = slots[nxt]
                 if status[slot >> 2] & TX_BUSY:
@@ -767,9 +791,13 @@ class DataPath:
                     break
                 src = io + delta
                 moves += (src, slot + TX_DATA, length)
-                # tp_status, tp_len, tp_snaplen and tp_mac (where the frame starts) in one
-                # store: the kernel reads a slot only inside send(), after the copies.
-                header(rview, slot, TP_STATUS_SEND_REQUEST, length, length, TX_DATA + (src & 15))
+                if src & 15:
+                    skewed += (slot, src & 15, length)
+                # tp_status, tp_len (the frame and its virtio_net_hdr), tp_snaplen (not
+                # read on TX) and tp_mac in one store, then the header (hdr_len: the
+                # frame's length); the kernel reads a slot only inside send().
+                header(rview, slot, TP_STATUS_SEND_REQUEST, length + VNET_HDR_LEN, length, TX_VNET)
+                vnet(rview, slot + TX_VNET, 0, 0, length, 0, 0, 0)
                 nxt = nxt + 1 if nxt + 1 < nslots else 0
             k += 2
         if moves:
@@ -778,6 +806,12 @@ class DataPath:
             if first + count > nslots:  # the batch wrapped round the ring
                 queued += slots[: first + count - nslots]
             self.tx_data.copy_frames_out(rview, moves)
+            # A frame that does not start at a 16-byte boundary (rare: sDDF clients use
+            # whole buffers) moves down to the data area's start, in ordinary memory, so
+            # the header and tp_mac keep their one place in every slot.
+            for i in range(0, len(skewed), 3):
+                at, skew, length = skewed[i] + TX_DATA, skewed[i + 1], skewed[i + 2]
+                rview[at : at + length] = rview[at + skew : at + skew + length]
             if self.fill_tx_checksums:
                 self._fill_ring_checksums(ring, queued)
             ring.next = nxt
@@ -815,19 +849,22 @@ class DataPath:
         stride = ring.stride
         lens = words[1::2]
         # One max() pass (it is also every copy's width) and all() for "no len 0": each
-        # min()/max() over a batch costs ~150 instructions a frame.
+        # min()/max() over a batch costs ~150 instructions a frame. max_len is at most a
+        # buffer.
         longest = max(lens)
-        if not stride or longest > NET_BUFFER_SIZE or not all(lens):
+        if not stride or longest > ring.max_len or not all(lens):
             return False
         try:
             offsets = list(map(self.tx_buffers.__getitem__, words[0::2]))
         except KeyError:
             return False
-        status, half, slots = ring.status, ring.half, ring.slots
+        status, slots = ring.status, ring.slots
         first, nslots = ring.next, len(slots)
         head = n if n < nslots - first else nslots - first  # to the ring's end, then from 0
         runs = ((first, 0, head), (0, head, n - head))
-        words_per_slot, halves_per_slot = stride >> 2, stride >> 1
+        words_per_slot = stride >> 2
+        len_at = HDR_LEN_AT >> 2  # hdr_len, then gso_size: one 32-bit word of a slot
+        vnet_lanes = VNET_HDR_LEN.to_bytes(4, "little")
         for slot, _, count in runs:
             at = slot * words_per_slot
             if count and any(status[at : at + count * words_per_slot : words_per_slot]):
@@ -838,15 +875,19 @@ class DataPath:
                 continue
             part = lens[done : done + count]
             copy_out(view, slot * stride + TX_DATA, stride, offsets[done : done + count], longest)
-            # tp_len, tp_snaplen, tp_mac (the frame starts the data area: its buffer's
-            # start is 16-byte aligned), then tp_status; the kernel reads a slot only
-            # inside send().
+            # tp_len (the frame and its virtio_net_hdr), the header's hdr_len (the frame's
+            # length) and gso_size (0) as one 32-bit store, then tp_status; the kernel
+            # reads a slot only inside send(). tp_mac and the header's other fields
+            # never change (TxRing). Each strided store costs ~100 instructions a frame,
+            # an array built from ints ~140: tp_len comes from the lengths' array as one
+            # integer sum, 10 added in each 32-bit lane (no carry: a length is < 2^16).
             at, end = slot * words_per_slot, (slot + count) * words_per_slot
             sizes = array("I", part)
-            status[at + 1 : end + 1 : words_per_slot] = sizes
-            status[at + 2 : end + 2 : words_per_slot] = sizes
-            h = slot * halves_per_slot + 6
-            half[h : h + count * halves_per_slot : halves_per_slot] = array("H", (TX_DATA,)) * count
+            tp_len = int.from_bytes(sizes, "little") + int.from_bytes(vnet_lanes * count, "little")
+            status[at + 1 : end + 1 : words_per_slot] = memoryview(
+                tp_len.to_bytes(4 * count, "little")
+            ).cast("I")
+            status[at + len_at : end + len_at : words_per_slot] = sizes
             status[at:end:words_per_slot] = array("I", (TP_STATUS_SEND_REQUEST,)) * count
         queued = slots[first : first + head] + slots[: n - head]
         if self.fill_tx_checksums:
@@ -864,10 +905,10 @@ class DataPath:
 
     def _fill_ring_checksums(self, ring: TxRing, queued: list[int]) -> None:
         """--fill-tx-checksums: the checksums of the frames just placed in these slots."""
-        status, half, view, stats = ring.status, ring.half, ring.view, self.stats
+        half, view, stats = ring.half, ring.view, self.stats
         for slot in queued:
-            size, mac = status[(slot >> 2) + 1], half[(slot >> 1) + 6]
-            stats.tx_checksums_filled += fill_checksums(view[slot + mac : slot + mac + size])
+            size, at = half[(slot + HDR_LEN_AT) >> 1], slot + TX_DATA  # hdr_len: its length
+            stats.tx_checksums_filled += fill_checksums(view[at : at + size])
 
     def _tx_flush(self, ring: TxRing) -> None:
         """One non-blocking send for every requested slot; account for what it left.
@@ -901,12 +942,12 @@ class DataPath:
             ring.pending = left
             self._wait_to_send()
             return
-        view, stats = ring.view, self.stats
+        half, stats = ring.half, self.stats
         for slot in left:
             status[slot >> 2] = TP_STATUS_AVAILABLE
             stats.tx_dropped += 1
             stats.tx_frames -= 1
-            stats.tx_bytes -= TX_LEN_MAC.unpack_from(view, slot + TX_LEN_MAC_AT)[0]
+            stats.tx_bytes -= half[(slot + HDR_LEN_AT) >> 1]  # hdr_len: the frame's length
         ring.next = ring.slots.index(left[0])
         pending.clear()
         why = errno.errorcode.get(err, str(err)) if err else "nothing sent"
