@@ -385,6 +385,30 @@ def test_rescan_does_not_count_an_impossible_index_again(env: Env) -> None:
     assert env.stats.bad_queue_index == 1
 
 
+def test_rescan_counts_an_impossible_index_published_while_masked(env: Env) -> None:
+    """The VMM's interrupt for it came while the IRQ was masked and was dropped, and a
+    VMM that sees its own index as bad raises no other: only the look after the enable
+    finds it."""
+    env.path.process_tx()  # the wake-up's processing: nothing wrong yet
+    env.virt.jump_index("tx_active")  # its interrupt dropped: the driver has it masked
+    env.path.rescan(rx=False, tx=True)
+    assert env.stats.bad_queue_index == 1
+    env.path.rescan(rx=False, tx=True)  # the same bad index, seen already
+    assert env.stats.bad_queue_index == 1
+    env.virt.restore_index("tx_active")
+    env.path.process_tx()
+    assert not env.path.tx_index_bad
+
+
+def test_rescan_counts_an_impossible_rx_free_index_published_while_masked(env: Env) -> None:
+    env.path.rx_starved = True  # out of buffers: the rx IRQ is what wakes it
+    env.virt.jump_index("rx_free")
+    env.path.rescan(rx=True, tx=False)
+    assert env.stats.bad_queue_index == 1
+    env.path.rescan(rx=True, tx=False)
+    assert env.stats.bad_queue_index == 1
+
+
 def test_send_would_block_leaves_the_frame_queued(env: Env) -> None:
     env.sock.rx.append(udp_frame("10.0.0.2", b"later", client_mac(env)))
     env.path.process_rx()

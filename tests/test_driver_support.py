@@ -6,8 +6,8 @@ import json
 import os
 import select
 import signal
+import socket
 import struct
-import tty
 from pathlib import Path
 
 from netvm_driver.checksum import fill_checksums, internet_checksum
@@ -139,12 +139,12 @@ def test_rate_limited_log_suppresses_and_counts() -> None:
     assert lines == ["bad descriptor", "other thing", "bad descriptor (9 similar suppressed)"]
 
 
-def pty_irq() -> tuple[int, int]:
-    """A pty in raw mode standing in for a UIO IRQ fd: (VMM end, non-blocking driver end)."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    os.set_blocking(slave, False)
-    return master, slave
+def sim_irq() -> tuple[int, int]:
+    """A connected UNIX stream socket pair standing in for a UIO IRQ fd, as the host
+    simulation's is: (VMM end, non-blocking driver end)."""
+    vmm, driver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    driver.setblocking(False)
+    return vmm.detach(), driver.detach()
 
 
 def readable(fd: int) -> bool:
@@ -152,7 +152,7 @@ def readable(fd: int) -> bool:
 
 
 def test_read_irq_consumes_one_count_and_a_second_keeps_the_fd_readable() -> None:
-    master, slave = pty_irq()
+    master, slave = sim_irq()
     os.write(master, struct.pack("=ii", 1, 2))  # a stand-in device queued two counts
     assert read_irq(slave)
     assert readable(slave)  # the level-triggered epoll comes back for the second
@@ -173,8 +173,8 @@ class OrderProbe:
         self.steps: list[tuple[str, bytes]] = []
 
     def _enables(self, wait: float = 0.5) -> bytes:
-        """The enables written so far. The pty passes a write on from a kernel worker, so
-        this waits a moment for one: an enable written too early is seen."""
+        """The enables written so far (waiting a moment for one: an enable written too
+        early is seen)."""
         if not select.select([self.master], [], [], wait)[0]:
             return b""
         return os.read(self.master, 16)
@@ -196,9 +196,9 @@ class OrderProbe:
 def test_the_loop_processes_then_reenables_then_rescans() -> None:
     """The order the VMM's dropped-while-masked interrupts need: the queues are looked at
     after the enable, and the enable comes after the frames' work (docs/driver.md)."""
-    master, slave = pty_irq()
+    master, slave = sim_irq()
     os.set_blocking(master, False)
-    rx_master, rx_slave = pty_irq()
+    rx_master, rx_slave = sim_irq()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     probe = OrderProbe(master, wake_w)

@@ -260,6 +260,8 @@ class DataPath:
         self.rx_starved = False  # no RX buffer: stop reading the socket until virt_rx refills
         self.rx_starved_since = 0  # when it ran out (time.monotonic_ns())
         self.tx_blocked = False  # the socket said EAGAIN: wait for it to become writable
+        # The last look at tx_active / rx_free found an impossible index (and counted it).
+        self.tx_index_bad = self.rx_index_bad = False
         self.tx_since = 0  # when the current TX batch started (process_tx sets it)
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
         self.rx_free.ring.cancel_signal()
@@ -322,6 +324,7 @@ class DataPath:
         free, active, stats = self.rx_free, self.rx_active, self.stats
         while True:
             avail = free.available()
+            self.rx_index_bad = avail < 0
             if avail < 0:
                 stats.bad_queue_index += 1
                 self.ratelog.warn("rx_free_index", "rx_free tail is more than capacity ahead")
@@ -603,6 +606,7 @@ class DataPath:
                 return
         while True:
             avail = active.available()
+            self.tx_index_bad = avail < 0
             if avail < 0:
                 stats.bad_queue_index += 1
                 self.ratelog.warn("tx_active_index", "tx_active tail is more than capacity ahead")
@@ -640,12 +644,18 @@ class DataPath:
     def rescan(self, *, rx: bool, tx: bool) -> None:
         """After the event loop re-enabled the rx and/or tx IRQ: process what arrived
         while it was masked (the VMM drops an interrupt injected then). One queue index
-        load per direction when nothing did. An impossible index (-1) was counted by the
-        processing this wake-up did, so it is not processed, nor counted, twice."""
-        if tx and not self.tx_blocked and self.tx_active.available() > 0:
-            self.process_tx()
-        if rx and self.rx_starved and self.rx_free.available() > 0:
-            self.process_rx()
+        load per direction when nothing did. An impossible index (-1) is processed (and
+        counted) only if it is new since the processing this wake-up did: one the VMM
+        published while the IRQ was masked raises no interrupt, and one already counted
+        is not counted twice."""
+        if tx and not self.tx_blocked:
+            avail = self.tx_active.available()
+            if avail > 0 or (avail < 0 and not self.tx_index_bad):
+                self.process_tx()
+        if rx and self.rx_starved:
+            avail = self.rx_free.available()
+            if avail > 0 or (avail < 0 and not self.rx_index_bad):
+                self.process_rx()
 
     def _wait_to_send(self) -> None:
         """The socket would block (TX ring or send buffer full): stop TX until the event

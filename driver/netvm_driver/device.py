@@ -6,14 +6,16 @@ what was mapped. The data path sees only a `Devices` object, so it runs unchange
 - the target: UIO devices found by name (uio.py); regions are UIO maps, IRQs are
   /dev/uioN fds, a doorbell is a single store to the fault page the VMM left unmapped;
 - the host simulation (``--sim-devices FILE``, written by ``invoke sim``): regions are
-  files in /dev/shm, IRQs are pseudo-terminals in raw mode (they behave like a UIO IRQ fd:
-  write 4 bytes to enable, read 4 bytes of count), and a doorbell is a byte written to a
-  FIFO instead of the fault-page store. This is a SIMULATION of the VMM, named as such;
-  it exists so the real data path can be exercised on any Linux host.
+  files in /dev/shm, IRQs are connections to UNIX stream sockets the simulator listens on
+  (they behave like a UIO IRQ fd: write 4 bytes to enable, read 4 bytes of count), and a
+  doorbell is a byte written to a FIFO instead of the fault-page store. This is a
+  SIMULATION of the VMM, named as such; it exists so the real data path can be exercised
+  on any Linux host.
 """
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: see docs/driver.md, "Start-up"
 import mmap
 import os
 
@@ -51,6 +53,19 @@ class FifoDoorbell:
             os.write(self._fd, b"\1")
         except BlockingIOError:
             pass
+
+
+def _connect_sim_irq(path: str) -> int:
+    """SIMULATION: a connection to the simulator's stand-in for a UIO IRQ device, as a
+    non-blocking fd used exactly like /dev/uioN's (uio.open_irq)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return int(sock.detach())  # close-on-exec, as every socket Python makes
 
 
 class Devices:
@@ -151,11 +166,11 @@ def open_sim_devices(config: DriverConfig, path: str, log: Callable[[str], None]
             devices.doorbells[name] = FifoDoorbell(fd)
             log(f"-> opened simulated doorbell '{fifo}' ({name})")
         for name in IRQ_UIOS:
-            pty = table[name]["irq_pty"]
-            fd = uio.open_irq(pty)
+            path = table[name]["irq_socket"]
+            fd = _connect_sim_irq(path)
             devices._closers.append(_fd_closer(fd))
             devices.irq_fds[name] = fd
-            log(f"-> opened simulated IRQ '{pty}' ({name})")
+            log(f"-> connected to simulated IRQ '{path}' ({name})")
     except BaseException:
         devices.close()
         raise

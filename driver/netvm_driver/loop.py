@@ -58,7 +58,7 @@ def read_irq(fd: int) -> bool:
 
 def enable_irq(fd: int) -> None:
     """Unmask the interrupt (UIO irqcontrol: a 4-byte 1)."""
-    # Only a simulated IRQ (a pty) can be full; then an enable is already pending.
+    # Only a simulated IRQ (a socket) can be full; then an enable is already pending.
     try:
         os.write(fd, IRQ_ENABLE)
     except BlockingIOError:

@@ -133,5 +133,5 @@ def map_device(
 
 
 def open_irq(path: str) -> int:
-    """An IRQ fd: non-blocking so reads can drain to EAGAIN (level-triggered epoll)."""
+    """An IRQ fd, non-blocking: a read after a spurious wake-up returns EAGAIN."""
     return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)

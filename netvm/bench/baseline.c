@@ -18,8 +18,8 @@
  *    (libvmm later made the same change upstream). Re-enabling before processing closes
  *    a lost wake-up: libvmm drops a vIRQ injected while the guest has it masked, so work
  *    the VMM queues (and signals) between upstream's last queue check and its enable
- *    would wait for the next unrelated interrupt. (The simulation latches such an
- *    injection instead of dropping it, so here this costs at most a spurious wake-up.)
+ *    would wait for the next unrelated interrupt. (The simulation drops such an
+ *    injection too.)
  *  - Notifications: upstream notifies when require_signal() says so but leaves the flag
  *    set; here cancel_signal() comes first, as sDDF's own drivers do. Without it every
  *    batch the driver finishes while the VMM is still busy with the last notification
@@ -36,8 +36,9 @@
  *    peer's backlog is full refuses frames with ENOBUFS, which the TX flood provokes, so
  *    upstream's exit would end the TX runs; a real NIC's driver drops too.
  * Deviations that do not change the data path:
- *  - devices are the simulation's stand-ins (shm files, FIFO doorbells, pty IRQs; see
- *    docs/driver.md), passed on the command line instead of /dev/uioN;
+ *  - devices are the simulation's stand-ins (shm files, FIFO doorbells, IRQs as
+ *    connections to the simulator's UNIX sockets; see docs/driver.md), passed on the
+ *    command line instead of /dev/uioN;
  *  - the socket has PACKET_IGNORE_OUTGOING, like netvm_driver, so TX frames do not come
  *    back as RX;
  *  - TX client regions come from the layout instead of a fixed 0x100000 stride;
@@ -69,6 +70,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -221,7 +223,7 @@ static void notify(int fifo)
     notifications++;
 }
 
-/* UIO IRQ: read the count (simulation: a pty), then re-enable with a 4-byte 1. */
+/* UIO IRQ: read the count (simulation: a socket), then re-enable with a 4-byte 1. */
 static void irq_ack(int fd)
 {
     uint32_t count, enable = 1;
@@ -397,6 +399,25 @@ static int open_nb(const char *path, int flags)
     return fd;
 }
 
+/* SIMULATION stand-in for opening /dev/uioN of an IRQ: a connection to the simulator's
+ * UNIX socket, read and written like the UIO fd. */
+static int connect_nb(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || strlen(path) >= sizeof(addr.sun_path)) {
+        fprintf(stderr, "%s: cannot make a socket for it\n", path);
+        exit(1);
+    }
+    strcpy(addr.sun_path, path);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+        fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+        perror(path);
+        exit(1);
+    }
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -468,8 +489,9 @@ int main(int argc, char **argv)
     LOG_NET("*** SIMULATION: doorbells and IRQs\n");
     rx_fault_fd = open_nb(arg(argc, argv, "rx_fault"), O_WRONLY);
     tx_fault_fd = open_nb(arg(argc, argv, "tx_fault"), O_WRONLY);
-    rx_irq_fd = open_nb(arg(argc, argv, "rx_irq"), O_RDWR | O_NOCTTY);
-    tx_irq_fd = open_nb(arg(argc, argv, "tx_irq"), O_RDWR | O_NOCTTY);
+    signal(SIGPIPE, SIG_IGN); /* the simulator gone: a write fails, epoll reports it */
+    rx_irq_fd = connect_nb(arg(argc, argv, "rx_irq"));
+    tx_irq_fd = connect_nb(arg(argc, argv, "tx_irq"));
     irq_ack(rx_irq_fd);
     irq_ack(tx_irq_fd);
     ev.data.fd = rx_irq_fd;

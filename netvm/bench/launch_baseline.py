@@ -37,7 +37,7 @@ def baseline_argv(binary: str, argv: list[str]) -> list[str]:
     for name in ("rx_fault", "tx_fault"):
         out.append(f"{name}={devices[name]['doorbell_fifo']}")
     for name in ("rx_irq", "tx_irq"):
-        out.append(f"{name}={devices[name]['irq_pty']}")
+        out.append(f"{name}={devices[name]['irq_socket']}")
     for client in config["tx_clients"]:
         out.append(f"client={client['offset']:x}:{client['size']:x}")
     if args.stats_json:

@@ -94,7 +94,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "ours": lat["ours"],
         "baseline": lat["baseline"],
         "note": "end-to-end round trip through the simulated VMM (Python, a thread wake-up "
-        "and a pseudo-terminal per direction): harness-dominated, an upper bound of the "
+        "and a UNIX socket per direction): harness-dominated, an upper bound of the "
         "driver's share; the driver's own figures are in driver_latency_us",
     }
     summary["driver_latency_us"] = summarize_latency(

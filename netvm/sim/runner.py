@@ -47,7 +47,7 @@ from netvm.sim import driverlog, netns, runs
 from netvm.sim.calls import LoopCalls
 from netvm.sim.layout import SimLayout, sim_layout
 from netvm.sim.virt import VirtNet
-from netvm.sim.vmm import SimDevices, create_devices
+from netvm.sim.vmm import SimDevices, SimIrq, create_devices
 
 T = TypeVar("T")
 RUN_PREFIX = "netvm-sim-"
@@ -411,7 +411,16 @@ class Simulation:
         handlers[rx_fd] = on_rx
         handlers[tx_fd] = on_tx
         for irq in devs.irqs.values():
-            handlers[irq.master] = irq.read_enables
+            assert irq.listener is not None
+
+            def watch(fd: int, irq: SimIrq = irq) -> None:
+                # A driver's connection, for its enables. Closing a connection takes it
+                # out of the epoll set, so a reused number is registered afresh.
+                handlers[fd] = irq.read_enables
+                ep.register(fd, select.EPOLLIN)
+
+            irq.on_connect = watch
+            handlers[irq.listener.fileno()] = irq.read_enables  # accepts, then reads
         handlers[self._calls.fd] = self._calls.run_pending
         for fd in handlers:
             ep.register(fd, select.EPOLLIN)

@@ -357,7 +357,7 @@ class VirtNet:
             "irqs": {
                 name: {
                     "injected": irq.injected,
-                    "latched_while_masked": irq.latched,
+                    "dropped_while_masked": irq.dropped,
                     "enabled": irq.enabled,
                 }
                 for name, irq in self.devs.irqs.items()

@@ -4,11 +4,10 @@ Owns: the host stand-ins for what libvmm provides in the real system, and the fi
 tells the driver where they are (``--sim-devices``):
 - each memory region (data_passing, the four queues, rx_data, tx_data) is a file in
   /dev/shm that both sides mmap, sized like the board's UIO region;
-- each IRQ device (rx_irq, tx_irq) is a pseudo-terminal in raw mode. The driver opens the
-  slave like /dev/uioN: it writes a 4-byte 1 to enable the interrupt and reads a 4-byte
-  count when one arrives. Injection follows libvmm: an interrupt injected while the guest
-  has it disabled is dropped by libvmm; here it is delivered at the next enable (see
-  SimIrq for why);
+- each IRQ device (rx_irq, tx_irq) is a UNIX stream socket the VMM listens on. The driver
+  connects to it and uses the connection like /dev/uioN: it writes a 4-byte 1 to enable
+  the interrupt and reads a 4-byte count when one arrives. Injection follows libvmm: an
+  interrupt injected while the driver has it disabled is dropped (SimIrq);
 - each fault page (rx_fault, tx_fault) is a FIFO: the driver writes a byte where the
   target does its single store to the unmapped page.
 The data-passing page is filled as the VMM does. Queue contents belong to virt.py.
@@ -20,8 +19,9 @@ import contextlib
 import json
 import mmap
 import os
+import socket
 import struct
-import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,65 +60,86 @@ def data_passing_page(layout: SimLayout) -> bytes:
 
 @dataclass
 class SimIrq:
-    """One simulated UIO IRQ device: a pty whose slave the driver holds.
+    """One simulated UIO IRQ device: a listening UNIX stream socket at `path`.
 
-    libvmm drops a vIRQ injected while the guest has it masked. A pty delivers the
-    driver's enable write to this side asynchronously (the tty layer pushes it from a
-    work queue), so "masked" here cannot be told apart from "enable still in flight";
-    dropping would lose wake-ups the real system delivers. So an injection that finds
-    the IRQ masked is remembered and delivered at the next enable (counted as latched).
+    The driver connects and uses the connection as it would /dev/uioN. An enable is in
+    the socket the moment the driver's write returns, and every injection first reads
+    what the driver wrote, so the state here is the driver's own: an interrupt injected
+    while it is disabled is dropped and counted, as libvmm does, and the driver must
+    find that work itself (it looks at the queues after each enable). The write that
+    raises the interrupt wakes the driver directly, as a vIRQ does the guest, with no
+    kernel worker in between (a pty, the earlier stand-in, needed one).
+
+    A new connection (a restarted driver) replaces the old one; `on_connect` hears of
+    each, so the VMM's event loop can watch it for enables.
     """
 
     name: str
-    master: int
-    slave: int
+    listener: socket.socket | None
     path: str
+    conn: socket.socket | None = None
+    on_connect: Callable[[int], None] | None = None
     enabled: bool = True  # Linux enables the IRQ when uio_pdrv_genirq probes
     count: int = 0
     injected: int = 0
-    latched: int = 0
-    pending: bool = False
+    dropped: int = 0
     _partial: bytes = b""
+
+    def accept(self) -> None:
+        """Take a waiting connection, if any, in place of the current one."""
+        if self.listener is None:
+            return
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self._partial = conn, b""
+        if self.on_connect is not None:
+            self.on_connect(conn.fileno())
 
     def read_enables(self) -> None:
         """Apply the driver's 4-byte enable/disable writes."""
-        while True:
+        self.accept()
+        while self.conn is not None:
             try:
-                data = os.read(self.master, 4096)
-            except OSError:  # EAGAIN: nothing more; EIO: no slave open yet
+                data = self.conn.recv(4096)
+            except BlockingIOError:
                 break
-            if not data:
+            except OSError:  # ECONNRESET: the driver went away
+                data = b""
+            if not data:  # the driver closed its end
+                self.conn.close()
+                self.conn = None
                 break
             data = self._partial + data
             whole = len(data) - len(data) % 4
             for (value,) in IRQ_VALUE.iter_unpack(data[:whole]):
                 self.enabled = value != 0
             self._partial = data[whole:]
-        if self.enabled and self.pending:
-            self.pending = False
-            self._deliver()
 
     def inject(self) -> bool:
-        """Raise the interrupt now if enabled, else at the next enable."""
+        """Raise the interrupt if the driver has it enabled; else drop it (libvmm)."""
         self.read_enables()
-        if not self.enabled:
-            self.latched += int(not self.pending)
-            self.pending = True
+        if not self.enabled or self.conn is None:
+            self.dropped += 1
             return False
-        self._deliver()
-        return True
-
-    def _deliver(self) -> None:
         self.count += 1
         self.injected += 1
         self.enabled = False  # uio_pdrv_genirq's handler disables it until userspace re-enables
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.master, IRQ_VALUE.pack(self.count))
-        # The pty hands the write to the slave from a kernel worker, which runs on this
-        # CPU only when the VMM thread lets it: a VMM with a backlog to echo kept a driver
-        # waiting for its RX refill IRQ 5 ms at the median. Yielding here took that to
-        # 1 ms (docs/bench.md, "What runs where").
-        os.sched_yield()
+        try:
+            self.conn.send(IRQ_VALUE.pack(self.count))
+        except OSError:  # EAGAIN cannot happen while each injection waits for an enable
+            self.dropped += 1
+            return False
+        return True
+
+    def close(self) -> None:
+        for sock in (self.conn, self.listener):
+            if sock is not None:
+                sock.close()
 
 
 @dataclass
@@ -138,6 +159,8 @@ class SimDevices:
         for mm in self.regions.values():
             with contextlib.suppress(BufferError, ValueError):
                 mm.close()
+        for irq in self.irqs.values():
+            irq.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -173,13 +196,13 @@ def create_devices(layout: SimLayout, run_dir: Path) -> SimDevices:
             devs.doorbells[name] = rd
             table[name] = {"doorbell_fifo": str(path)}
         for name in IRQS:
-            master, slave = os.openpty()
-            tty.setraw(slave)  # no echo, no line editing: 4-byte words pass unchanged
-            os.set_blocking(master, False)
-            devs._fds += [master, slave]
-            irq = SimIrq(name, master, slave, os.ttyname(slave))
-            devs.irqs[name] = irq
-            table[name] = {"irq_pty": irq.path}
+            path = run_dir / f"{name}.sock"
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            devs.irqs[name] = SimIrq(name, listener, str(path))
+            listener.bind(str(path))
+            listener.listen(4)
+            listener.setblocking(False)
+            table[name] = {"irq_socket": str(path)}
         doc = {
             "simulation": "netvm host simulation of the VMM's UIO devices; not a real device",
             "board": layout.board,

@@ -59,7 +59,7 @@ class DoorbellIrq(SimIrq):
         try:
             self.sock.send(INJECT_BYTE, socket.MSG_DONTWAIT)
         except BlockingIOError:  # the guest has thousands of unread bytes: it will scan
-            self.latched += 1
+            self.dropped += 1
             return False
         return True
 
@@ -123,7 +123,7 @@ class QemuVmm:
         page = data_passing_page(self.layout)
         self.devs.regions["data_passing"][: len(page)] = page
         for name in ("rx_irq", "tx_irq"):
-            self.devs.irqs[name] = DoorbellIrq(name, -1, -1, "doorbell")
+            self.devs.irqs[name] = DoorbellIrq(name, None, "doorbell")
         # virt_rx's init: every RX buffer on rx_free (written before the guest boots).
         self.virt = VirtNet(self.devs)
 
