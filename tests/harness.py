@@ -453,6 +453,11 @@ def assert_first_buffer_reused(env: DriverEnv, dropped: int, kept: int) -> None:
 # --- the network -----------------------------------------------------------------------
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` becomes readable within `timeout` seconds."""
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
 def closed_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on."""
     with socket.socket() as s:

@@ -429,12 +429,13 @@ def echo_to_tx_active(env: Env, sizes: list[int]) -> list[tuple[int, int]]:
     return queue_tx_frames(env, [frame(i, n) for i, n in enumerate(sizes)])
 
 
-def queue_tx_frames(env: Env, frames: list[bytes]) -> list[tuple[int, int]]:
+def queue_tx_frames(env: Env, frames: list[bytes], skew: int = 0) -> list[tuple[int, int]]:
+    """Queue these frames on tx_active, each `skew` bytes into a buffer of client 0."""
     virt = env.virt
     client = virt.clients[0]
     out = []
     for data in frames:
-        io = client.pool.popleft()
+        io = client.pool.popleft() + skew
         off = client.layout.tx_map_offset + io - client.layout.tx_io_base
         virt.tx_data[off : off + len(data)] = data
         assert virt._enqueue_tx(io, len(data))
@@ -453,16 +454,10 @@ def test_a_frame_off_a_16_byte_boundary_leaves_its_slot_like_any_other(env: Env)
     # It moves down to the data area's start; the slot then serves a whole ring's round
     # of frames later, and the fake kernel's send() checks tp_mac and every header
     # field of each.
-    virt = env.virt
-    client = virt.clients[0]
-    io = client.pool.popleft() + 4
-    off = client.layout.tx_map_offset + io - client.layout.tx_io_base
-    virt.tx_data[off : off + 100] = frame(7, 100)
-    assert virt._enqueue_tx(io, 100)
-    virt.flush()
+    queue_tx_frames(env, [frame(7, 100)], skew=4)
     env.path.process_tx()
     assert env.tx_sock.sent == [frame(7, 100)]
-    virt.on_tx_doorbell()
+    env.virt.on_tx_doorbell()
     sizes = [60 + i % 7 for i in range(len(env.tx.slots))]
     echo_to_tx_active(env, sizes)
     env.path.process_tx()
@@ -551,12 +546,7 @@ def test_a_tx_batch_with_one_unusual_descriptor_is_placed_frame_by_frame(
 
 
 def test_every_tx_copy_reads_an_aligned_padded_window_inside_one_buffer(env: Env) -> None:
-    virt = env.virt
-    client = virt.clients[0]
-    io = client.pool.popleft() + 4  # a frame that does not start on a 16-byte boundary
-    off = client.layout.tx_map_offset + io - client.layout.tx_io_base
-    virt.tx_data[off : off + 100] = frame(7, 100)
-    assert virt._enqueue_tx(io, 100)
+    queue_tx_frames(env, [frame(7, 100)], skew=4)  # not on a 16-byte boundary
     echo_to_tx_active(env, [17, 2048])
     env.path.process_tx()
     assert env.tx_sock.sent == [frame(7, 100), frame(0, 17), frame(1, 2048)]

@@ -15,6 +15,8 @@ from netvm_driver.log import RateLimitedLog
 from netvm_driver.loop import EventLoop, enable_irq, read_irq
 from netvm_driver.stats import COUNTERS, LATENCIES, LATENCY_BOUNDS_US, Histogram, Stats
 
+from tests.harness import readable
+
 # A real frame: ping request captured from Linux (IPv4 header checksum 0xb861).
 ICMP_HDR = bytes.fromhex("4500005400004000400126a70a0000010a000002")
 
@@ -147,15 +149,11 @@ def sim_irq() -> tuple[int, int]:
     return vmm.detach(), driver.detach()
 
 
-def readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0.2)[0])
-
-
 def test_read_irq_consumes_one_count_and_a_second_keeps_the_fd_readable() -> None:
     master, slave = sim_irq()
     os.write(master, struct.pack("=ii", 1, 2))  # a stand-in device queued two counts
     assert read_irq(slave)
-    assert readable(slave)  # the level-triggered epoll comes back for the second
+    assert readable(slave, 0.2)  # the level-triggered epoll comes back for the second
     assert read_irq(slave)
     assert not read_irq(slave)  # a spurious wake-up: no count, no exception
     enable_irq(slave)

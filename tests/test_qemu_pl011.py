@@ -9,7 +9,6 @@ one end of a socket pair, so the test plays the kernel's side of /dev/uioN: it w
 from __future__ import annotations
 
 import os
-import select
 import socket
 import struct
 import threading
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from netvm_driver import pl011
+
+from tests.harness import readable
 
 WORD = struct.Struct("=i")
 
@@ -96,10 +97,6 @@ def recv_word(sock: socket.socket, timeout: float = 2.0) -> int:
     return int(WORD.unpack(sock.recv(4))[0])
 
 
-def readable(fd: int, timeout: float = 2.0) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
-
-
 def test_setup_programs_the_uart_and_enables_the_irq(wired) -> None:
     uart, kernel, _ = wired
     assert recv_word(kernel) == 1  # enabled once at start
@@ -119,7 +116,7 @@ def test_an_interrupt_drains_the_uart_before_reenabling_and_wakes_both_fds(wired
     assert uart.rx == [] and uart.cleared > cleared  # ... after the drain and clear
     for name in ("rx_irq", "tx_irq"):
         fd = devices.irq_fds[name]
-        assert readable(fd)
+        assert readable(fd, 2.0)
         assert WORD.unpack(os.read(fd, 4))[0] == 1
         os.write(fd, WORD.pack(1))  # the loop's enable write is swallowed by the bridge
     time.sleep(0.05)

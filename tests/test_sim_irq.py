@@ -8,18 +8,13 @@ is dropped as libvmm drops it, and a restarted driver's connection takes over.
 from __future__ import annotations
 
 import os
-import select
 from pathlib import Path
 
 from netvm_driver.device import _connect_sim_irq
 from netvm_driver.loop import enable_irq, read_irq
 
 from netvm.board import Board
-from tests.harness import SimDriver
-
-
-def readable(fd: int, wait: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], wait)[0])
+from tests.harness import SimDriver, readable
 
 
 def test_an_interrupt_reaches_an_enabled_driver_and_one_while_masked_is_dropped(
