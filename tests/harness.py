@@ -369,6 +369,10 @@ class SpyMemory(DeviceMemory):
         self.outs += [(off, at + i * stride, length) for i, off in enumerate(offsets)]
         super().copy_buffer_heads_out(dst, at, stride, offsets, length)
 
+    def copy_buffer_head_out(self, dst: memoryview, at: int, src: int, length: int) -> None:
+        self.outs.append((src, at, length))
+        super().copy_buffer_head_out(dst, at, src, length)
+
     def copy_into_buffers(
         self,
         src: memoryview,

@@ -39,7 +39,7 @@ rec = {{"in": [], "out": [], "socket_on_map": []}}
 Mem = devmem.DeviceMemory
 real = {{n: getattr(Mem, n) for n in (
     "__init__", "copy_frame_in", "copy_frame_out", "copy_frames_out",
-    "copy_buffer_heads_out", "copy_into_buffers")
+    "copy_buffer_heads_out", "copy_buffer_head_out", "copy_into_buffers")
     if hasattr(Mem, n)}}
 
 def init(self, name, buf):
@@ -62,11 +62,16 @@ def heads_out(self, dst, at, stride, offsets, length):
     rec["out"] += [(self.name, off, length) for off in offsets]
     return real["copy_buffer_heads_out"](self, dst, at, stride, offsets, length)
 
+def head_out(self, dst, at, src, length):
+    rec["out"].append((self.name, src, length))
+    return real["copy_buffer_head_out"](self, dst, at, src, length)
+
 def into_buffers(self, src, offsets, starts, lengths, small=None):
     rec["in"] += [(self.name, off, n) for off, n in zip(offsets, lengths)]
     return real["copy_into_buffers"](self, src, offsets, starts, lengths, small)
 
-spies = {{"copy_buffer_heads_out": heads_out, "copy_into_buffers": into_buffers,
+spies = {{"copy_buffer_heads_out": heads_out, "copy_buffer_head_out": head_out,
+         "copy_into_buffers": into_buffers,
          "__init__": init, "copy_frame_in": frame_in, "copy_frame_out": frame_out,
          "copy_frames_out": frames_out}}
 for n in real:

@@ -48,10 +48,20 @@ class FakeSocket:
         self.send_errors: deque[OSError] = deque()
         self.buffers: list[object] = []  # what each buffer handed to the socket views
         self.drops = 0  # frames "the kernel" dropped since PACKET_STATISTICS was last read
+        self.empty_receives = 0  # receives that found nothing (each an exception)
+
+    def fileno(self) -> int:
+        return -1  # no kernel socket: make_env puts `queued` in place of the SIOCINQ probe
+
+    def queued(self) -> int:
+        """As SIOCINQ on a packet socket: the next frame's length, 0 if none."""
+        head = self.rx[0] if self.rx else b""
+        return len(head) if isinstance(head, bytes) else 1  # an error is "something"
 
     def recv_into(self, buf: memoryview, nbytes: int, flags: int) -> int:
         self.buffers.append(buf.obj)
         if not self.rx:
+            self.empty_receives += 1
             raise BlockingIOError
         frame = self.rx.popleft()
         if isinstance(frame, OSError):
@@ -111,6 +121,7 @@ def make_env(board: Board, tmp: Path, *, fill_tx_checksums: bool = False) -> Ite
         fill_tx_checksums=fill_tx_checksums,
         ratelog=RateLimitedLog(sink=lambda _m: None),
     )
+    path.rx_queued = sock.queued
     try:
         yield Env(drv.sim, drv.virt, drv.devices, stats, path, sock)
     finally:
@@ -175,6 +186,19 @@ def test_frames_land_in_rx_free_buffers_in_order_with_their_length(env: Env) -> 
     for i, f in enumerate(frames):
         assert rx[2048 * i : 2048 * i + len(f)] == f
     assert ring.tail == 5 and env.virt.rx_free.head == 5
+
+
+def test_a_lone_frame_is_published_without_a_receive_that_finds_nothing(env: Env) -> None:
+    # The low-rate wake-up brings one frame: the driver asks the queue (SIOCINQ) instead
+    # of letting a second receive fail, so no exception lies between frame and publish.
+    env.sock.rx.append(b"\x33" * 60)
+    env.path.process_rx()
+    assert env.stats.rx_frames == 1 and env.virt.rx_active.tail == 1
+    assert env.sock.empty_receives == 0
+    env.sock.rx.extend([b"\x44" * 60, b"\x55" * 61])  # more: read on until one finds none
+    env.path.process_rx()
+    assert env.stats.rx_frames == 3 and env.virt.rx_active.tail == 3
+    assert env.sock.empty_receives == 1
 
 
 def test_oversize_frame_is_dropped_counted_and_its_buffer_reused(env: Env) -> None:

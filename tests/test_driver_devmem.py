@@ -133,7 +133,8 @@ def test_no_view_of_a_map_is_handed_out() -> None:
     # view of the map would let the kernel (or memcpy) touch it unaligned.
     public = {n for n in dir(DeviceMemory) if not n.startswith("_")}
     assert public == {
-        "cell16", "cell32", "copy_buffer_heads_out", "copy_frame_in", "copy_frame_out",
+        "cell16", "cell32", "copy_buffer_head_out", "copy_buffer_heads_out", "copy_frame_in",
+        "copy_frame_out",
         "copy_frames_out", "copy_into_buffers", "load16", "load32",
         "load64", "load_desc", "load_descs", "load_words", "name", "size", "store16",
         "store32", "store64", "store_desc", "store_descs",

@@ -1,4 +1,4 @@
-"""The TX ring socket really gets the options the TX path's cost depends on.
+"""The packet sockets really get the options the data path's cost depends on.
 
 A setsockopt the kernel silently ignored (or a constant with the wrong number) would
 not show as a failure anywhere: frames would still go out, only through the qdisc, or
@@ -54,3 +54,47 @@ def test_tx_ring_bypasses_the_qdisc_with_frame_offsets_loss_and_a_vnet_header() 
     }  # fmt: skip
     assert got["slots"] == 256  # 4 blocks of 33 pages, 64 slots of 2112 bytes each
     assert got["mtu"] == [1400, 1414]  # read from the link: the driver checks it itself
+
+
+QUEUED = """
+import json, socket, time
+from netvm_driver import ring
+rx = ring.open_packet_socket("tst0")
+probe = ring.queued_probe(rx)
+seen = [probe()]
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+tx.bind(("tst1", 0))
+for n in (60, 1514):
+    tx.send(b"\\xff" * 6 + b"\\x02" * 6 + b"\\x88\\xb5" + bytes(n - 14))
+time.sleep(0.2)
+for _ in range(2):
+    seen.append(probe())
+    rx.recv(4096)
+seen.append(probe())
+print(json.dumps(seen))
+"""
+
+
+def test_the_queue_probe_gives_the_next_frames_length_and_zero_when_empty() -> None:
+    # The socket RX path asks SIOCINQ whether a second frame is queued after the first
+    # of a wake-up: on a packet socket it must be the head frame's length, 0 when empty.
+    ns = f"netvm-inq-{os.getpid()}"
+    run(["ip", "netns", "add", ns])
+    try:
+        # No IPv6: its link-up chatter (DAD, MLD) would be queued among the test's frames.
+        for scope in ("all", "default"):
+            run(in_ns(ns, ["sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1"]))
+        run(in_ns(ns, ["ip", "link", "add", "tst0", "type", "veth", "peer", "name", "tst1"]))
+        for link in ("tst0", "tst1"):
+            run(in_ns(ns, ["ip", "link", "set", link, "up"]))
+        proc = subprocess.run(
+            in_ns(ns, [sys.executable, "-c", QUEUED]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(DRIVER_DIR)},
+            check=True,
+        )
+    finally:
+        remove(ns)
+    assert json.loads(proc.stdout) == [0, 60, 1514, 0]

@@ -395,6 +395,10 @@ class QueueSocket(FakeSock):
         """No receive timestamp, as from a socket without SO_TIMESTAMPNS."""
         return self.recv_into(buffers[0], 0, flags), [], 0, None
 
+    def queued(self) -> int:
+        """As SIOCINQ on a packet socket: the next frame's length, 0 if none."""
+        return len(self.rx[0]) if self.rx else 0
+
 
 def test_auto_mode_switches_to_the_ring_on_a_burst_and_back_when_blocks_come_sparse(
     env: Env,
@@ -402,6 +406,7 @@ def test_auto_mode_switches_to_the_ring_on_a_burst_and_back_when_blocks_come_spa
     sock, switch = QueueSocket(), FakeSwitch()
     path = env.path
     path.sock, path.rx_switch = sock, switch  # type: ignore[assignment]
+    path.rx_queued = sock.queued
     path.rx_socks = [sock, path.rx_ring.sock]  # type: ignore[list-item, union-attr]
     sock.rx = [frame(i, 60) for i in range(5)]
     path.process_rx()
@@ -636,6 +641,25 @@ def test_copy_buffer_heads_out_reads_whole_aligned_windows_from_buffer_starts(
         at = 32 + i * 2112
         assert out[at : at + width] == buf[off : off + width]
         assert out[at + width : at + 2112 - 32] == b"\xaa" * (2080 - width)
+
+
+@settings(max_examples=200)
+@given(src=st.integers(min_value=-2048, max_value=5 * 2048), n=st.integers(1, 2100))
+def test_copy_buffer_head_out_reads_one_whole_aligned_window_from_a_buffer_start(
+    src: int, n: int
+) -> None:
+    buf = bytearray(bytes(range(256)) * 32)
+    mem = DeviceMemory("t", buf)
+    out = bytearray(b"\xaa") * 2112
+    width = align16(n)
+    if width > 2048 or not 0 <= src <= len(buf) - width or src % 2048:
+        with pytest.raises(DeviceMemoryError):
+            mem.copy_buffer_head_out(memoryview(out), 32, src, n)
+        assert out == b"\xaa" * 2112
+        return
+    mem.copy_buffer_head_out(memoryview(out), 32, src, n)
+    assert out[32 : 32 + width] == buf[src : src + width]
+    assert out[:32] == b"\xaa" * 32 and out[32 + width :] == b"\xaa" * (2080 - width)
 
 
 POOL = 96  # buffers in the region of the strided-copy tests

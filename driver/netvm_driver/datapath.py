@@ -70,6 +70,7 @@ from .ring import (
     RxRing,
     RxSwitch,
     TxRing,
+    queued_probe,
 )
 from .stats import Stats
 
@@ -247,6 +248,7 @@ class DataPath:
         # the window a TX copy reads may start up to 15 bytes before the frame).
         self.rx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
         self.rx_scratch_list = [self.rx_scratch]  # recvmsg_into takes a list of buffers
+        self.rx_queued = queued_probe(plain_rx) if plain_rx is not None else None
         self.tx_scratch = memoryview(bytearray(NET_BUFFER_SIZE))
         # RX "auto": frames seen on the socket in the current 10 ms window, and how many
         # ring blocks in a row the timeout handed over nearly empty.
@@ -296,7 +298,9 @@ class DataPath:
         delivered, drained = first(n)
         socket_frames = delivered if on_ring else 0
         if drained:
-            m = min(self.rx_free.available(), self.rx_active.space(), n - delivered)
+            # The caller found n buffers and n slots; the first source used `delivered` of
+            # each, so the rest are there still (the peers only add to them).
+            m = n - delivered
             if m <= 0:
                 drained = False  # out of buffers: the caller's handshake takes over
             else:
@@ -386,6 +390,8 @@ class DataPath:
         assert self.sock is not None
         recv_into, scratch = self.sock.recv_into, self.rx_scratch
         recvmsg_into, scratches = self.sock.recvmsg_into, self.rx_scratch_list
+        queued = self.rx_queued
+        assert queued is not None
         trunc = socket.MSG_TRUNC
         copy_in = self.rx_data.copy_frame_in
         buffer_at = self.rx_buffers.get
@@ -434,6 +440,12 @@ class DataPath:
             delivered += 1
             consumed += 1
             nbytes += size
+            if delivered == 1 and consumed < n and not queued():
+                # One frame is what a low-rate wake-up brings: asking whether another is
+                # queued costs a third of a receive that finds none (an exception), and
+                # keeps that off the way to the publish.
+                drained = True
+                break
         if consumed:
             free.advance(consumed)
         if delivered:
@@ -760,8 +772,10 @@ class DataPath:
         ring = self.tx_ring
         assert ring is not None
         active, free, stats = self.tx_active, self.tx_free, self.stats
+        if n == 1 and self._tx_ring_one(ring):
+            return 1
         words = active.peek_words(n)
-        if self._tx_ring_fast(ring, words, n):
+        if n > 1 and self._tx_ring_fast(ring, words, n):
             return n
         clients = self.tx_clients
         rview, status, slots = ring.view, ring.status, ring.slots
@@ -843,6 +857,45 @@ class DataPath:
         if ring.pending:
             self._tx_flush(ring)
         return returned
+
+    def _tx_ring_one(self, ring: TxRing) -> bool:
+        """The one frame of a low-rate wake-up, when it is the usual one: a client's whole
+        buffer, the frame at its start with 1..max_len bytes, the next slot free. Returns
+        False, having changed nothing, otherwise (the per-descriptor loop decides then).
+
+        The batch paths' set-up (slices, runs, the checks' passes) costs more than a
+        whole frame when the batch is one frame, and this is the path a ping takes, so
+        it is the send latency at low load (docs/driver.md, "Latency").
+        """
+        active = self.tx_active
+        io, word1 = active.peek(0)
+        # word1 is the len alone: reserved bits or len 0 go the general way.
+        if not 0 < word1 <= ring.max_len or self.fill_tx_checksums:
+            return False
+        src = self.tx_buffers.get(io)
+        slot = ring.slots[ring.next]
+        status = ring.status
+        if src is None or status[slot >> 2]:
+            return False  # not a buffer's start, or a slot the kernel still holds
+        self.tx_data.copy_buffer_head_out(ring.view, slot + TX_DATA, src, word1)
+        # As _tx_ring_fast: tp_len (the frame and its virtio_net_hdr), then hdr_len and
+        # gso_size (0) as one 32-bit word, then tp_status; the kernel reads a slot only
+        # inside send().
+        at = slot >> 2
+        status[at + 1] = word1 + VNET_HDR_LEN
+        status[at + (HDR_LEN_AT >> 2)] = word1
+        status[at] = TP_STATUS_SEND_REQUEST
+        ring.next = ring.next + 1 if ring.next + 1 < len(ring.slots) else 0
+        ring.pending.append(slot)
+        stats = self.stats
+        stats.tx_frames += 1
+        stats.tx_bytes += word1
+        active.advance(1)
+        free = self.tx_free
+        free.put(0, io, word1)
+        free.commit(1)
+        self._tx_flush(ring)
+        return True
 
     def _tx_ring_fast(self, ring: TxRing, words: tuple[int, ...], n: int) -> bool:
         """All n descriptors at once, when the batch is the usual one: each a whole buffer

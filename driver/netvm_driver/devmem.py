@@ -319,6 +319,14 @@ class DeviceMemory:
         if done < n:
             self._heads_out_each(dst, at + done * stride, stride, offsets[done:], width)
 
+    def copy_buffer_head_out(self, dst: memoryview, at: int, src: int, length: int) -> None:
+        """The first `length` bytes (rounded up to 16) of the buffer starting at `src`, to
+        dst[at:]: copy_buffer_heads_out for one buffer, without a batch's set-up."""
+        width = (length + _PAD) & ~_PAD
+        if src & _BUF_MASK or not 0 <= src <= self.size - width or width > NET_BUFFER_SIZE:
+            raise DeviceMemoryError(f"{self.name}: {src:#x} is not a buffer's start")
+        dst[at : at + width] = (self._raw if width <= SMALL_COPY else self._mv)[src : src + width]
+
     def _heads_out_each(
         self, dst: memoryview, at: int, stride: int, offsets: Sequence[int], width: int
     ) -> None:

@@ -122,6 +122,7 @@ ETH_HLEN = 14
 VLAN_HLEN = 4
 ETH_P_8021Q = 0x8100
 SIOCGIFMTU = 0x8921
+SIOCINQ = 0x541B  # on a packet socket: the length of the next queued frame, 0 if none
 TPACKET_REQ = struct.Struct("=4I")
 TPACKET_REQ3 = struct.Struct("=7I")
 PACKET_MREQ = struct.Struct("iHH8s")
@@ -403,6 +404,19 @@ class TxRing:
 
     def close(self) -> None:
         _close_ring(self.sock, self.map, (self.status, self.half, self.view))
+
+
+def queued_probe(sock: socket.socket) -> Callable[[], int]:
+    """A call returning the length of the frame next in `sock`'s receive queue, 0 when
+    the queue is empty (SIOCINQ): one ioctl, about a third of what a receive that finds
+    nothing costs (it raises BlockingIOError), measured on the host."""
+    fd, ioctl, out = sock.fileno(), fcntl.ioctl, array.array("i", (0,))
+
+    def queued() -> int:
+        ioctl(fd, SIOCINQ, out, True)
+        return out[0]
+
+    return queued
 
 
 def link_mtu(sock: socket.socket, interface: str) -> int:
