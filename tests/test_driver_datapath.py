@@ -174,6 +174,19 @@ def test_udp_echo_round_trip_through_both_directions(env: Env) -> None:
     assert env.conserved()["ok"]
 
 
+def test_rx_own_latency_counts_from_the_wake_up_then_from_the_publish_before(env: Env) -> None:
+    # 50 ms between the wake-up and the processing: the first batch's own share holds it.
+    env.sock.rx.append(b"\x33" * 60)
+    env.path.process_rx(time.time_ns() - 50_000_000)
+    own = env.stats.rx_wake
+    assert own.samples == 1 and 50_000_000 <= own.max_ns < 10**9
+    # A later batch of the same wake-up counts from the publish before, not the wake-up:
+    # under 50 ms, where the first one is not.
+    env.sock.rx.append(b"\x44" * 60)
+    env.path._rx_batch(1)
+    assert own.samples == 2 and sum(own.counts[: own.bounds_us.index(50000) + 1]) == 1
+
+
 def test_frames_land_in_rx_free_buffers_in_order_with_their_length(env: Env) -> None:
     frames = [bytes([i]) * (60 + i) for i in range(5)]
     env.sock.rx.extend(frames)

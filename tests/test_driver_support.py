@@ -120,7 +120,8 @@ def test_stats_file_has_the_latency_histograms(tmp_path: Path) -> None:
     s.write(str(path), "exit")
     doc = json.loads(path.read_text())
     assert set(doc["latency"]) == {
-        "rx_kernel_to_publish_us", "tx_doorbell_to_send_us", "rx_buffer_wait_us",
+        "rx_kernel_to_publish_us", "rx_wake_to_publish_us", "tx_doorbell_to_send_us",
+        "rx_buffer_wait_us",
     }  # fmt: skip
     rx, tx = doc["latency"]["rx_kernel_to_publish_us"], doc["latency"]["tx_doorbell_to_send_us"]
     assert rx["bounds_us"] == list(LATENCY_BOUNDS_US) and len(rx["counts"]) == 17

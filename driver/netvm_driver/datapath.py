@@ -265,6 +265,7 @@ class DataPath:
         # The last look at tx_active / rx_free found an impossible index (and counted it).
         self.tx_index_bad = self.rx_index_bad = False
         self.tx_since = 0  # when the current TX batch started (process_tx sets it)
+        self.rx_since = 0  # the wake-up, or the last RX publish since (process_rx sets it)
         # We want no rx_free refill signals unless starved (virt_rx then skips notifying).
         self.rx_free.ring.cancel_signal()
 
@@ -323,8 +324,14 @@ class DataPath:
                 self.sparse_blocks = 0
         return delivered, drained
 
-    def process_rx(self) -> None:
-        """Move frames from the socket to rx_active until the socket or rx_free runs dry."""
+    def process_rx(self, woken_ns: int | None = None) -> None:
+        """Move frames from the socket to rx_active until the socket or rx_free runs dry.
+
+        `woken_ns` is when the event loop woke for this (time.time_ns()): the driver's own
+        share of the RX latency (stats.rx_wake) counts from there for the first batch,
+        from the publish before for each later one.
+        """
+        self.rx_since = time.time_ns() if woken_ns is None else woken_ns
         free, active, stats = self.rx_free, self.rx_active, self.stats
         while True:
             avail = free.available()
@@ -450,8 +457,11 @@ class DataPath:
             free.advance(consumed)
         if delivered:
             active.commit(delivered)
+            now = time.time_ns()
             if stamp > 0:
-                stats.rx_latency.add(time.time_ns() - stamp, delivered)
+                stats.rx_latency.add(now - stamp, delivered)
+            stats.rx_wake.add(now - self.rx_since, delivered)
+            self.rx_since = now
             stats.rx_frames += delivered
             stats.rx_bytes += nbytes
         return delivered, drained
@@ -582,7 +592,10 @@ class DataPath:
                 and_, firsts, repeat(~DESC_LEN_MASK)), sizes)  # fmt: skip
             active.put_words(out)
             active.commit(delivered)
-            stats.rx_latency.add(time.time_ns() - sec * 1_000_000_000 - nsec, delivered)
+            now = time.time_ns()
+            stats.rx_latency.add(now - sec * 1_000_000_000 - nsec, delivered)
+            stats.rx_wake.add(now - self.rx_since, delivered)
+            self.rx_since = now
             stats.rx_frames += delivered
             stats.rx_bytes += sum(sizes)
         return delivered, drained
@@ -603,13 +616,13 @@ class DataPath:
     def process_tx(self, woken_ns: int | None = None) -> None:
         """Send everything on tx_active (the canonical consumer handshake).
 
-        `woken_ns` is when the event loop woke for this (time.monotonic_ns()); the TX
+        `woken_ns` is when the event loop woke for this (time.time_ns()); the TX
         latency of the first batch counts from there, each later one from the end of
         the one before (stats.tx_latency).
         """
         if self.tx_blocked:
             return
-        self.tx_since = time.monotonic_ns() if woken_ns is None else woken_ns
+        self.tx_since = time.time_ns() if woken_ns is None else woken_ns
         active, free, stats = self.tx_active, self.tx_free, self.stats
         ring = self.tx_ring
         if ring is not None and ring.pending:
@@ -750,7 +763,7 @@ class DataPath:
             returned += 1
             consumed += 1
         if frames:
-            now = time.monotonic_ns()
+            now = time.time_ns()
             stats.tx_latency.add(now - self.tx_since, frames)  # the last send returned
             self.tx_since = now
         if consumed:
@@ -990,7 +1003,7 @@ class DataPath:
             err = errno.EAGAIN
         except OSError as exc:
             err = exc.errno or errno.EIO
-        now = time.monotonic_ns()
+        now = time.time_ns()
         latency = now - self.tx_since
         self.tx_since = now
         if status[pending[-1] >> 2] != TP_STATUS_SEND_REQUEST:

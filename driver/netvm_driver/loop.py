@@ -134,8 +134,10 @@ class EventLoop:
             timeout = -1.0 if next_stats is None else max(0.0, next_stats - time.monotonic())
             rx = tx = rx_irq_seen = tx_irq_seen = False
             ready = ep.poll(timeout)
-            # The TX latency (stats.tx_latency) counts from here: one clock read a wake-up.
-            woken = time.monotonic_ns()
+            # The TX latency and RX's own share (stats.tx_latency, stats.rx_wake) count from
+            # here: one clock read a wake-up, the realtime clock of the kernel's receive
+            # timestamps, which RX reads at each publish anyway.
+            woken = time.time_ns()
             for fd, ev in ready:
                 if fd in interest:
                     if ev & select.EPOLLERR:
@@ -160,7 +162,7 @@ class EventLoop:
             if tx:
                 dp.process_tx(woken)
             if rx:
-                dp.process_rx()
+                dp.process_rx(woken)
             if rx_irq_seen:
                 enable_irq(rx_irq)
             if tx_irq_seen:

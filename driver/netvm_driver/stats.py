@@ -41,6 +41,7 @@ LATENCY_BOUNDS_US = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000
 # The histograms in the stats file's "latency" object, by key: the Stats attribute.
 LATENCIES = {
     "rx_kernel_to_publish_us": "rx_latency",
+    "rx_wake_to_publish_us": "rx_wake",
     "tx_doorbell_to_send_us": "tx_latency",
     "rx_buffer_wait_us": "rx_wait",
 }
@@ -124,6 +125,7 @@ class Stats:
     rx_buffer_waits: int
     tx_send_waits: int
     rx_latency: Histogram  # kernel receive timestamp -> rx_active tail published
+    rx_wake: Histogram  # the driver's wake-up (or the publish before) -> the same publish
     tx_latency: Histogram  # TX wake-up (or batch start) -> the send() returned
     rx_wait: Histogram  # out of rx_free buffers -> virt_rx gave one back (one per wait)
     _seq: int
@@ -133,6 +135,7 @@ class Stats:
         for name in COUNTERS:
             setattr(self, name, 0)
         self.rx_latency = Histogram()
+        self.rx_wake = Histogram()
         self.tx_latency = Histogram()
         self.rx_wait = Histogram()
         self._seq = 0

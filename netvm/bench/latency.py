@@ -9,7 +9,9 @@ numbers made up here.
 A histogram H is ``{"bounds_us": [ascending ints], "counts": [len(bounds)+1 ints, the
 last counting samples above the last bound], "samples": int, "p50_us", "p99_us",
 "max_us": number or null}``; the key holds ``{"rx_kernel_to_publish_us": H,
-"tx_doorbell_to_send_us": H}``.
+"tx_doorbell_to_send_us": H}`` and may hold ``"rx_wake_to_publish_us": H``, RX's share
+after the driver's wake-up (reported as "rx_own", judged against no target: the targets
+are the whole figures).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DIRECTIONS = {"rx": "rx_kernel_to_publish_us", "tx": "tx_doorbell_to_send_us"}
+OPTIONAL = {"rx_own": "rx_wake_to_publish_us"}  # reported when the driver writes it
 TARGET_P50_US = 50.0
 TARGET_P99_US = 500.0
 NOT_REPORTED = 'not reported by the driver (its stats file has no "latency" key)'
@@ -109,15 +112,18 @@ def parse_histogram(doc: Any) -> Histogram:
 
 
 def parse_latency(stats: dict[str, Any] | None) -> dict[str, Histogram] | None:
-    """The two histograms of a stats document; None when the driver writes none."""
+    """The histograms of a stats document (DIRECTIONS, and OPTIONAL where present); None
+    when the driver writes none."""
     if not stats or "latency" not in stats:
         return None
     latency = stats["latency"]
     if not isinstance(latency, dict):
         raise LatencyFormatError('"latency" is not an object')
     out = {}
-    for short, key in DIRECTIONS.items():
+    for short, key in (DIRECTIONS | OPTIONAL).items():
         if key not in latency:
+            if short in OPTIONAL:
+                continue
             raise LatencyFormatError(f'"latency" has no {key!r}')
         try:
             out[short] = parse_histogram(latency[key])
@@ -150,7 +156,7 @@ def round_latency(low_load: dict[str, Any] | None, final: dict[str, Any] | None)
             "reported": True,
             "low_load": {d: figures(h, own_percentiles=True) for d, h in low.items()},
             "under_load": {
-                d: figures(end[d].minus(low[d]), own_percentiles=False) for d in DIRECTIONS
+                d: figures(end[d].minus(low[d]), own_percentiles=False) for d in low if d in end
             },
         }
     except LatencyFormatError as exc:
@@ -174,12 +180,10 @@ def summarize_latency(per_round: list[dict[str, Any]]) -> dict[str, Any]:
         notes = sorted({str(r.get("note", NOT_REPORTED)) for r in per_round}) or [NOT_REPORTED]
         return {"rx": None, "tx": None, "under_load": None, "target": target, "met": None,
                 "note": "; ".join(notes)}  # fmt: skip
-    out: dict[str, Any] = {
-        d: _median_figures([r["low_load"][d] for r in reported]) for d in DIRECTIONS
-    }
-    out["under_load"] = {
-        d: _median_figures([r["under_load"][d] for r in reported]) for d in DIRECTIONS
-    }
+    # An optional figure only when every reporting round has it (the same driver).
+    shown = [*DIRECTIONS, *(d for d in OPTIONAL if all(d in r["low_load"] for r in reported))]
+    out: dict[str, Any] = {d: _median_figures([r["low_load"][d] for r in reported]) for d in shown}
+    out["under_load"] = {d: _median_figures([r["under_load"][d] for r in reported]) for d in shown}
     out["target"] = target
     out["met"] = all(
         out[d]["p50"] is not None

@@ -84,10 +84,16 @@ def table(summary: dict[str, Any]) -> str:
     if drv["rx"] is None:
         lines.append(f"| driver latency, 100 pings/s | {drv['note']} | | | | |")
     else:
+        own = drv.get("rx_own")
+        after_wake = (
+            f" (after the wake-up p50 {_us(own['p50'], 0)} µs, p99 {_us(own['p99'], 0)} µs)"
+            if own else ""
+        )  # fmt: skip
         lines.append(
             f"| driver latency, 100 pings/s (own histograms) | RX p50 {_us(drv['rx']['p50'], 0)}"
-            f" µs, p99 {_us(drv['rx']['p99'], 0)} µs | TX p50 {_us(drv['tx']['p50'], 0)} µs, "
-            f"p99 {_us(drv['tx']['p99'], 0)} µs | (not reported) | | |"
+            f" µs, p99 {_us(drv['rx']['p99'], 0)} µs{after_wake} | TX p50 "
+            f"{_us(drv['tx']['p50'], 0)} µs, p99 {_us(drv['tx']['p99'], 0)} µs | (not reported) "
+            "| | |"
         )
     return "\n".join(lines)
 

@@ -153,6 +153,8 @@ def targets(
         else (f"RX p50 {drv['rx']['p50']}, p99 {drv['rx']['p99']}; "
               f"TX p50 {drv['tx']['p50']}, p99 {drv['tx']['p99']}")
     )  # fmt: skip
+    if drv.get("rx_own"):
+        got += f"; RX after the wake-up p50 {drv['rx_own']['p50']}, p99 {drv['rx_own']['p99']}"
     if wake and wake.get("count"):
         got += f" (host wake-up floor p50 {wake['p50_us']}, p99 {wake['p99_us']})"
     out.append(
