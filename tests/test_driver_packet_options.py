@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -32,14 +33,17 @@ print(json.dumps({"options": opts, "slots": len(r.slots), "mtu": [r.mtu, r.max_l
 """
 
 
-def test_tx_ring_bypasses_the_qdisc_with_frame_offsets_loss_and_a_vnet_header() -> None:
-    ns = f"netvm-txopt-{os.getpid()}"
+def probe_on_a_veth(name: str, script: str, setup: list[list[str]]) -> Any:
+    """Run `script` (the driver importable) in a namespace of its own holding the veth
+    pair tst0/tst1, after the `setup` commands there; what it printed, as JSON."""
+    ns = f"netvm-{name}-{os.getpid()}"
     run(["ip", "netns", "add", ns])
     try:
         run(in_ns(ns, ["ip", "link", "add", "tst0", "type", "veth", "peer", "name", "tst1"]))
-        run(in_ns(ns, ["ip", "link", "set", "tst0", "mtu", "1400", "up"]))
+        for command in setup:
+            run(in_ns(ns, command))
         proc = subprocess.run(
-            in_ns(ns, [sys.executable, "-c", PROBE]),
+            in_ns(ns, [sys.executable, "-c", script]),
             capture_output=True,
             text=True,
             timeout=30,
@@ -48,7 +52,11 @@ def test_tx_ring_bypasses_the_qdisc_with_frame_offsets_loss_and_a_vnet_header() 
         )
     finally:
         remove(ns)
-    got = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_tx_ring_bypasses_the_qdisc_with_frame_offsets_loss_and_a_vnet_header() -> None:
+    got = probe_on_a_veth("txopt", PROBE, [["ip", "link", "set", "tst0", "mtu", "1400", "up"]])
     assert got["options"] == {
         "qdisc_bypass": 1, "loss": 1, "tx_has_off": 1, "vnet_hdr": 1, "version": 1
     }  # fmt: skip
@@ -78,23 +86,9 @@ print(json.dumps(seen))
 def test_the_queue_probe_gives_the_next_frames_length_and_zero_when_empty() -> None:
     # The socket RX path asks SIOCINQ whether a second frame is queued after the first
     # of a wake-up: on a packet socket it must be the head frame's length, 0 when empty.
-    ns = f"netvm-inq-{os.getpid()}"
-    run(["ip", "netns", "add", ns])
-    try:
-        # No IPv6: its link-up chatter (DAD, MLD) would be queued among the test's frames.
-        for scope in ("all", "default"):
-            run(in_ns(ns, ["sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1"]))
-        run(in_ns(ns, ["ip", "link", "add", "tst0", "type", "veth", "peer", "name", "tst1"]))
-        for link in ("tst0", "tst1"):
-            run(in_ns(ns, ["ip", "link", "set", link, "up"]))
-        proc = subprocess.run(
-            in_ns(ns, [sys.executable, "-c", QUEUED]),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PYTHONPATH": str(DRIVER_DIR)},
-            check=True,
-        )
-    finally:
-        remove(ns)
-    assert json.loads(proc.stdout) == [0, 60, 1514, 0]
+    # No IPv6: its link-up chatter (DAD, MLD) would be queued among the test's frames.
+    setup = [
+        ["sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1"] for scope in ("all", "default")
+    ]
+    setup += [["ip", "link", "set", link, "up"] for link in ("tst0", "tst1")]
+    assert probe_on_a_veth("inq", QUEUED, setup) == [0, 60, 1514, 0]
