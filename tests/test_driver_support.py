@@ -164,12 +164,16 @@ def test_read_irq_consumes_one_count_and_a_second_keeps_the_fd_readable() -> Non
 
 
 class OrderProbe:
-    """A data path that records, at each step, what the VMM end of the tx IRQ has seen."""
+    """A data path that records, at each step, what the VMM end of the tx IRQ has seen
+    and whether the driver's end still holds the interrupt's count unread."""
 
-    def __init__(self, master: int, wake_w: int) -> None:
-        self.master, self.wake_w = master, wake_w
+    def __init__(self, master: int, irq: int, wake_w: int) -> None:
+        self.master, self.irq, self.wake_w = master, irq, wake_w
         self.rx_starved = self.tx_blocked = False
-        self.steps: list[tuple[str, bytes]] = []
+        self.steps: list[tuple[str, bytes, bool]] = []
+
+    def _unread(self) -> bool:
+        return readable(self.irq, 0.0)
 
     def _enables(self, wait: float = 0.5) -> bytes:
         """The enables written so far (waiting a moment for one: an enable written too
@@ -182,25 +186,26 @@ class OrderProbe:
         return {}
 
     def process_tx(self, woken_ns: int | None = None) -> None:
-        self.steps.append(("process_tx", self._enables()))
+        self.steps.append(("process_tx", self._enables(), self._unread()))
 
-    def process_rx(self) -> None:
-        self.steps.append(("process_rx", self._enables()))
+    def process_rx(self, woken_ns: int | None = None) -> None:
+        self.steps.append(("process_rx", self._enables(), self._unread()))
 
     def rescan(self, *, rx: bool, tx: bool) -> None:
-        self.steps.append((f"rescan rx={rx} tx={tx}", self._enables(wait=10.0)))
+        self.steps.append((f"rescan rx={rx} tx={tx}", self._enables(wait=10.0), self._unread()))
         os.write(self.wake_w, bytes([signal.SIGTERM]))  # stop the loop after one turn
 
 
-def test_the_loop_processes_then_reenables_then_rescans() -> None:
+def test_the_loop_processes_then_reads_the_count_reenables_and_rescans() -> None:
     """The order the VMM's dropped-while-masked interrupts need: the queues are looked at
-    after the enable, and the enable comes after the frames' work (docs/driver.md)."""
+    after the enable, and the count's read and the enable come after the frames' work
+    (docs/driver.md)."""
     master, slave = sim_irq()
     os.set_blocking(master, False)
     rx_master, rx_slave = sim_irq()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
-    probe = OrderProbe(master, wake_w)
+    probe = OrderProbe(master, slave, wake_w)
     loop = EventLoop(
         probe,  # type: ignore[arg-type]
         {"rx_irq": rx_slave, "tx_irq": slave},
@@ -210,8 +215,8 @@ def test_the_loop_processes_then_reenables_then_rescans() -> None:
     os.write(master, struct.pack("=i", 1))  # the VMM injects the tx IRQ
     loop.run()
     assert probe.steps == [
-        ("process_tx", b""),  # still masked while the frames go out
-        ("rescan rx=False tx=True", struct.pack("=i", 1)),  # enabled, then looked again
+        ("process_tx", b"", True),  # still masked, the count unread while the frames go out
+        ("rescan rx=False tx=True", struct.pack("=i", 1), False),  # read, enabled, looked
     ]
     assert loop.stats.irqs_handled == 1
     for fd in (master, slave, rx_master, rx_slave, wake_r, wake_w):

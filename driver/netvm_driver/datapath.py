@@ -632,11 +632,21 @@ class DataPath:
         while True:
             avail = active.available()
             self.tx_index_bad = avail < 0
-            if avail < 0:
-                stats.bad_queue_index += 1
-                self.ratelog.warn("tx_active_index", "tx_active tail is more than capacity ahead")
+            if avail <= 0:
+                if avail < 0:
+                    stats.bad_queue_index += 1
+                    self.ratelog.warn(
+                        "tx_active_index", "tx_active tail is more than capacity ahead"
+                    )
+                    active.ring.request_signal()
+                    return
+                # Empty: ask virt_tx for a signal, then look once more, as the queue
+                # protocol requires (work queued in between would otherwise wait).
                 active.ring.request_signal()
-                return
+                if active.available() == 0:
+                    return
+                active.ring.cancel_signal()
+                continue
             space = free.space()
             if space < 0:
                 stats.bad_queue_index += 1
@@ -655,16 +665,11 @@ class DataPath:
                 if self.tx_blocked:
                     return
                 continue
-            if avail:
-                # tx_free is full, which a well-behaved virt_tx cannot cause; the next
-                # tx IRQ retries.
-                self.ratelog.warn("tx_free_full", "tx_free has no room for returned buffers")
-                active.ring.request_signal()
-                return
+            # tx_free is full, which a well-behaved virt_tx cannot cause; the next tx IRQ
+            # retries.
+            self.ratelog.warn("tx_free_full", "tx_free has no room for returned buffers")
             active.ring.request_signal()
-            if active.available() == 0:
-                return
-            active.ring.cancel_signal()
+            return
 
     def rescan(self, *, rx: bool, tx: bool) -> None:
         """After the event loop re-enabled the rx and/or tx IRQ: process what arrived

@@ -4,14 +4,16 @@ Owns: IRQ acknowledgement order, socket interest (paused while no RX buffer is f
 POLLOUT while a send would block), periodic and on-request stats, and orderly shutdown.
 Must not touch queues or shared memory (datapath.py does).
 
-IRQ order (Linux UIO and libvmm): read the 4-byte count once, process the queues, THEN
+IRQ order (Linux UIO and libvmm): process the queues, read the 4-byte count once, THEN
 write a 4-byte 1 to re-enable and look at the queues again. The VMM drops a vIRQ
 injected while the guest has it masked instead of latching it, so work that arrived
 while masked is found by that look after re-enabling (one index load when nothing did).
-Re-enabling after the work keeps it off the frames' path: on the board the enable is a
-system call whose GIC access traps to the VMM. One read consumes a UIO event (the fd is
-readable again only at the next interrupt); a second count queued by a stand-in device
-leaves the level-triggered epoll ready, so it is read at the next turn, never lost.
+The read and the enable both come after the work, keeping them off the frames' path (on
+the board the enable is a system call whose GIC access traps to the VMM); the interrupt
+stays masked until the enable, so none comes between the work and the read. One read
+consumes a UIO event (the fd is readable again only at the next interrupt); a second
+count queued by a stand-in device leaves the level-triggered epoll ready, so it is read
+at the next turn, never lost.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def read_irq(fd: int) -> bool:
     return True
 
 
+def check_irq(events: int) -> None:
+    """An IRQ fd's epoll events: a hang-up or error means its device is gone."""
+    if events & (select.EPOLLHUP | select.EPOLLERR):
+        raise FatalDeviceError("an IRQ device hung up (its provider went away)")
+
+
 def enable_irq(fd: int) -> None:
     """Unmask the interrupt (UIO irqcontrol: a 4-byte 1)."""
     # Only a simulated IRQ (a socket) can be full; then an enable is already pending.
@@ -92,9 +100,7 @@ class EventLoop:
             except OSError as exc:
                 log.warn(f"cannot write stats to {self.stats_path}: {exc.strerror}")
 
-    def _irq(self, fd: int, events: int) -> None:
-        if events & (select.EPOLLHUP | select.EPOLLERR):
-            raise FatalDeviceError("an IRQ device hung up (its provider went away)")
+    def _irq(self, fd: int) -> None:
         if read_irq(fd):
             self.stats.irqs_handled += 1
 
@@ -148,10 +154,10 @@ class EventLoop:
                         dp.tx_blocked = False
                         tx = True
                 elif fd == rx_irq:
-                    self._irq(fd, ev)
+                    check_irq(ev)
                     rx = rx_irq_seen = True
                 elif fd == tx_irq:
-                    self._irq(fd, ev)
+                    check_irq(ev)
                     tx = tx_irq_seen = True
                 elif fd == wakeup:
                     sigs = self._signals()
@@ -163,9 +169,13 @@ class EventLoop:
                 dp.process_tx(woken)
             if rx:
                 dp.process_rx(woken)
+            # The IRQ's count is read after the work (its system call off the frames'
+            # path), before the enable: the line stays masked until then.
             if rx_irq_seen:
+                self._irq(rx_irq)
                 enable_irq(rx_irq)
             if tx_irq_seen:
+                self._irq(tx_irq)
                 enable_irq(tx_irq)
             if rx_irq_seen or tx_irq_seen:
                 dp.rescan(rx=rx_irq_seen, tx=tx_irq_seen)
