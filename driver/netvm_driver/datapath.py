@@ -883,7 +883,7 @@ class DataPath:
 
         The batch paths' set-up (slices, runs, the checks' passes) costs more than a
         whole frame when the batch is one frame, and this is the path a ping takes, so
-        it is the send latency at low load (docs/driver.md, "Latency").
+        it is the send latency at low load (docs/driver.md, "Latency added by the driver").
         """
         active = self.tx_active
         io, word1 = active.peek(0)
