@@ -66,8 +66,6 @@ def test_histograms_count_every_frame_of_real_traffic(
     check_histogram(rx, counters["rx_frames"])
     check_histogram(own, counters["rx_frames"])
     check_histogram(tx, counters["tx_frames"])
-    # The driver's own share is part of the whole: its largest value cannot exceed it.
-    assert own["max_us"] <= rx["max_us"], (own, rx)
     print(
         f"{' '.join(modes) or 'default modes'}: RX p50 {rx['p50_us']} p99 {rx['p99_us']} "
         f"max {rx['max_us']} µs; TX p50 {tx['p50_us']} p99 {tx['p99_us']} max {tx['max_us']} µs"
