@@ -301,9 +301,7 @@ class DeviceMemory:
         breaks only between clients and where a client's pool wraps. Runs of short
         frames long enough to pay go as strided word copies (_heads_out_strided); from
         the first run that does not, one window per frame."""
-        width = (length + _PAD) & ~_PAD
-        if width > NET_BUFFER_SIZE:
-            raise DeviceMemoryError(f"{self.name}: a {length}-byte copy leaves its buffer")
+        width = self._head_width(length)
         if width > STRIDED_MAX_WIDTH or (at | stride) & 7:
             self._heads_out_each(dst, at, stride, offsets, width)
             return
@@ -322,10 +320,14 @@ class DeviceMemory:
     def copy_buffer_head_out(self, dst: memoryview, at: int, src: int, length: int) -> None:
         """The first `length` bytes (rounded up to 16) of the buffer starting at `src`, to
         dst[at:]: copy_buffer_heads_out for one buffer, without a batch's set-up."""
+        self._heads_out_each(dst, at, 0, (src,), self._head_width(length))
+
+    def _head_width(self, length: int) -> int:
+        """The padded window of a `length`-byte frame at a buffer's start."""
         width = (length + _PAD) & ~_PAD
-        if src & _BUF_MASK or not 0 <= src <= self.size - width or width > NET_BUFFER_SIZE:
-            raise DeviceMemoryError(f"{self.name}: {src:#x} is not a buffer's start")
-        dst[at : at + width] = (self._raw if width <= SMALL_COPY else self._mv)[src : src + width]
+        if width > NET_BUFFER_SIZE:
+            raise DeviceMemoryError(f"{self.name}: a {length}-byte copy leaves its buffer")
+        return width
 
     def _heads_out_each(
         self, dst: memoryview, at: int, stride: int, offsets: Sequence[int], width: int
